@@ -1,0 +1,1 @@
+"""Benchmarks of fastneurons (python -m fastneurons.bench)."""

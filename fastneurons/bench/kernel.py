@@ -1,0 +1,96 @@
+"""Benchmark of the fused counting pass against eager torch and against plainly reading the same bytes."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from fastneurons.kernels import count_activations, load_extension, words_for
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def count_eager(pre, positions, counted, threshold, active, pos_active, bits, nan_count):
+    """The same counts as ``count_activations`` in eager torch, written as a competent user would."""
+    on = pre > threshold
+    nonpad = positions >= 0
+    active += (on & counted[..., None]).sum(dim=(0, 1))
+    pos_active.index_add_(0, positions[nonpad].long(), on[nonpad].long())
+    nan_count += torch.isnan(pre[nonpad]).sum()
+    on = on & nonpad[..., None]
+    num_neurons = on.shape[-1]
+    padding = words_for(num_neurons) * 64 - num_neurons
+    if padding:
+        on = torch.nn.functional.pad(on, (0, padding))
+    weights = (1 << torch.arange(8, device=on.device, dtype=torch.uint8))
+    eight = (on.unflatten(-1, (-1, 8)).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
+    bits.copy_(eight.view(torch.int64))
+    return bits
+
+
+def _timed(fn, repeats, device):
+    """Best wall time of ``repeats`` calls of ``fn`` (after one warm-up call), in seconds."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_kernel(tokens=16384, neurons=3072, max_positions=2048, dtype="float32", device="cpu",
+                 repeats=5, batch_size=8, threads=None, seed=0) -> dict:
+    """Time the fused kernel, eager torch and a plain read of the same input; return times and ratios.
+
+    The input is ``batch_size`` full-length sequences of ``tokens // batch_size`` positions (BOS at
+    position 0 not counted) with ``neurons`` standard-normal pre-activations, threshold 0.
+    """
+    device = torch.device(device)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    seq_len = tokens // batch_size
+    if not 1 <= seq_len <= max_positions:
+        raise ValueError(f"tokens // batch_size = {seq_len} must be in [1, max_positions={max_positions}]")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(seed)
+    pre = torch.randn(batch_size, seq_len, neurons, generator=generator).to(DTYPES[dtype]).to(device)
+    positions = torch.arange(seq_len, dtype=torch.int32).expand(batch_size, seq_len).contiguous().to(device)
+    counted = positions >= 1
+
+    def fresh():
+        return dict(active=torch.zeros(neurons, dtype=torch.int64, device=device),
+                    pos_active=torch.zeros(max_positions, neurons, dtype=torch.int64, device=device),
+                    bits=torch.zeros(batch_size, seq_len, words_for(neurons), dtype=torch.int64, device=device),
+                    nan_count=torch.zeros(1, dtype=torch.int64, device=device))
+
+    fused_out, eager_out = fresh(), fresh()
+    count_activations(pre, positions, counted, 0.0, **fused_out)
+    count_eager(pre, positions, counted, 0.0, **eager_out)
+    agree = all(torch.equal(fused_out[name], eager_out[name]) for name in fused_out)
+
+    fused = _timed(lambda: count_activations(pre, positions, counted, 0.0, **fused_out), repeats, device)
+    eager = _timed(lambda: count_eager(pre, positions, counted, 0.0, **eager_out), repeats, device)
+    nbytes = pre.numel() * pre.element_size()
+    if device.type == "cpu":
+        _C = load_extension()
+        read = _timed(lambda: _C.read_bytes(pre.data_ptr(), nbytes, torch.get_num_threads()), repeats, device)
+        read_baseline = "_C.read_bytes"
+    else:
+        read = _timed(lambda: torch.amax(pre), repeats, device)
+        read_baseline = "torch.amax"
+    gigabytes = nbytes / 1e9
+    return {
+        "tokens": batch_size * seq_len, "neurons": neurons, "dtype": dtype, "device": str(device),
+        "batch_size": batch_size, "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "input_gb": gigabytes, "fused_s": fused, "eager_s": eager, "read_s": read,
+        "fused_gbps": gigabytes / fused, "eager_gbps": gigabytes / eager, "read_gbps": gigabytes / read,
+        "speedup_vs_torch": eager / fused, "fraction_of_read_bandwidth": read / fused,
+        "read_baseline": read_baseline, "results_agree": agree,
+    }

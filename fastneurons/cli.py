@@ -1,0 +1,124 @@
+"""The `fastneurons` command: the only module that parses arguments.
+
+Each subcommand's flags are generated from its dataclass in ``config.py`` (help text, defaults and
+types come from the fields), so the CLI, the Python API and the stored metadata cannot drift apart.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from . import config as cfg
+
+_COMMANDS = {}
+
+
+def command(name, config_cls, help):
+    """Register ``func(config)`` as subcommand ``name`` taking the fields of ``config_cls``."""
+    def wrap(func):
+        _COMMANDS[name] = (config_cls, help, func)
+        return func
+    return wrap
+
+
+def _flag(field) -> str:
+    return "--" + field.name.replace("_", "-")
+
+
+def _base_type(tp):
+    if isinstance(tp, str):
+        tp = eval(tp, vars(typing), {})  # annotations are strings under `from __future__ import annotations`
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
+    """Add one flag (or positional) per field of ``config_cls``."""
+    for field in dataclasses.fields(config_cls):
+        meta = dict(field.metadata)
+        help_text = meta.get("help", "")
+        tp = _base_type(field.type)
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        default = None if required else (field.default if field.default is not dataclasses.MISSING
+                                          else field.default_factory())
+        if tp is bool:
+            parser.add_argument(_flag(field), default=default, action=argparse.BooleanOptionalAction,
+                                help=help_text)
+            continue
+        kwargs = {"help": help_text + ("" if required or default is None else f" (default: {default})")}
+        if "nargs" in meta:
+            kwargs["nargs"] = meta["nargs"]
+            kwargs["type"] = meta.get("type", str)
+        elif tp in (int, float):
+            kwargs["type"] = tp
+        if meta.get("positional"):
+            parser.add_argument(field.name, **kwargs)
+            continue
+        flags = [_flag(field)] + ([meta["flag"]] if "flag" in meta else [])
+        parser.add_argument(*flags, dest=field.name, required=required, default=default, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastneurons", description=(
+        "Profile every FFN neuron of a language model: dead, n-gram and positional neurons "
+        "(Voita et al., 2023)."))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (config_cls, help_text, _) in _COMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        if config_cls is not None:
+            add_dataclass_arguments(child, config_cls)
+    return parser
+
+
+def _config_from(args, config_cls):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
+    return config_cls(**values).validate()
+
+
+@command("record", cfg.RecordConfig, "record SPEC §2 counts of a model over a corpus into an HDF5 store")
+def _record(config):
+    from .runner import record
+
+    path = record(config)
+    print(f"wrote {path}")
+
+
+@command("merge", cfg.MergeConfig, "add compatible counts stores (shards, or other corpora) into one")
+def _merge(config):
+    from .store import merge_stores
+
+    path = merge_stores(config.inputs, config.out, cfg.parse_bytes(config.ngram_memory))
+    print(f"wrote {path}")
+
+
+@command("info", None, "print version, compiled backends, threads and visible GPUs")
+def _info(_config):
+    from .info import format_info
+
+    print(format_info())
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config_cls, _, func = _COMMANDS[args.command]
+    try:
+        config = _config_from(args, config_cls) if config_cls is not None else None
+        func(config)
+    except KeyboardInterrupt:
+        print("fastneurons: interrupted; everything committed so far is kept (continue with --resume)",
+              file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError) as err:
+        if getattr(args, "debug", False):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"fastneurons {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""One dataclass per command: the single source of its CLI flags, Python arguments and stored metadata.
+
+Each field's ``metadata`` carries its help text (and optionally ``flag`` / ``nargs``); ``cli.py``
+builds argparse from these fields, the Python API takes the same names, and ``to_metadata()`` is
+what the store records. Validation lives here; no I/O.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+_SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_count(text) -> int:
+    """'5M' -> 5_000_000, '100k' -> 100_000, '2.5M' -> 2_500_000 (decimal units)."""
+    return _parse_with_units(text, _SIZE_UNITS, "a count like 5M or 100k")
+
+
+def parse_bytes(text) -> int:
+    """'4G' / '4GiB' -> 4 * 2**30 bytes (binary units)."""
+    if isinstance(text, str):
+        text = re.sub(r"(?i)i?b$", "", text.strip())
+    return _parse_with_units(text, _BYTE_UNITS, "a size like 512M or 4G")
+
+
+def _parse_with_units(text, units, what) -> int:
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = text
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]?)\s*", str(text))
+        if not match or match.group(2).upper() not in units:
+            raise ValueError(f"cannot read {text!r}: expected {what}")
+        value = float(match.group(1)) * units[match.group(2).upper()]
+    if value <= 0 or value != int(value):
+        raise ValueError(f"{text!r} must be a positive whole number ({what})")
+    return int(value)
+
+
+def parse_shard(text) -> tuple[int, int]:
+    """'1/4' -> (1, 4): this process takes units 1, 5, 9, ... of 4 shards."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match:
+        raise ValueError(f"--shard {text!r}: expected i/N, e.g. 0/4")
+    index, total = int(match.group(1)), int(match.group(2))
+    if total < 1 or not 0 <= index < total:
+        raise ValueError(f"--shard {text!r}: need 0 <= i < N")
+    return index, total
+
+
+def _opt(default, help, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def _list(help, **extra):
+    return field(default=None, metadata={"help": help, "nargs": "+", **extra})
+
+
+@dataclass
+class RecordConfig:
+    """`fastneurons record`: stream a model over a corpus and store SPEC §2 counts."""
+
+    model: str = field(metadata={"help": "hub id (local cache), checkpoint directory, .gguf file, or 'smollm2'"})
+    corpus: list = field(metadata={"help": "input files (.txt, .jsonl with 'text', .jsonl of id lists); "
+                                           "each file is a domain; LABEL=PATH names it", "nargs": "+"})
+    out: str = field(metadata={"help": "output HDF5 counts file"})
+    tokens: Optional[str] = _opt(None, "token budget over all domains, e.g. 5M (default: whole corpus)")
+    seq_len: Optional[int] = _opt(None, "tokens per sequence incl. BOS (default: model max positions, at most 2048)")
+    full_length: bool = _opt(False, "every sequence exactly --seq-len tokens (needed for positional analysis)")
+    batch_size: int = _opt(8, "sequences per micro-batch (part of the exactness contract: keep it fixed when resuming/merging)")
+    unit_batches: int = _opt(4, "micro-batches per unit (the resumable/shardable atom)")
+    commit_units: int = _opt(1, "units per commit (a chunk); each layer's weights cross to the GPU once per micro-batch")
+    layers: Optional[list] = _list("layers to record (default: all)", type=int)
+    ngram_layers: Optional[list] = _list("layers for n-gram tables (default: first half of the model; 'none' for no tables)")
+    orders: list = field(default_factory=lambda: [1, 2, 3], metadata={"help": "n-gram orders", "nargs": "+", "type": int})
+    ngram_memory: str = _opt("2G", "RAM for in-memory n-gram tables before sorted runs spill to disk")
+    threshold: float = _opt(0.0, "a neuron is active iff its pre-activation > threshold")
+    gated_product: bool = _opt(False, "gated FFNs: threshold |act(gate)*up| instead of gate_proj(x)")
+    count_bos: bool = _opt(False, "count the BOS token (position 0) in tokens/active (SPEC excludes it)")
+    positions: bool = _opt(True, "record pos_active [T, F] per layer (--no-positions to save memory)")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str = _opt("auto", "model dtype: auto (float32 on CPU, float16 on GPU), float32, float16, bfloat16")
+    gpu_memory: Optional[str] = _opt(None, "GPU memory budget for weights, e.g. 4G; layers stream when the model does not fit")
+    resume: bool = _opt(False, "continue an interrupted run in --out (same settings required)")
+    shard: Optional[str] = _opt(None, "i/N: record only units i, i+N, ... (merge the shards afterwards)")
+    tokenizer: Optional[str] = _opt(None, "tokenizer to use instead of the checkpoint's own")
+    bos_id: Optional[int] = _opt(None, "BOS id prepended to each sequence (default: the tokenizer's)")
+    threads: Optional[int] = _opt(None, "CPU threads for torch and the kernels (default: all)")
+    progress: bool = _opt(True, "show a progress bar")
+
+    def validate(self) -> "RecordConfig":
+        """Check every setting that can be checked without I/O; returns self."""
+        if not self.corpus:
+            raise ValueError("no corpus files given")
+        if self.tokens is not None:
+            parse_count(self.tokens)
+        parse_bytes(self.ngram_memory)
+        if self.gpu_memory is not None:
+            parse_bytes(self.gpu_memory)
+        if self.seq_len is not None and self.seq_len < 2:
+            raise ValueError("--seq-len must be at least 2 (BOS + one token)")
+        for name in ("batch_size", "unit_batches", "commit_units"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if not set(self.orders) <= {1, 2, 3} or not self.orders:
+            raise ValueError("--orders must be a subset of 1 2 3")
+        self.orders = sorted(set(int(k) for k in self.orders))
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise ValueError("--layers must be non-negative layer indices")
+        if self.shard is not None:
+            parse_shard(self.shard)
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32, float16 or bfloat16")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"--device {self.device!r}: choose auto, cpu, cuda or cuda:N")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        return self
+
+    @property
+    def max_tokens(self) -> Optional[int]:
+        return None if self.tokens is None else parse_count(self.tokens)
+
+    @property
+    def shard_index(self) -> tuple[int, int]:
+        return (0, 1) if self.shard is None else parse_shard(self.shard)
+
+    def ngram_layer_list(self, num_layers: int) -> list:
+        """The n-gram layers asked for, default the first half of the model's layers."""
+        if self.ngram_layers is None:
+            return list(range((num_layers + 1) // 2))
+        if [str(x).lower() for x in self.ngram_layers] == ["none"]:
+            return []
+        return sorted(set(int(x) for x in self.ngram_layers))
+
+    def to_metadata(self) -> dict:
+        """Settings as JSON-ready values, written into the store."""
+        return dataclasses.asdict(self)
+
+    # Settings that change the counts: resume and merge require them to be equal.
+    COUNT_SETTINGS = ("seq_len", "full_length", "batch_size", "unit_batches", "threshold",
+                      "gated_product", "count_bos", "orders", "positions")
+
+
+@dataclass
+class MergeConfig:
+    """`fastneurons merge`: add compatible counts stores into one."""
+
+    inputs: list = field(metadata={"help": "counts files to add", "nargs": "+", "positional": True})
+    out: str = field(metadata={"help": "output counts file", "flag": "-o"})
+    ngram_memory: str = _opt("2G", "RAM for merging n-gram tables")
+
+    def validate(self) -> "MergeConfig":
+        if len(self.inputs) < 2:
+            raise ValueError("merge needs at least two input files")
+        parse_bytes(self.ngram_memory)
+        return self

@@ -1,0 +1,203 @@
+"""The fused counting pass on torch tensors: validates once, then calls the compiled fastneurons._C.
+
+This is the only module that touches ``_C``. ``count_activations`` is backend neutral (CPU or CUDA
+tensors); ``count_activations_naive`` is the slow, obvious torch reference every test compares to.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+import torch
+
+BITS_PER_WORD = 64
+
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_EXTENSION = None
+_NOT_BUILT = "fastneurons._C is not built: run pip install ."
+
+
+def load_extension():
+    """Return the compiled module ``fastneurons._C``; raise a clear ImportError if it is missing."""
+    global _EXTENSION
+    if _EXTENSION is None:
+        try:
+            from fastneurons import _C
+        except ImportError as error:
+            _C = _installed_extension()
+            if _C is None:
+                raise ImportError(_NOT_BUILT) from error
+        _EXTENSION = _C
+    return _EXTENSION
+
+
+def _installed_extension():
+    """Load ``_C`` from an installed copy of the package when running from a source checkout.
+
+    With ``PYTHONPATH=<repo>`` the source tree (no compiled module) shadows the installed package;
+    the extension is self-contained, so the installed one is loaded by file path.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        folder = os.path.join(entry or os.getcwd(), "fastneurons")
+        if not os.path.isdir(folder) or os.path.samefile(folder, here):
+            continue
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "_C" + suffix)
+            if os.path.isfile(path):
+                spec = importlib.util.spec_from_file_location("fastneurons._C", path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                sys.modules["fastneurons._C"] = module
+                return module
+    return None
+
+
+def words_for(num_neurons: int) -> int:
+    """Number of 64-bit words that hold one bit per neuron: ``ceil(num_neurons / 64)``."""
+    return (num_neurons + BITS_PER_WORD - 1) // BITS_PER_WORD
+
+
+def count_activations(pre, positions, counted, threshold, active, pos_active, bits=None, nan_count=None):
+    """Count which neurons are active (``pre > threshold``) in one fused pass over the rows of ``pre``.
+
+    ``pre`` [B, S, F] or [N, F] (float32/16/bf16, last dim contiguous), ``positions`` int32 [B, S]
+    (-1 = padding), ``counted`` bool [B, S]. Adds into ``active`` int64 [F], ``pos_active`` int64
+    [T, F] and ``nan_count`` int64 [1]; overwrites ``bits`` int64 [B, S, ceil(F/64)] when given and
+    returns it. On CUDA it runs on the current stream without a host sync, so positions >= T are
+    not checked there: such rows add nothing to ``pos_active`` (they do count in the rest).
+    """
+    _check_inputs(pre, positions, counted, active, pos_active, bits, nan_count)
+    threshold = _check_threshold(threshold)
+    if pre.shape[:-1].numel() == 0:
+        return bits
+    num_positions = pos_active.shape[0]
+    if pre.device.type == "cpu" and positions.numel():
+        low, high = torch.aminmax(positions)
+        if int(low) < -1 or int(high) >= num_positions:
+            raise ValueError(
+                f"positions must be -1 (padding) or in [0, {num_positions}) (pos_active has "
+                f"{num_positions} rows), got values in [{int(low)}, {int(high)}]"
+            )
+    _C = load_extension()
+    args = _C.CountArgs()
+    if pre.dim() == 3:
+        args.B, args.S = pre.shape[0], pre.shape[1]
+        args.stride_b, args.stride_s = pre.stride(0), pre.stride(1)
+    else:
+        args.B, args.S = 1, pre.shape[0]
+        args.stride_b, args.stride_s = 0, pre.stride(0)
+    args.F = pre.shape[-1]
+    args.W = words_for(args.F)
+    args.T = num_positions
+    args.threshold = threshold
+    args.dtype = _DTYPE_CODES[pre.dtype]
+    args.pre = pre.data_ptr()
+    args.positions = positions.data_ptr()
+    args.counted = counted.data_ptr()
+    args.active = active.data_ptr()
+    args.pos_active = pos_active.data_ptr()
+    args.bits = bits.data_ptr() if bits is not None else 0
+    args.nan_count = nan_count.data_ptr() if nan_count is not None else 0
+    if pre.device.type == "cuda":
+        args.device_index = pre.device.index if pre.device.index is not None else torch.cuda.current_device()
+        stream = torch.cuda.current_stream(pre.device).cuda_stream
+        _C.count_activations(args, "cuda", stream)
+    else:
+        args.threads = torch.get_num_threads()
+        _C.count_activations(args, "cpu", 0)
+    return bits
+
+
+def _check_threshold(threshold) -> float:
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise TypeError(f"threshold must be a number, got {threshold!r}") from None
+    if value != value:
+        raise ValueError("threshold must not be NaN")
+    return value
+
+
+def _check_tensor(name, tensor, dtype, shape, device, optional=False):
+    if tensor is None and optional:
+        return
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}, got {tensor.dtype}: convert it with .to({dtype})")
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+    if tensor.device != device:
+        raise ValueError(f"{name} is on {tensor.device} but pre is on {device}: move it with .to({str(device)!r})")
+    if not tensor.is_contiguous():
+        raise ValueError(f"{name} must be contiguous: call .contiguous() on it")
+
+
+def _check_inputs(pre, positions, counted, active, pos_active, bits, nan_count):
+    if not isinstance(pre, torch.Tensor):
+        raise TypeError(f"pre must be a torch.Tensor, got {type(pre).__name__}")
+    if pre.dtype not in _DTYPE_CODES:
+        raise TypeError(f"pre must be float32, float16 or bfloat16, got {pre.dtype}")
+    if pre.dim() not in (2, 3):
+        raise ValueError(f"pre must be [B, S, F] or [N, F], got shape {tuple(pre.shape)}")
+    if pre.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"pre must be on a CPU or CUDA device, got {pre.device}")
+    if pre.shape[-1] > 0 and pre.stride(-1) != 1:
+        raise ValueError("pre must be contiguous in its last (neuron) dimension: call .contiguous()")
+    rows, num_neurons = tuple(pre.shape[:-1]), pre.shape[-1]
+    if not isinstance(pos_active, torch.Tensor) or pos_active.dim() != 2 or pos_active.shape[0] < 1:
+        raise ValueError("pos_active must be an int64 tensor [T, F] with T >= 1")
+    device = pre.device
+    _check_tensor("positions", positions, torch.int32, rows, device)
+    _check_tensor("counted", counted, torch.bool, rows, device)
+    _check_tensor("active", active, torch.int64, (num_neurons,), device)
+    _check_tensor("pos_active", pos_active, torch.int64, (pos_active.shape[0], num_neurons), device)
+    _check_tensor("bits", bits, torch.int64, rows + (words_for(num_neurons),), device, optional=True)
+    _check_tensor("nan_count", nan_count, torch.int64, (1,), device, optional=True)
+
+
+def count_activations_naive(pre, positions, counted, threshold, active, pos_active, bits=None, nan_count=None):
+    """Slow, obvious torch version of ``count_activations`` (same arguments and effects): the reference."""
+    num_neurons = pre.shape[-1]
+    values = pre.reshape(-1, num_neurons).float()
+    positions = positions.reshape(-1).long()
+    counted = counted.reshape(-1)
+    threshold = torch.tensor(float(threshold), dtype=torch.float32)
+    on = values > threshold.to(values.device)
+    for row in range(values.shape[0]):
+        position = int(positions[row])
+        if position < 0:
+            continue
+        if bool(counted[row]):
+            active += on[row]
+        if position < pos_active.shape[0]:
+            pos_active[position] += on[row]
+        if nan_count is not None:
+            nan_count += torch.isnan(values[row]).sum()
+    if bits is not None:
+        on = on & (positions >= 0)[:, None]
+        bits.copy_(pack_bits(on).reshape(bits.shape))
+    return bits
+
+
+def pack_bits(on: torch.Tensor) -> torch.Tensor:
+    """Pack a bool tensor [..., F] into int64 words [..., ceil(F/64)]; bit j of word w is neuron 64w+j."""
+    num_neurons = on.shape[-1]
+    words = words_for(num_neurons)
+    padded = torch.zeros(on.shape[:-1] + (words * BITS_PER_WORD,), dtype=torch.bool, device=on.device)
+    padded[..., :num_neurons] = on
+    weights = 2 ** torch.arange(8, device=on.device, dtype=torch.int32)
+    eight = (padded.reshape(-1, words * 8, 8).to(torch.int32) * weights).sum(-1).to(torch.uint8)
+    return eight.reshape(on.shape[:-1] + (words * 8,)).view(torch.int64)
+
+
+def unpack_bits(bits: torch.Tensor, num_neurons: int) -> torch.Tensor:
+    """Unpack int64 words [..., W] into a bool tensor [..., num_neurons] (inverse of ``pack_bits``)."""
+    eight = bits.contiguous().view(torch.uint8)
+    shifts = torch.arange(8, device=bits.device, dtype=torch.uint8)
+    on = ((eight[..., None] >> shifts) & 1).bool()
+    return on.reshape(bits.shape[:-1] + (-1,))[..., :num_neurons]

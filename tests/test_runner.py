@@ -1,0 +1,276 @@
+"""`record()` end to end against the plain hooks-based reference, on random-weight OPTs.
+
+Exact integer equality of every counter (dense and n-gram) in fp32 on the CPU; resume after an
+interruption and shard + merge give exactly the uninterrupted single-process counts.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from transformers import OPTConfig, OPTForCausalLM
+
+from fastneurons import runner
+from fastneurons.bench.plain_way import plain_record
+from fastneurons.config import RecordConfig
+from fastneurons.corpus import parse_corpus_arg, plan_corpus
+from fastneurons.loading import gpt2_tokenizer
+from fastneurons.store import StoreError, merge_stores, open_counts
+
+TEXT_A = ("def add(a, b):\n    return a + b\n\nclass Point:\n    '''A point in the plane.'''\n"
+          "    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n") * 6
+TEXT_B = ("The quick brown fox jumps over the lazy dog. Neurons fire after n-grams; "
+          "some neurons never fire at all, and some fire only at certain positions. ") * 8
+
+
+def _opt(tmp_path, name, pre_ln=True, layers=3, seed=0):
+    torch.manual_seed(seed)
+    config = OPTConfig(vocab_size=50272, hidden_size=32, num_hidden_layers=layers, ffn_dim=200,
+                       num_attention_heads=4, max_position_embeddings=128, do_layer_norm_before=pre_ln,
+                       word_embed_proj_dim=32 if pre_ln else 16, bos_token_id=50256, eos_token_id=50256,
+                       pad_token_id=1)
+    model = OPTForCausalLM(config).eval()
+    with torch.no_grad():  # shift fc1 biases so some neurons are rare or dead, like trained OPTs
+        for i, layer in enumerate(model.model.decoder.layers):
+            layer.fc1.bias.add_(torch.linspace(-0.6, 0.3, config.ffn_dim))
+    path = tmp_path / name
+    model.save_pretrained(path)
+    gpt2_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "code.txt").write_text(TEXT_A)
+    with open(root / "prose.jsonl", "w") as f:
+        for i in range(6):
+            f.write(json.dumps({"text": TEXT_B[: 60 + 40 * i]}) + "\n")
+    return [str(root / "code.txt"), "prose=" + str(root / "prose.jsonl")]
+
+
+def _config(model, corpus, out, **overrides):
+    values = dict(model=str(model), corpus=corpus, out=str(out), seq_len=48, batch_size=3, unit_batches=2,
+                  ngram_layers=["0", "1"], progress=False)
+    values.update(overrides)
+    return RecordConfig(**values)
+
+
+def _reference(config, model_dir):
+    """Counts of the plain way on exactly the micro-batches of the recording's plan."""
+    model = OPTForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = gpt2_tokenizer()
+    plan = plan_corpus([parse_corpus_arg(c) for c in config.corpus], tokenizer, seq_len=config.seq_len,
+                       batch_size=config.batch_size, unit_batches=config.unit_batches,
+                       max_tokens=config.max_tokens, full_length=config.full_length,
+                       vocab_size=model.config.vocab_size)
+    batches = [(mb.input_ids, mb.attention_mask) for u in range(plan.num_units) for mb in plan.unit(u).batches]
+    layers = model.model.decoder.layers
+    ngram_layers = [int(x) for x in config.ngram_layers]
+    return plain_record(model, {i: layer.fc1 for i, layer in enumerate(layers)}, batches,
+                        max_positions=config.seq_len, threshold=config.threshold, count_bos=config.count_bos,
+                        ngram_layers=ngram_layers, orders=config.orders, pack_bits=16)
+
+
+def _assert_equal_counts(path, ref, layers, ngram_layers, orders):
+    with open_counts(path) as counts:
+        assert counts.complete
+        assert counts.tokens == ref.tokens
+        np.testing.assert_array_equal(counts.pos_seen, ref.pos_seen)
+        for layer in layers:
+            np.testing.assert_array_equal(counts.active(layer), ref.active[layer])
+            np.testing.assert_array_equal(counts.pos_active(layer), ref.pos_active[layer])
+        for k in orders:
+            key, count = counts.ngram_seen(k)
+            np.testing.assert_array_equal(key, ref.ngram_seen[k][0])
+            np.testing.assert_array_equal(count, ref.ngram_seen[k][1])
+            for layer in ngram_layers:
+                key, neuron, count = counts.ngram_active(layer, k)
+                rk, rn, rc = ref.ngram_active[(layer, k)]
+                np.testing.assert_array_equal(key, rk)
+                np.testing.assert_array_equal(neuron, rn)
+                np.testing.assert_array_equal(count, rc)
+        assert counts.domain_tokens.sum() == ref.tokens
+        assert counts.domain_active(layers[0]).sum(axis=0).tolist() == ref.active[layers[0]].tolist()
+
+
+@pytest.mark.parametrize("pre_ln", [True, False])
+def test_record_equals_plain_reference(tmp_path, corpus, pre_ln):
+    model = _opt(tmp_path, "opt", pre_ln=pre_ln)
+    config = _config(model, corpus, tmp_path / "counts.h5")
+    runner.record(config, log=lambda *a: None)
+    ref = _reference(config, model)
+    assert ref.tokens > 0 and any(ref.active[0] == 0) and any(ref.active[0] > 0)
+    _assert_equal_counts(config.out, ref, [0, 1, 2], [0, 1], [1, 2, 3])
+
+
+def test_full_length_small_batches_and_count_bos(tmp_path, corpus):
+    model = _opt(tmp_path, "opt", layers=2, seed=1)
+    config = _config(model, corpus, tmp_path / "c.h5", full_length=True, seq_len=32, batch_size=1,
+                     unit_batches=3, count_bos=True, ngram_layers=["1"], orders=[1, 3], commit_units=2)
+    runner.record(config, log=lambda *a: None)
+    ref = _reference(config, model)
+    _assert_equal_counts(config.out, ref, [0, 1], [1], [1, 3])
+    with open_counts(config.out) as counts:
+        assert (counts.pos_seen[counts.pos_seen > 0] == counts.pos_seen[0]).all()  # every sequence full length
+
+
+def test_interrupted_run_resumes_to_identical_counts(tmp_path, corpus, monkeypatch):
+    model = _opt(tmp_path, "opt")
+    full = _config(model, corpus, tmp_path / "full.h5")
+    runner.record(full, log=lambda *a: None)
+
+    part = _config(model, corpus, tmp_path / "part.h5", ngram_memory="1K")  # spills runs often
+    commits = {"n": 0}
+    original = runner.CountsWriter.commit
+
+    def failing_commit(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        commits["n"] += 1
+        if commits["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.CountsWriter, "commit", failing_commit)
+    with pytest.raises(KeyboardInterrupt):
+        runner.record(part, log=lambda *a: None)
+    monkeypatch.setattr(runner.CountsWriter, "commit", original)
+    with open_counts(part.out) as counts:
+        assert not counts.complete and counts.units_held == 2
+    with pytest.raises(StoreError, match="exists"):
+        runner.record(part, log=lambda *a: None)
+    part.resume = True
+    runner.record(part, log=lambda *a: None)
+    _assert_same_store(full.out, part.out)
+
+
+def _assert_same_store(a, b):
+    with open_counts(a) as x, open_counts(b) as y:
+        assert x.tokens == y.tokens
+        np.testing.assert_array_equal(x.pos_seen, y.pos_seen)
+        np.testing.assert_array_equal(x.domain_tokens, y.domain_tokens)
+        for layer in x.layers:
+            np.testing.assert_array_equal(x.active(layer), y.active(layer))
+            np.testing.assert_array_equal(x.pos_active(layer), y.pos_active(layer))
+            np.testing.assert_array_equal(x.domain_active(layer), y.domain_active(layer))
+        for k in x.ngram_orders:
+            for u, v in zip(x.ngram_seen(k), y.ngram_seen(k)):
+                np.testing.assert_array_equal(u, v)
+            for layer in x.ngram_layers:
+                for u, v in zip(x.ngram_active(layer, k), y.ngram_active(layer, k)):
+                    np.testing.assert_array_equal(u, v)
+
+
+def test_shards_merge_to_the_single_run(tmp_path, corpus):
+    model = _opt(tmp_path, "opt")
+    full = _config(model, corpus, tmp_path / "full.h5")
+    runner.record(full, log=lambda *a: None)
+    shards = []
+    for i in range(3):
+        shard = _config(model, corpus, tmp_path / f"s{i}.h5", shard=f"{i}/3")
+        runner.record(shard, log=lambda *a: None)
+        shards.append(shard.out)
+    merged = merge_stores(shards, tmp_path / "merged.h5", ngram_memory=1 << 20)
+    _assert_same_store(full.out, merged)
+    with pytest.raises(StoreError, match="disjoint"):
+        merge_stores([shards[0], merged], tmp_path / "twice.h5", ngram_memory=1 << 20)
+    other = _config(model, corpus, tmp_path / "other.h5", threshold=0.5)
+    runner.record(other, log=lambda *a: None)
+    with pytest.raises(StoreError, match="threshold"):
+        merge_stores([full.out, other.out], tmp_path / "bad.h5", ngram_memory=1 << 20)
+
+
+def test_merge_of_different_corpora_keeps_domains_apart(tmp_path, corpus):
+    model = _opt(tmp_path, "opt", layers=2)
+    a = _config(model, corpus[:1], tmp_path / "a.h5")
+    b = _config(model, corpus[1:], tmp_path / "b.h5")
+    runner.record(a, log=lambda *a: None)
+    runner.record(b, log=lambda *a: None)
+    merged = merge_stores([a.out, b.out], tmp_path / "ab.h5", ngram_memory=1 << 20)
+    with open_counts(a.out) as x, open_counts(b.out) as y, open_counts(merged) as m:
+        assert m.domains == x.domains + y.domains
+        assert m.tokens == x.tokens + y.tokens
+        np.testing.assert_array_equal(m.active(1), x.active(1) + y.active(1))
+        np.testing.assert_array_equal(m.domain_active(1), np.concatenate([x.domain_active(1), y.domain_active(1)]))
+
+
+def test_resume_refuses_other_settings_and_corrupt_files(tmp_path, corpus):
+    model = _opt(tmp_path, "opt", layers=2)
+    config = _config(model, corpus, tmp_path / "c.h5")
+    runner.record(config, log=lambda *a: None)
+    changed = _config(model, corpus, config.out, resume=True, batch_size=2)
+    with pytest.raises(StoreError, match="batch_size"):
+        runner.record(changed, log=lambda *a: None)
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    with pytest.raises(StoreError, match="not an HDF5"):
+        runner.record(_config(model, corpus, bad, resume=True), log=lambda *a: None)
+    with pytest.raises(StoreError, match="not an HDF5"):
+        open_counts(bad)
+
+
+def test_bad_input_errors(tmp_path, corpus):
+    model = _opt(tmp_path, "opt", layers=2)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="(?i)empty|no sequences|no tokens"):
+        runner.record(_config(model, [str(empty)], tmp_path / "e.h5"), log=lambda *a: None)
+    with pytest.raises(ValueError, match="layers"):
+        runner.record(_config(model, corpus, tmp_path / "l.h5", layers=[5]), log=lambda *a: None)
+    with pytest.raises(ValueError, match="seq-len"):
+        runner.record(_config(model, corpus, tmp_path / "s.h5", seq_len=4096), log=lambda *a: None)
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text("[2, 5, 99999999]\n")
+    with pytest.raises(ValueError, match="99999999"):
+        runner.record(_config(model, [str(ids)], tmp_path / "i.h5"), log=lambda *a: None)
+    assert not (tmp_path / "i.h5").exists()
+
+
+def test_nan_weights_stop_with_a_clear_error_and_lose_nothing(tmp_path, corpus):
+    model_dir = _opt(tmp_path, "opt", layers=2)
+    model = OPTForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.model.decoder.layers[1].fc1.weight[3, 0] = float("nan")
+    model.save_pretrained(model_dir)
+    with pytest.raises(runner.RecordingError, match="NaN"):
+        runner.record(_config(model_dir, corpus, tmp_path / "n.h5"), log=lambda *a: None)
+    with open_counts(tmp_path / "n.h5") as counts:
+        assert counts.units_held == 0 and not counts.complete
+
+
+def test_kill_9_mid_run_then_resume(tmp_path):
+    """A real `fastneurons record` process killed with SIGKILL mid-run resumes to identical counts."""
+    model = _opt(tmp_path, "opt", layers=3)
+    big = tmp_path / "big.txt"
+    big.write_text((TEXT_A + TEXT_B) * 25)  # a few hundred units: the run lasts long enough to be hit
+    corpus = [str(big)]
+    full = _config(model, corpus, tmp_path / "full.h5", unit_batches=1, batch_size=2)
+    runner.record(full, log=lambda *a: None)
+    out = tmp_path / "killed.h5"
+    args = [sys.executable, "-m", "fastneurons.cli", "record", "--model", str(model), "--corpus", *corpus,
+            "--out", str(out), "--seq-len", "48", "--batch-size", "2", "--unit-batches", "1",
+            "--ngram-layers", "0", "1", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with h5py.File(out, "r") as f:
+                if int(f["corpora/0/units"][()].sum()) >= 3:
+                    break
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with open_counts(out) as counts:
+        assert not counts.complete
+        assert 3 <= counts.units_held < len(counts.header.corpora[0].units)
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same_store(full.out, out)
