@@ -34,9 +34,32 @@ def _base_type(tp):
     return args[0] if args else tp
 
 
+def _order_map(text: str):
+    """'1=5' -> (1, 5): one m_k entry of --max-coverage."""
+    order, _, value = text.partition("=")
+    if not (order.strip().isdigit() and value.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K=M, e.g. 1=5 3=50")
+    return int(order), int(value)
+
+
+_TYPES = {"order_map": _order_map}
+
+
+def _nested_class(field):
+    if field.metadata.get("nested") == "AnalysisSettings":
+        from .analysis.pipeline import AnalysisSettings
+
+        return AnalysisSettings
+    return None
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
-    """Add one flag (or positional) per field of ``config_cls``."""
+    """Add one flag (or positional) per field of ``config_cls`` (nested settings flattened)."""
     for field in dataclasses.fields(config_cls):
+        nested = _nested_class(field)
+        if nested is not None:
+            add_dataclass_arguments(parser.add_argument_group(nested.__name__), nested)
+            continue
         meta = dict(field.metadata)
         help_text = meta.get("help", "")
         tp = _base_type(field.type)
@@ -47,10 +70,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls) -> None
             parser.add_argument(_flag(field), default=default, action=argparse.BooleanOptionalAction,
                                 help=help_text)
             continue
-        kwargs = {"help": help_text + ("" if required or default is None else f" (default: {default})")}
+        kwargs = {"help": help_text + ("" if required or default is None else f" (default: {_show(default)})")}
         if "nargs" in meta:
             kwargs["nargs"] = meta["nargs"]
-            kwargs["type"] = meta.get("type", str)
+            kwargs["type"] = _TYPES.get(meta.get("type"), meta.get("type", str))
         elif tp in (int, float):
             kwargs["type"] = tp
         if meta.get("positional"):
@@ -58,6 +81,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls) -> None
             continue
         flags = [_flag(field)] + ([meta["flag"]] if "flag" in meta else [])
         parser.add_argument(*flags, dest=field.name, required=required, default=default, **kwargs)
+
+
+def _show(value) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from(args, config_cls):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
-    return config_cls(**values).validate()
+    values = {}
+    for field in dataclasses.fields(config_cls):
+        nested = _nested_class(field)
+        if nested is not None:
+            values[field.name] = _config_from(args, nested)
+            continue
+        value = getattr(args, field.name)
+        if field.metadata.get("type") == "order_map" and isinstance(value, list):
+            value = {**field.default_factory(), **dict(value)}
+        elif isinstance(value, list) and field.metadata.get("nargs") and isinstance(field.default, tuple):
+            value = tuple(value)
+        values[field.name] = value
+    config = config_cls(**values)
+    return config.validate() if hasattr(config, "validate") else config
 
 
 @command("record", cfg.RecordConfig, "record SPEC §2 counts of a model over a corpus into an HDF5 store")
@@ -91,6 +134,14 @@ def _merge(config):
 
     path = merge_stores(config.inputs, config.out, cfg.parse_bytes(config.ngram_memory))
     print(f"wrote {path}")
+
+
+@command("analyze", cfg.AnalyzeConfig, "turn counts into the paper's findings: results.json, CSV, figures, report.html")
+def _analyze(config):
+    from .analyze import analyze
+
+    path = analyze(config)
+    print(f"report: {path}")
 
 
 @command("info", None, "print version, compiled backends, threads and visible GPUs")

@@ -158,3 +158,32 @@ class MergeConfig:
             raise ValueError("merge needs at least two input files")
         parse_bytes(self.ngram_memory)
         return self
+
+
+@dataclass
+class AnalyzeConfig:
+    """`fastneurons analyze`: SPEC §3 findings, figures and an HTML report from counts stores.
+
+    The analysis parameters themselves are the fields of ``analysis.AnalysisSettings`` (flattened
+    into this command's flags by the CLI, passed as ``settings=`` from Python).
+    """
+
+    counts: list = field(metadata={"help": "counts files (several give cross-size plots)", "nargs": "+",
+                                   "positional": True})
+    out: str = _opt("report", "output folder for results.json, CSV tables, figures and report.html")
+    model: Optional[str] = _opt(None, "checkpoint for suppression (default: the model recorded in the store)")
+    suppression: bool = _opt(True, "compute suppression (loads the model's fc2/lm_head weights)")
+    per_neuron: bool = _opt(False, "include per-neuron arrays in results.json (large for big models)")
+    formats: list = field(default_factory=lambda: ["png", "svg"],
+                          metadata={"help": "figure formats", "nargs": "+"})
+    settings: Optional[object] = field(default=None, metadata={"nested": "AnalysisSettings"})
+
+    def validate(self) -> "AnalyzeConfig":
+        if not self.counts:
+            raise ValueError("give at least one counts file")
+        bad = sorted(set(self.formats) - {"png", "svg", "pdf"})
+        if bad:
+            raise ValueError(f"--formats {bad}: choose from png, svg, pdf")
+        if self.settings is not None:
+            self.settings.validate()
+        return self

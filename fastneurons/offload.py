@@ -192,11 +192,12 @@ class LayerStreamer:
         if self.plan.mode == "none":
             return self
         try:
-            self._move_outside()
-            if self.plan.mode == "resident":
-                self._move_layers()
-            else:
-                self._start_streaming()
+            with torch.inference_mode(False):   # ordinary tensors even if entered under inference_mode
+                self._move_outside()
+                if self.plan.mode == "resident":
+                    self._move_layers()
+                else:
+                    self._start_streaming()
         except BaseException:
             self._restore()
             raise
@@ -249,6 +250,10 @@ class LayerStreamer:
             self._handles.append(layer.register_forward_hook(lambda m, a, o, i=index: self._after_layer(i)))
 
     def _restore(self) -> None:
+        with torch.inference_mode(False):
+            self._restore_all()
+
+    def _restore_all(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []

@@ -7,7 +7,6 @@ constant and the sign of every layer-0 pre-activation follows an exact integer r
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -61,7 +60,7 @@ class PlantSpec:
 class PositionalTruth:
     """A planted positional neuron as SPEC §3 classifies its exact 0/1 firing profile."""
 
-    kind: str  # "oscillatory" | "both extremes" | "one extreme"
+    kind: str  # "oscillatory" | "both_extremes" | "one_extreme"
     strength: str  # "strong": fr(p) is exactly 0 or 1, so the strong level already finds the ranges
     on_ranges: tuple[tuple[int, int], ...]  # inclusive [start, end], runs of at least min_run
     off_ranges: tuple[tuple[int, int], ...]
@@ -151,8 +150,8 @@ def _validate(spec: PlantSpec) -> None:
         need = 2 * (len(spec.detectors) + len(spec.positional_neurons) + MIN_BITS)
         raise ValueError(f"hidden_size {spec.hidden_size} is too small for {len(spec.detectors)} detectors and "
                          f"{len(spec.positional_neurons)} positional neurons; use hidden_size >= {need}")
-    planned = {**{n: "oscillatory" for n in spec.oscillatory}, **{n: "both extremes" for n in spec.steps},
-               **{n: "one extreme" for n in spec.one_extreme}}
+    planned = {**{n: "oscillatory" for n in spec.oscillatory}, **{n: "both_extremes" for n in spec.steps},
+               **{n: "one_extreme" for n in spec.one_extreme}}
     for n, kind in planned.items():
         found = _classify(positional_profile(spec, n, spec.max_positions), spec.min_run)[0]
         if found != kind:
@@ -193,9 +192,9 @@ def _classify(profile: np.ndarray, min_run: int):
     if alternations >= 3:
         kind = "oscillatory"
     elif on and off:
-        kind = "both extremes"
+        kind = "both_extremes"
     elif on or off:
-        kind = "one extreme"
+        kind = "one_extreme"
     else:
         kind = "other"
     return kind, tuple(on), tuple(off)

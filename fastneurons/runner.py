@@ -108,6 +108,7 @@ class LayerTaps:
 
     def _count(self, row: int, layer: int, pre: torch.Tensor) -> None:
         batch = self.batch
+        pre = pre.view(*batch.positions.shape, pre.shape[-1])  # OPT flattens tokens before fc1
         want_bits = layer in self.ngram_layers
         pos_active = self.pos_active[row] if self.pos_active is not None else self.scratch_pos
         bits = count_activations(pre, batch.positions, batch.counted, self.threshold,
@@ -233,6 +234,8 @@ def record(config: RecordConfig, log=print) -> Path:
     loaded = load_model(config.model, dtype=dtype)
     model, arch = loaded.model, loaded.arch
     tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else loaded.tokenizer
+    if tokenizer is None:
+        raise ValueError(f"{config.model} has no tokenizer files: pass --tokenizer")
     num_layers = archs.num_layers(model, arch)
     layers, ngram_layers = _select_layers(config, num_layers)
     model_positions = archs.max_positions(model.config, arch)

@@ -23,7 +23,7 @@ FORMAT = "fastneurons.counts"
 SCHEMA_VERSION = 1
 
 # Metadata fields that must agree for two stores (or a store and a resumed run) to be added.
-_SETTING_KEYS = ("architecture", "model_config", "compute_dtype", "neuron_definition", "threshold",
+_SETTING_KEYS = ("architecture", "model_config", "compute_dtype", "threshold", "neuron_definition",
                  "count_bos", "pack_bits", "num_neurons", "max_positions", "layers", "ngram_layers",
                  "orders", "positions", "seq_len", "full_length", "batch_size", "unit_batches")
 
@@ -149,7 +149,7 @@ def _write_header(f: h5py.File, header: Header, complete: bool) -> None:
     for key, value in header.meta.items():
         _write_json_attr(meta, key, value)
     if header.vocab is not None:
-        f.create_dataset("vocab", data=np.array(header.vocab, dtype=h5py.string_dtype("utf-8")))
+        _write_strings(f.create_group("vocab"), header.vocab)
     corpora = f.create_group("corpora")
     for index, corpus in enumerate(header.corpora):
         group = corpora.create_group(str(index))
@@ -187,6 +187,18 @@ def _ngram_group(f: h5py.File, header: Header, pending_runs: list) -> h5py.Group
     return group
 
 
+def _write_strings(group: h5py.Group, strings: list) -> None:
+    """Strings as utf-8 bytes + offsets (token texts may contain NUL, which HDF5 strings cannot)."""
+    encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
+    group.create_dataset("offsets", data=np.cumsum([0] + [len(b) for b in encoded], dtype=np.int64))
+    group.create_dataset("bytes", data=np.frombuffer(b"".join(encoded), dtype=np.uint8))
+
+
+def _read_strings(group: h5py.Group) -> list:
+    offsets, data = group["offsets"][()], group["bytes"][()].tobytes()
+    return [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip(offsets[:-1], offsets[1:])]
+
+
 def table_path(layer: int, k: int) -> str:
     return f"layer{layer}/k{k}"
 
@@ -212,7 +224,7 @@ def read_header(f: h5py.File, path) -> Header:
         raise StoreError(f"{path}: schema version {version}, this fastneurons reads {SCHEMA_VERSION}")
     try:
         meta = {key: json.loads(value) for key, value in f["meta"].attrs.items()}
-        vocab = [s.decode("utf-8") if isinstance(s, bytes) else s for s in f["vocab"][()]] if "vocab" in f else None
+        vocab = _read_strings(f["vocab"]) if "vocab" in f else None
         corpora = [
             Corpus(g.attrs["fingerprint"], json.loads(g.attrs["manifest"]), g["units"][()].astype(bool),
                    int(g.attrs["num_domains"]))
@@ -395,11 +407,19 @@ def open_counts(path) -> Counts:
 
 def compatibility_problem(a: Header, b: Header) -> Optional[str]:
     """Why two stores cannot be added, or None when they can."""
-    sa, sb = a.settings(), b.settings()
+    sa, sb = _normalized(a.settings()), _normalized(b.settings())
     for key in _SETTING_KEYS:
         if sa[key] != sb[key]:
+            if isinstance(sa[key], dict) and isinstance(sb[key], dict):
+                sub = next(k for k in sorted(set(sa[key]) | set(sb[key])) if sa[key].get(k) != sb[key].get(k))
+                return f"'{key}.{sub}' differs: {_short(sa[key].get(sub))} vs {_short(sb[key].get(sub))}"
             return f"'{key}' differs: {_short(sa[key])} vs {_short(sb[key])}"
     return None
+
+
+def _normalized(value):
+    """The JSON form of a value (tuples -> lists, int keys -> str), as it reads back from a file."""
+    return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
 
 
 def _short(value) -> str:

@@ -163,3 +163,15 @@ def test_settings_validation():
         with pytest.raises(ValueError):
             AnalysisSettings(**bad).validate()
     json.dumps(AnalysisSettings().to_dict())
+
+
+def test_store_without_positions(counts):
+    class NoPositions(MemoryCounts):
+        has_positions = False
+
+        def pos_active(self, layer):
+            raise KeyError("recorded with --no-positions")
+
+    results = analyze_counts(NoPositions(sequences=4), AnalysisSettings(orders=(1,)))
+    assert results.positional == {} and "without position counts" in results.positional_skipped
+    assert results.summary["num_positional"] == []

@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from fastneurons.analysis.positional import (count_alternations, find_runs, find_runs_naive, positional_mi,
-                                             positional_mi_naive, positional_neurons, positional_types)
+from fastneurons.analysis.positional import (count_alternations, find_runs, find_runs_naive, null_mi_samples,
+                                             null_mi_samples_naive, positional_mi, positional_mi_naive,
+                                             positional_neurons, positional_types)
 
 
 def counts_from_rates(rates, seen=10):
@@ -20,7 +21,9 @@ def counts_from_rates(rates, seen=10):
 
 def test_constant_neurons_have_zero_mi():
     pos_active, pos_seen = counts_from_rates(np.column_stack([np.zeros(32), np.ones(32), np.full(32, 0.5)]))
-    assert positional_mi(pos_active, pos_seen).tolist() == [0.0, 0.0, 0.0]
+    mi = positional_mi(pos_active, pos_seen)
+    assert mi[:2].tolist() == [0.0, 0.0]  # fr = 0 and fr = 1: exactly 0 by definition
+    assert mi[2] == pytest.approx(0.0, abs=1e-12)  # constant 0.5: 0 up to rounding
 
 
 def test_first_half_neuron_has_ln2():
@@ -44,11 +47,16 @@ def test_unseen_positions_are_left_out():
     assert positional_mi(padded_active, padded_seen)[0] == pytest.approx(math.log(2))
 
 
-def test_matches_naive():
+@pytest.mark.parametrize("equal_seen", [True, False])
+def test_matches_naive(equal_seen):
     rng = np.random.default_rng(1)
-    pos_seen = rng.integers(0, 20, size=40)
+    pos_seen = np.full(40, 13) if equal_seen else rng.integers(0, 20, size=40)
     pos_active = rng.integers(0, 21, size=(40, 7)) % (pos_seen[:, None] + 1)
-    assert positional_mi(pos_active, pos_seen) == pytest.approx(positional_mi_naive(pos_active, pos_seen))
+    pos_active[:, 0] = 0
+    pos_active[:, 1] = pos_seen
+    expected = positional_mi_naive(pos_active, pos_seen)
+    assert positional_mi(pos_active, pos_seen) == pytest.approx(expected, rel=1e-9, abs=1e-14)
+    assert positional_mi(pos_active, pos_seen, log_base=10) == pytest.approx(expected / math.log(10))
 
 
 def test_bad_counts():
@@ -70,6 +78,16 @@ def test_bootstrap_null_removes_small_sample_noise():
     assert result.mi_pvalue[0] > 0.05 and result.mi_pvalue[1] == pytest.approx(1 / 201)
     assert result.mi_bias_estimate == pytest.approx(63 / 128 / 4)
     assert result.mi_null_q[0] > result.mi[0]
+
+
+def test_fast_null_matches_per_position_draws():
+    seen = np.r_[np.full(50, 6), np.full(14, 3), [1]]  # two big groups and one single position
+    for rate in (0.02, 0.5):
+        fast = null_mi_samples(seen, rate, 4000, np.random.default_rng(0))
+        slow = null_mi_samples_naive(seen, rate, 4000, np.random.default_rng(1))
+        assert fast.mean() == pytest.approx(slow.mean(), rel=0.05)
+        assert np.quantile(fast, 0.9) == pytest.approx(np.quantile(slow, 0.9), rel=0.08)
+    assert null_mi_samples(seen, 0.0, 5, np.random.default_rng(0)).tolist() == [0.0] * 5
 
 
 def test_runs_at_the_edges():

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def plan_rows(plan, domain=None):
 
 
 def test_parse_corpus_arg(tmp_path):
-    assert parse_corpus_arg("code=path/x.jsonl") == CorpusSource("code", corpus.Path("path/x.jsonl"))
+    assert parse_corpus_arg("code=path/x.jsonl") == CorpusSource("code", Path("path/x.jsonl"))
     assert parse_corpus_arg("dir/web.jsonl.gz").label == "web"
     assert parse_corpus_arg("dir/a=b.txt").label == "a=b"
     existing = tmp_path / "k=v.txt"

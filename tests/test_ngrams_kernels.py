@@ -208,7 +208,7 @@ def test_many_chunks_equal_naive_on_concatenation(kernel_path):
             accumulator.tables()
             seen_accumulator.tables()
     assert accumulator.nbytes > 0 and seen_accumulator.nbytes > 0
-    everything = [np.concatenate(column) for column in zip(*chunks)]
+    everything = [np.concatenate(column) for column in zip(*chunks, strict=True)]
     tables, seen = accumulator.tables(), seen_accumulator.tables()
     for k in ORDERS:
         assert_same_table(tables[k], naive_table(*everything, 90, k))

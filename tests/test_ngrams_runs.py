@@ -56,12 +56,17 @@ def test_write_read_roundtrip(tmp_path):
         np.testing.assert_array_equal(part.key, table.key[10:20])
 
 
-def test_write_into_used_group_is_refused(tmp_path):
+def test_write_into_used_group_or_unsorted_is_refused(tmp_path):
     rng = np.random.default_rng(1)
     with h5py.File(tmp_path / "runs.h5", "w") as f:
         write_table(f.create_group("a"), random_table(rng, 10))
         with pytest.raises(ValueError, match="already exists"):
             write_table(f["a"], random_table(rng, 10))
+        table = Table(np.array([4, 4], np.uint64), np.array([2, 1], np.uint32), np.array([1, 1]), 2)
+        unsorted_seen = SeenTable(np.array([3, 3], np.uint64), np.array([1, 1]), 1)
+        for bad in (table, unsorted_seen):
+            with pytest.raises(ValueError, match="not sorted"):
+                write_table(f.create_group(f"bad{type(bad).__name__}"), bad)
 
 
 @pytest.mark.parametrize("memory_bytes", [1, 700, 5000, 1 << 30])
@@ -126,3 +131,14 @@ def test_group_by_neuron_sorts_by_count_descending():
     np.testing.assert_array_equal(counts[2:6], [9, 9, 1, 1])
     with pytest.raises(ValueError, match="num_neurons"):
         group_by_neuron(table, num_neurons=2)
+
+
+def test_group_by_neuron_matches_lexsort_on_a_random_table():
+    rng = np.random.default_rng(5)
+    table = random_table(rng, 20000, max_key=3000, num_neurons=70)
+    table.count = rng.integers(1, 4, table.rows).astype(np.int64)  # many ties
+    offsets, keys, counts = group_by_neuron(table, num_neurons=80)
+    order = np.lexsort((table.key, -table.count, table.neuron))
+    np.testing.assert_array_equal(keys, table.key[order])
+    np.testing.assert_array_equal(counts, table.count[order])
+    np.testing.assert_array_equal(np.diff(offsets), np.bincount(table.neuron, minlength=80))

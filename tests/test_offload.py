@@ -170,3 +170,13 @@ def test_weights_shared_between_layers_cannot_stream():
     with pytest.raises(ValueError, match="share a weight"):
         with LayerStreamer(model, A.LLAMA, "cpu", 2, mode="stream"):
             pass
+
+
+def test_entered_under_inference_mode_leaves_ordinary_tensors():
+    model = tiny_llama()
+    with torch.inference_mode():
+        with LayerStreamer(model, A.LLAMA, "cpu", 1, mode="stream"):
+            record(model, A.LLAMA, 1)
+    assert not any(p.is_inference() for p in model.parameters())
+    loss = model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum()   # usable outside inference mode
+    assert torch.isfinite(loss)

@@ -29,18 +29,17 @@ def planted_neurons(spec):
     return sorted({*spec.detectors, *spec.dead, *spec.positional_neurons})
 
 
-def direct_pre(model, token_rows, position_rows, neurons):
-    """fc1(final_layer_norm(embed + position)) of layer 0 for every token row x position row: [V, P, k]."""
+def direct_pre(model, token_rows, position_rows, neurons, chunk=1024):
+    """Yield (start, fc1(final_layer_norm(embed + position))[neurons]) of layer 0 for chunks of token rows
+    against every position row: [chunk, P, k]."""
     layer0 = model.model.decoder.layers[0]
     ln = layer0.final_layer_norm
     weight, bias = layer0.fc1.weight[neurons], layer0.fc1.bias[neurons]
-    out = []
     with torch.no_grad():
-        for start in range(0, token_rows.shape[0], 1024):
-            h = token_rows[start:start + 1024, None, :] + position_rows[None, :, :]
+        for start in range(0, token_rows.shape[0], chunk):
+            h = token_rows[start:start + chunk, None, :] + position_rows[None, :, :]
             x = torch.nn.functional.layer_norm(h, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-            out.append(torch.nn.functional.linear(x, weight, bias))
-    return torch.cat(out)
+            yield start, torch.nn.functional.linear(x, weight, bias)
 
 
 def tables(model):
@@ -63,19 +62,19 @@ def test_every_token_at_every_position_follows_the_planted_rule():
     spec = default_spec(TRIGGERS)
     model = build_planted_opt(spec)
     tokens, positions = tables(model)
+    assert tokens.shape[0] == 50257 and positions.shape[0] == 256
     neurons = planted_neurons(spec)
     by_token, by_position, positional = rule_tables(spec)
-    with torch.no_grad():
-        pre = direct_pre(model, tokens, positions, neurons)  # [V, T, k]
-    assert pre.shape == (spec.vocab_size, spec.max_positions, len(neurons))
-    assert pre.abs().min().item() >= MARGIN
-    fires = (pre > 0).numpy()
-    for column, n in enumerate(neurons):
-        if positional[n]:
-            want = np.broadcast_to(by_position[None, :, n], fires.shape[:2])
-        else:
-            want = np.broadcast_to(by_token[:, None, n], fires.shape[:2])
-        assert np.array_equal(fires[:, :, column], want), f"neuron {n} breaks its planted rule"
+    want_position = torch.as_tensor(by_position[:, neurons])  # [T, k]
+    want_token = torch.as_tensor(by_token[:, neurons])  # [V, k]
+    is_positional = torch.as_tensor(positional[neurons])
+    checked = 0
+    for start, pre in direct_pre(model, tokens, positions, neurons):
+        assert pre.abs().min().item() >= MARGIN
+        want = torch.where(is_positional, want_position[None], want_token[start:start + len(pre), None])
+        assert torch.equal(pre > 0, want), f"a planted neuron breaks its rule for tokens {start}.."
+        checked += pre.shape[0] * pre.shape[1]
+    assert checked == spec.vocab_size * spec.max_positions
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s.values())))
@@ -85,18 +84,19 @@ def test_all_neurons_follow_the_rule_for_every_distinct_position_row(shape):
     model = build_planted_opt(spec)
     tokens, positions = tables(model)
     rows, row_of_position = np.unique(positions.numpy(), axis=0, return_inverse=True)
-    assert len(rows) < 40  # the position table repeats: few distinct rows to check
-    pre = direct_pre(model, tokens, torch.as_tensor(rows), list(range(spec.ffn_dim)))  # [V, R, F]
-    assert pre.abs().min().item() >= MARGIN
-    fires = (pre > 0).numpy()
-    by_token, by_position, positional = rule_tables(spec)
     row_of_position = row_of_position.ravel()
+    assert len(rows) < 40  # the position table repeats: few distinct rows to check
+    by_token, by_position, positional = rule_tables(spec)
+    want_row = []
     for row in range(len(rows)):
         seen_at = np.flatnonzero(row_of_position == row)
         assert (by_position[seen_at] == by_position[seen_at[0]]).all()  # one row, one positional pattern
-        got = fires[:, row, :]
-        assert np.array_equal(got[:, ~positional], by_token[:, ~positional]), f"token rule breaks at row {row}"
-        assert (got[:, positional] == by_position[seen_at[0], positional]).all(), f"position rule, row {row}"
+        want_row.append(by_position[seen_at[0]])
+    want_row, positional = torch.as_tensor(np.stack(want_row)), torch.as_tensor(positional)  # [R, F], [F]
+    for start, pre in direct_pre(model, tokens, torch.as_tensor(rows), list(range(spec.ffn_dim))):
+        assert pre.abs().min().item() >= MARGIN
+        want = torch.where(positional, want_row[None], torch.as_tensor(by_token[start:start + len(pre), None]))
+        assert torch.equal(pre > 0, want), f"a neuron breaks its rule for tokens {start}.."
 
 
 @pytest.mark.parametrize("shape", SHAPES[:2], ids=lambda s: "-".join(map(str, s.values())))
@@ -121,16 +121,15 @@ def test_real_forward_matches_the_rule_on_padded_batches(shape):
         hook.remove()
     assert torch.isfinite(logits).all()
     positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, -1)  # SPEC §1: non-pad tokens before
-    pre0 = captured[0].reshape(4, t, spec.ffn_dim)
     real = mask == 1
-    got = (pre0 > 0).numpy()[real]
-    assert np.array_equal(got, layer0_active(spec, ids, positions)[real])
-    assert pre0.numpy()[real].__abs__().min() >= MARGIN
-    tokens, position_rows = tables(model)
-    direct = direct_pre(model, tokens[torch.as_tensor(ids[real])], position_rows[torch.as_tensor(positions[real])],
-                        list(range(spec.ffn_dim)))
-    idx = np.arange(real.sum())
-    assert torch.allclose(direct[idx, idx], pre0[torch.as_tensor(real)], atol=1e-5)
+    pre0 = captured[0].reshape(4, t, spec.ffn_dim)[torch.as_tensor(real)]  # [non-pad slots, F]
+    assert np.array_equal((pre0 > 0).numpy(), layer0_active(spec, ids, positions)[real])
+    assert pre0.abs().min().item() >= MARGIN
+    tokens, position_rows = tables(model)  # the forward's layer-0 input is exactly embed + position
+    h = tokens[torch.as_tensor(ids[real])] + position_rows[torch.as_tensor(positions[real])]
+    no_position = torch.zeros(1, spec.hidden_size)
+    direct = torch.cat([pre[:, 0] for _, pre in direct_pre(model, h, no_position, list(range(spec.ffn_dim)))])
+    assert torch.allclose(direct, pre0, atol=1e-5)
     for layer, neurons in spec.dead_later_layers.items():
         pre = captured[layer].reshape(4, t, spec.ffn_dim)[..., list(neurons)]
         assert (pre[torch.as_tensor(real)] < 0).all()
@@ -163,7 +162,7 @@ def test_expected_positional_types_and_ranges():
     spec = default_spec(TRIGGERS)
     truth = expected(spec)
     assert {n: p.kind for n, p in truth.positional.items()} == {
-        20: "oscillatory", 21: "oscillatory", 40: "both extremes", 50: "one extreme"}
+        20: "oscillatory", 21: "oscillatory", 40: "both_extremes", 50: "one_extreme"}
     assert all(p.strength == "strong" for p in truth.positional.values())
     assert truth.positional[20].on_ranges == tuple((s, s + 15) for s in range(0, 256, 32))
     assert truth.positional[20].off_ranges == tuple((s, s + 15) for s in range(16, 256, 32))
@@ -174,8 +173,8 @@ def test_expected_positional_types_and_ranges():
         assert p.mutual_information == pytest.approx(-q * math.log(q) - (1 - q) * math.log(1 - q))
         assert p.mutual_information > 0.05
     short = expected(spec, num_positions=64)
-    assert short.positional[21].kind == "both extremes"  # one period of 64 is on-off only
-    assert short.positional[40].kind == "one extreme"  # the step at 96 is past the data
+    assert short.positional[21].kind == "both_extremes"  # one period of 64 is on-off only
+    assert short.positional[40].kind == "one_extreme"  # the step at 96 is past the data
 
 
 def test_expected_dead_detectors_and_clean():
@@ -236,7 +235,7 @@ def test_model_is_a_plain_eval_float32_opt():
     (dict(hidden_size=30, num_heads=4), "divisible"),
     (dict(dead=(300,)), "outside layer 0"),
     (dict(bos_token_id=50257), "bos_token_id"),
-    (dict(oscillatory={20: 32, 21: 192}), "looks 'both extremes'"),
+    (dict(oscillatory={20: 32, 21: 192}), "looks 'both_extremes'"),
 ])
 def test_bad_specs_are_refused_with_a_reason(change, message):
     values = dict(detectors={10: (1, 2), 28: (3,)}, promoting=(28,), dead=(3,), oscillatory={20: 32},

@@ -3,11 +3,13 @@
 // Thread mapping: the W = ceil(F/64) words of a row are split into one contiguous range per
 // OpenMP thread, so each thread owns neurons [64*w0, 64*w1) of every output and no write is
 // shared. Each thread walks the rows position-major (for s in S: for b in B): with right padding
-// the B rows at step s share position p = s, so their pos_active[p] contributions are summed in a
-// small thread-local int32 buffer ("group") that is added to the int64 table once per step;
-// `active` is summed in a thread-local int32 buffer added once at the end. The rows' full words
-// are handled by a row function compiled for AVX-512, AVX2 or plain C++ (picked at run time,
-// override with FASTNEURONS_CPU_ISA=generic|avx2|avx512); it also prefetches the next row.
+// the B rows at step s share position p = s (and whether they are counted), so their activations
+// are summed in a small thread-local int32 buffer (the "group") that is added once per step to
+// pos_active[p] and, for counted rows, to a thread-local int32 `active` buffer, itself added to
+// `active` at the end. A group ends where the position or the counted flag changes.
+// The rows' full words are handled by a row function compiled for AVX-512, AVX2 or plain C++
+// (picked at run time, FASTNEURONS_CPU_ISA=generic|avx2|avx512 lowers it); it also prefetches the
+// next row.
 #include "count_cpu.h"
 
 #include <algorithm>
@@ -40,16 +42,14 @@ struct RowJob {
   const char* next_row;   // same neurons of the next row visited (prefetched), or null
   int64_t words;          // number of full 64-neuron words
   float threshold;
-  int32_t* group_sum;     // [words * 64] rows of the current position group
-  int32_t* active_sum;    // [words * 64] counted rows
-  bool counted;
+  int32_t* group_sum;     // [words * 64] rows of the current group
   int64_t* bits;          // [words] or null
 };
 
 // Generic C++: one word at a time; `len` < 64 only for the last word of the row.
 template <int32_t kDType>
 uint64_t count_word(const void* row, int64_t n0, int64_t len, float threshold, int32_t* group_sum,
-                    int32_t* active_sum, bool counted, int64_t& nans) {
+                    int64_t& nans) {
   uint8_t on[kWordBits] = {0};
   int32_t nan_here = 0;
   for (int64_t j = 0; j < len; ++j) {
@@ -59,9 +59,6 @@ uint64_t count_word(const void* row, int64_t n0, int64_t len, float threshold, i
   }
   nans += nan_here;
   for (int64_t j = 0; j < len; ++j) group_sum[j] += on[j];
-  if (counted) {
-    for (int64_t j = 0; j < len; ++j) active_sum[j] += on[j];
-  }
   // Pack 8 bytes of 0/1 into 8 bits: byte i of x * 0x0102040810204080 lands on bit 56 + i.
   uint64_t word = 0;
   for (int q = 0; q < 8; ++q) {
@@ -77,8 +74,7 @@ int64_t count_row_generic(const RowJob& job) {
   int64_t nans = 0;
   for (int64_t w = 0; w < job.words; ++w) {
     const uint64_t word = count_word<kDType>(job.row, w * kWordBits, kWordBits, job.threshold,
-                                             job.group_sum + w * kWordBits,
-                                             job.active_sum + w * kWordBits, job.counted, nans);
+                                             job.group_sum + w * kWordBits, nans);
     if (job.bits) job.bits[w] = static_cast<int64_t>(word);
   }
   return nans;
@@ -100,7 +96,6 @@ FN_TARGET_AVX2 int64_t count_row_avx2(const RowJob& job) {
   const __m256 threshold = _mm256_set1_ps(job.threshold);
   const char* row = job.row;
   const char* next_row = job.next_row;
-  const bool counted = job.counted;
   int64_t* bits = job.bits;
   int64_t nans = 0;
   for (int64_t w = 0; w < job.words; ++w) {
@@ -111,7 +106,6 @@ FN_TARGET_AVX2 int64_t count_row_avx2(const RowJob& job) {
     }
     uint64_t word = 0;
     int32_t* group = job.group_sum + w * kWordBits;
-    int32_t* active = job.active_sum + w * kWordBits;
     for (int q = 0; q < 8; ++q) {
       const __m256 v = load8_avx2<kDType>(row, w * kWordBits + 8 * q);
       const __m256i on = _mm256_castps_si256(_mm256_cmp_ps(v, threshold, _CMP_GT_OQ));
@@ -119,10 +113,6 @@ FN_TARGET_AVX2 int64_t count_row_avx2(const RowJob& job) {
       word |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_castsi256_ps(on))) << (8 * q);
       __m256i* g = reinterpret_cast<__m256i*>(group + 8 * q);
       _mm256_storeu_si256(g, _mm256_sub_epi32(_mm256_loadu_si256(g), on));
-      if (counted) {
-        __m256i* a = reinterpret_cast<__m256i*>(active + 8 * q);
-        _mm256_storeu_si256(a, _mm256_sub_epi32(_mm256_loadu_si256(a), on));
-      }
     }
     if (bits) bits[w] = static_cast<int64_t>(word);
   }
@@ -145,7 +135,6 @@ FN_TARGET_AVX512 int64_t count_row_avx512(const RowJob& job) {
   const __m512i one = _mm512_set1_epi32(1);
   const char* row = job.row;
   const char* next_row = job.next_row;
-  const bool counted = job.counted;
   int64_t* bits = job.bits;
   int64_t nans = 0;
   for (int64_t w = 0; w < job.words; ++w) {
@@ -156,7 +145,6 @@ FN_TARGET_AVX512 int64_t count_row_avx512(const RowJob& job) {
     }
     uint64_t word = 0;
     int32_t* group = job.group_sum + w * kWordBits;
-    int32_t* active = job.active_sum + w * kWordBits;
     for (int q = 0; q < 4; ++q) {
       const __m512 v = load16_avx512<kDType>(row, w * kWordBits + 16 * q);
       const __mmask16 on = _mm512_cmp_ps_mask(v, threshold, _CMP_GT_OQ);
@@ -164,10 +152,6 @@ FN_TARGET_AVX512 int64_t count_row_avx512(const RowJob& job) {
       word |= static_cast<uint64_t>(on) << (16 * q);
       const __m512i g = _mm512_loadu_si512(group + 16 * q);
       _mm512_storeu_si512(group + 16 * q, _mm512_mask_add_epi32(g, on, g, one));
-      if (counted) {
-        const __m512i a = _mm512_loadu_si512(active + 16 * q);
-        _mm512_storeu_si512(active + 16 * q, _mm512_mask_add_epi32(a, on, a, one));
-      }
     }
     if (bits) bits[w] = static_cast<int64_t>(word);
   }
@@ -223,46 +207,58 @@ RowFunction row_function(int32_t dtype, Isa isa) {
 // Thread-local state of one word range [w0, w1).
 struct WordRange {
   int64_t w0 = 0, w1 = 0;
-  std::vector<int32_t> active_sum;  // [(w1-w0)*64]
-  std::vector<int32_t> group_sum;   // [(w1-w0)*64]
-  int64_t group_position = -1;      // position of the rows summed in group_sum
+  std::vector<int32_t> group_sum;   // [(w1-w0)*64] rows of the current group
+  std::vector<int32_t> active_sum;  // [(w1-w0)*64] counted rows of the finished groups
+  int64_t group_position = -1;      // position shared by the rows of the group
+  bool group_counted = false;       // whether the rows of the group are counted
   int64_t group_rows = 0;
-  int64_t counted_rows = 0;
+  int64_t active_rows = 0;          // rows summed in active_sum
   int64_t nans = 0;
 };
 
-// Adds the int32 buffer `local` of words [w0, w1) into `out` (neuron-indexed) and clears it.
-void flush_sums(int32_t* local, int64_t* out, const WordRange& range, int64_t F) {
-  const int64_t n0 = range.w0 * kWordBits;
-  const int64_t n1 = std::min(range.w1 * kWordBits, F);
+// Adds the thread's int32 active sums into `active` and clears them.
+void flush_active(WordRange& range, const CountArgs& a) {
+  const int64_t n0 = range.w0 * kWordBits, n1 = std::min(range.w1 * kWordBits, a.F);
+  int32_t* local = range.active_sum.data();
   for (int64_t n = n0; n < n1; ++n) {
-    out[n] += local[n - n0];
+    a.active[n] += local[n - n0];
     local[n - n0] = 0;
   }
+  range.active_rows = 0;
 }
 
+// Ends the current group: adds it to pos_active[p] and, if counted, to the active sums.
 void flush_group(WordRange& range, const CountArgs& a) {
-  if (range.group_rows > 0 && range.group_position < a.T) {
-    flush_sums(range.group_sum.data(), a.pos_active + range.group_position * a.F, range, a.F);
+  if (range.group_rows == 0) return;
+  const int64_t n0 = range.w0 * kWordBits, n1 = std::min(range.w1 * kWordBits, a.F);
+  int32_t* group = range.group_sum.data();
+  if (range.group_position < a.T) {
+    int64_t* counts = a.pos_active + range.group_position * a.F;
+    for (int64_t n = n0; n < n1; ++n) counts[n] += group[n - n0];
   }
+  if (range.group_counted) {
+    int32_t* active = range.active_sum.data();
+    for (int64_t n = n0; n < n1; ++n) active[n - n0] += group[n - n0];
+    range.active_rows += range.group_rows;
+    if (range.active_rows >= kFlushRows) flush_active(range, a);
+  }
+  std::fill(range.group_sum.begin(), range.group_sum.end(), 0);
   range.group_rows = 0;
 }
 
 // Last, partial word of a row (F not a multiple of 64), in generic C++.
 int64_t count_partial_word(const CountArgs& a, const void* row, WordRange& range,
-                           bool counted, int64_t* bits_row) {
+                           int64_t* bits_row) {
   const int64_t w = a.W - 1, len = a.F - w * kWordBits;
-  const int64_t k = (w - range.w0) * kWordBits;
+  int32_t* group = range.group_sum.data() + (w - range.w0) * kWordBits;
   int64_t nans = 0;
-  int32_t* group = range.group_sum.data() + k;
-  int32_t* active = range.active_sum.data() + k;
   uint64_t word;
   if (a.dtype == kFloat32) {
-    word = count_word<kFloat32>(row, w * kWordBits, len, a.threshold, group, active, counted, nans);
+    word = count_word<kFloat32>(row, w * kWordBits, len, a.threshold, group, nans);
   } else if (a.dtype == kFloat16) {
-    word = count_word<kFloat16>(row, w * kWordBits, len, a.threshold, group, active, counted, nans);
+    word = count_word<kFloat16>(row, w * kWordBits, len, a.threshold, group, nans);
   } else {
-    word = count_word<kBFloat16>(row, w * kWordBits, len, a.threshold, group, active, counted, nans);
+    word = count_word<kBFloat16>(row, w * kWordBits, len, a.threshold, group, nans);
   }
   if (bits_row) bits_row[w] = static_cast<int64_t>(word);
   return nans;
@@ -273,7 +269,9 @@ void count_rows(const CountArgs& a, WordRange& range, RowFunction count_row) {
   const bool partial_last = a.F % kWordBits != 0 && range.w1 == a.W;
   const int64_t full_words = range.w1 - range.w0 - (partial_last ? 1 : 0);
   const char* pre = static_cast<const char*>(a.pre) + range.w0 * kWordBits * elem;
-  auto row_at = [&](int64_t b, int64_t s) { return pre + (b * a.stride_b + s * a.stride_s) * elem; };
+  auto row_at = [&](int64_t b, int64_t s) {
+    return pre + (b * a.stride_b + s * a.stride_s) * elem;
+  };
   for (int64_t s = 0; s < a.S; ++s) {
     for (int64_t b = 0; b < a.B; ++b) {
       const int64_t r = b * a.S + s;
@@ -283,35 +281,30 @@ void count_rows(const CountArgs& a, WordRange& range, RowFunction count_row) {
         if (bits_row) std::fill(bits_row + range.w0, bits_row + range.w1, int64_t(0));
         continue;
       }
-      if (p != range.group_position || range.group_rows >= kFlushRows) {
+      const bool counted = a.counted[r] != 0;
+      if (p != range.group_position || counted != range.group_counted ||
+          range.group_rows >= kFlushRows) {
         flush_group(range, a);
         range.group_position = p;
+        range.group_counted = counted;
       }
       ++range.group_rows;
-      const bool counted = a.counted[r] != 0;
-      range.counted_rows += counted;
       RowJob job;
       job.row = row_at(b, s);
       job.next_row = b + 1 < a.B ? row_at(b + 1, s) : s + 1 < a.S ? row_at(0, s + 1) : nullptr;
       job.words = full_words;
       job.threshold = a.threshold;
       job.group_sum = range.group_sum.data();
-      job.active_sum = range.active_sum.data();
-      job.counted = counted;
       job.bits = bits_row ? bits_row + range.w0 : nullptr;
       range.nans += count_row(job);
       if (partial_last) {
-        const char* row = static_cast<const char*>(a.pre) + (b * a.stride_b + s * a.stride_s) * elem;
-        range.nans += count_partial_word(a, row, range, counted, bits_row);
-      }
-      if (range.counted_rows >= kFlushRows) {
-        flush_sums(range.active_sum.data(), a.active, range, a.F);
-        range.counted_rows = 0;
+        const char* row = job.row - range.w0 * kWordBits * elem;
+        range.nans += count_partial_word(a, row, range, bits_row);
       }
     }
   }
   flush_group(range, a);
-  flush_sums(range.active_sum.data(), a.active, range, a.F);
+  flush_active(range, a);
 }
 
 int32_t thread_count(int32_t requested) { return requested > 0 ? requested : cpu_max_threads(); }

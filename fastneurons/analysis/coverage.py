@@ -9,7 +9,8 @@ import numpy as np
 
 from ._json import PER_NEURON, Result
 
-PAPER_BINS = (1, 6, 11, 21, 51, 201, 1001, 2001)  # lower bounds: 1-5, 6-10, 11-20, 21-50, 51-200, 201-1000, 1001-2000, 2001+
+# lower bounds of the paper's bins: 1-5, 6-10, 11-20, 21-50, 51-200, 201-1000, 1001-2000, 2001+
+PAPER_BINS = (1, 6, 11, 21, 51, 201, 1001, 2001)
 
 _NEURON_SHIFT = 40  # composite sort key: neuron << 40 | (max_count - count)
 

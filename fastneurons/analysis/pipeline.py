@@ -22,24 +22,24 @@ RESULTS_FORMAT = "fastneurons.analysis/1"
 class AnalysisSettings:
     """Every analysis parameter with its SPEC default (docs/analysis.md explains each one)."""
 
-    coverage: float = 0.95  # C_k(n): share of A_k(n) the top-m n-grams must reach; also detector rule 3
-    bins: tuple = PAPER_BINS  # lower bounds of the coverage histogram bins
-    max_coverage: dict = field(default_factory=lambda: dict(DEFAULT_MAX_COVERAGE))  # m_k per order k
-    cover_rate: float = 0.95  # g in G(n) iff active[g, n] >= cover_rate * seen[g]
-    min_count: int = 1  # least seen[g] a covered n-gram needs
-    k_top: int = 10  # top promoted / suppressed tokens listed per detector
-    center: bool = False  # subtract the mean of s = E v before ranking
-    mi_threshold: float = 0.05  # positional iff I > mi_threshold
-    log_base: float = math.e  # unit of I
-    min_run: int = 16  # shortest on/off range
-    eps_strong: float = 0.0  # strong level: on iff fr >= 1 - eps, off iff fr <= eps
-    eps_weak: float = 0.05  # weak level
-    smooth: float = 0.02  # "other" type is strong iff roughness <= smooth
-    null_samples: int = 200  # bootstrap draws for the positional null (0 = no null)
-    null_quantile: float = 0.99  # corrected positional iff I above this null quantile
-    seed: int = 0  # seeds the positional null and the suppression control sample
-    control_size: int | None = None  # control neurons per layer; None = as many as token detectors
-    orders: tuple = (1, 2, 3)  # n-gram orders analysed (those the store holds)
+    coverage: float = field(default=0.95, metadata={"help": "C_k(n): share of A_k(n) the top-m n-grams must reach; also detector rule 3"})
+    bins: tuple = field(default=PAPER_BINS, metadata={"help": "lower bounds of the coverage histogram bins", "nargs": "+", "type": int})
+    max_coverage: dict = field(default_factory=lambda: dict(DEFAULT_MAX_COVERAGE), metadata={"help": "m_k per order k", "nargs": "+", "type": "order_map"})
+    cover_rate: float = field(default=0.95, metadata={"help": "g in G(n) iff active[g, n] >= cover_rate * seen[g]"})
+    min_count: int = field(default=1, metadata={"help": "least seen[g] a covered n-gram needs"})
+    k_top: int = field(default=10, metadata={"help": "top promoted / suppressed tokens listed per detector"})
+    center: bool = field(default=False, metadata={"help": "subtract the mean of s = E v before ranking"})
+    mi_threshold: float = field(default=0.05, metadata={"help": "positional iff I > mi_threshold"})
+    log_base: float = field(default=math.e, metadata={"help": "unit of I"})
+    min_run: int = field(default=16, metadata={"help": "shortest on/off range"})
+    eps_strong: float = field(default=0.0, metadata={"help": "strong level: on iff fr >= 1 - eps, off iff fr <= eps"})
+    eps_weak: float = field(default=0.05, metadata={"help": "weak level"})
+    smooth: float = field(default=0.02, metadata={"help": "\"other\" type is strong iff roughness <= smooth"})
+    null_samples: int = field(default=200, metadata={"help": "bootstrap draws for the positional null (0 = no null)"})
+    null_quantile: float = field(default=0.99, metadata={"help": "corrected positional iff I above this null quantile"})
+    seed: int = field(default=0, metadata={"help": "seeds the positional null and the suppression control sample"})
+    control_size: int | None = field(default=None, metadata={"help": "control neurons per layer; None = as many as token detectors"})
+    orders: tuple = field(default=(1, 2, 3), metadata={"help": "n-gram orders analysed (those the store holds)", "nargs": "+", "type": int})
 
     def validate(self) -> "AnalysisSettings":
         """Raise ValueError naming the first bad parameter; return self when all are valid."""

@@ -89,7 +89,8 @@ def positional_mi_naive(pos_active, pos_seen, log_base: float = math.e) -> np.nd
             continue
         total = 0.0
         for f in fr_p:
-            total += (f * math.log(f / fr) if f > 0 else 0.0) + ((1 - f) * math.log((1 - f) / (1 - fr)) if f < 1 else 0.0)
+            total += f * math.log(f / fr) if f > 0 else 0.0
+            total += (1 - f) * math.log((1 - f) / (1 - fr)) if f < 1 else 0.0
         result[n] = total / len(fr_p) / math.log(log_base)
     return result
 

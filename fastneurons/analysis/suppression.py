@@ -142,7 +142,8 @@ def suppression(neurons, triggers, update_directions, unembedding, k_top: int = 
     if control_neurons.size and neurons.size:
         control_directions = _directions(control_directions, "control_directions", unembedding.shape[1])
         if control_directions.shape[1] != control_neurons.size:
-            raise ValueError(f"control_directions needs {control_neurons.size} columns, got {control_directions.shape[1]}")
+            raise ValueError(f"control_directions needs {control_neurons.size} columns, "
+                             f"got {control_directions.shape[1]}")
         pairs = np.arange(control_neurons.size) % neurons.size
         _, _, control_score, control_percentile = _evaluate(
             control_directions, [trigger_sets[i] for i in pairs], unembedding, k_top, center)

@@ -29,18 +29,22 @@ def count_eager(pre, positions, counted, threshold, active, pos_active, bits, na
     return bits
 
 
-def _timed(fn, repeats, device):
-    """Best wall time of ``repeats`` calls of ``fn`` (after one warm-up call), in seconds."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
+def _best_times(functions, repeats, device):
+    """Best wall time of each function over ``repeats`` rounds (after a warm-up round), in seconds.
+
+    The functions take turns within each round, so that load from other processes hits all alike.
+    """
+    best = [float("inf")] * len(functions)
+    for round_index in range(repeats + 1):
+        for i, fn in enumerate(functions):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_index:
+                best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -75,16 +79,23 @@ def bench_kernel(tokens=16384, neurons=3072, max_positions=2048, dtype="float32"
     count_eager(pre, positions, counted, 0.0, **eager_out)
     agree = all(torch.equal(fused_out[name], eager_out[name]) for name in fused_out)
 
-    fused = _timed(lambda: count_activations(pre, positions, counted, 0.0, **fused_out), repeats, device)
-    eager = _timed(lambda: count_eager(pre, positions, counted, 0.0, **eager_out), repeats, device)
     nbytes = pre.numel() * pre.element_size()
-    if device.type == "cpu":
-        _C = load_extension()
-        read = _timed(lambda: _C.read_bytes(pre.data_ptr(), nbytes, torch.get_num_threads()), repeats, device)
-        read_baseline = "_C.read_bytes"
-    else:
-        read = _timed(lambda: torch.amax(pre), repeats, device)
-        read_baseline = "torch.amax"
+    threads_now = torch.get_num_threads()
+
+    def fused_pass():
+        count_activations(pre, positions, counted, 0.0, **fused_out)
+
+    def eager_pass():
+        count_eager(pre, positions, counted, 0.0, **eager_out)
+
+    def read_pass():
+        if device.type == "cpu":
+            load_extension().read_bytes(pre.data_ptr(), nbytes, threads_now)
+        else:
+            torch.amax(pre)
+
+    read_baseline = "_C.read_bytes" if device.type == "cpu" else "torch.amax"
+    fused, eager, read = _best_times([fused_pass, eager_pass, read_pass], repeats, device)
     gigabytes = nbytes / 1e9
     return {
         "tokens": batch_size * seq_len, "neurons": neurons, "dtype": dtype, "device": str(device),
@@ -94,3 +105,15 @@ def bench_kernel(tokens=16384, neurons=3072, max_positions=2048, dtype="float32"
         "speedup_vs_torch": eager / fused, "fraction_of_read_bandwidth": read / fused,
         "read_baseline": read_baseline, "results_agree": agree,
     }
+
+
+def format_table(results: list[dict]) -> str:
+    """A markdown table of ``bench_kernel`` results, one row per shape."""
+    header = ("| device | tokens | F | dtype | fused ms | eager ms | read ms | fused GB/s | "
+              "speedup vs torch | fraction of read bw |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in results:
+        lines.append(f"| {r['device']} | {r['tokens']} | {r['neurons']} | {r['dtype']} | {1e3 * r['fused_s']:.1f} | "
+                     f"{1e3 * r['eager_s']:.1f} | {1e3 * r['read_s']:.1f} | {r['fused_gbps']:.2f} | "
+                     f"{r['speedup_vs_torch']:.1f}x | {r['fraction_of_read_bandwidth']:.2f} |")
+    return "\n".join(lines)

@@ -7,8 +7,8 @@ prefix of the tokens (reported) and are timed on that prefix.
 
 from __future__ import annotations
 
-import resource
 import time
+import tracemalloc
 
 import numba
 import numpy as np
@@ -63,8 +63,41 @@ def python_dict_tables(bits, token_ids, positions, counted, neurons, orders, pac
     return table
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def numpy_sort_tables(bits, token_ids, positions, counted, neurons, orders, pack_bits) -> dict:
+    """The tables the way a competent numpy user would build them: every event as one fused
+    ``key * F + neuron`` uint64 and one ``np.unique`` per order (needs k*pack_bits + log2 F <= 64)."""
+    from fastneurons.ngrams.keys import ngram_rows_and_keys
+
+    active = unpack_bits(bits, neurons)
+    out = {}
+    for k in orders:
+        if k * pack_bits + int(np.ceil(np.log2(neurons))) > 64:
+            raise ValueError("fused keys do not fit in 64 bits")
+        rows, keys = ngram_rows_and_keys(token_ids, positions, counted, k, pack_bits)
+        event_rows, event_neurons = np.nonzero(active[rows])
+        fused = keys[event_rows] * np.uint64(neurons) + event_neurons.astype(np.uint64)
+        out[k] = np.unique(fused, return_counts=True)
+    return out
+
+
+def _accumulate(chunk, neurons, orders, pack_bits, tokens, add_tokens):
+    accumulator = NgramAccumulator(neurons, orders, pack_bits)
+    for first in range(0, tokens, add_tokens):
+        accumulator.add(*(column[first:first + add_tokens] for column in chunk))
+    return accumulator, accumulator.tables()
+
+
+def _timed_rate(fn, chunk, events_rows, neurons, orders, pack_bits):
+    part = _prefix(chunk, events_rows)
+    start = time.perf_counter()
+    fn(*part, neurons, orders, pack_bits)
+    seconds = time.perf_counter() - start
+    events = count_events(part[0], part[3])
+    return events, seconds
+
+
+def _naive_tables(bits, token_ids, positions, counted, neurons, orders, pack_bits):
+    return {k: naive_table(bits, token_ids, positions, counted, neurons, k, pack_bits) for k in orders}
 
 
 def _prefix(chunk, rows: int):
@@ -73,11 +106,12 @@ def _prefix(chunk, rows: int):
 
 def bench_ngrams(tokens: int = 65536, neurons: int = 3072, density: float = 0.05, vocab: int = 50272,
                  seq_len: int = 2048, orders=(1, 2, 3), add_tokens: int = 16384,
-                 naive_tokens: int = 4096, dict_tokens: int = 512, repeats: int = 2,
-                 seed: int = 0) -> dict:
+                 numpy_tokens: int = 16384, naive_tokens: int = 4096, dict_tokens: int = 512,
+                 repeats: int = 2, seed: int = 0) -> dict:
     """Events/s of ``NgramAccumulator`` (adds of ``add_tokens`` rows, then ``tables()``; best of
-    ``repeats``, compiled beforehand), of the naive np.unique reference on the first
-    ``naive_tokens`` and of a Python dict on the first ``dict_tokens``; peak RSS growth."""
+    ``repeats``, compiled beforehand), of a fused-key numpy sort on the first ``numpy_tokens``, of
+    the naive np.unique reference on the first ``naive_tokens`` and of a Python dict on the first
+    ``dict_tokens``; peak numpy memory (tracemalloc) of the accumulator."""
     if tokens % seq_len or add_tokens % seq_len:
         raise ValueError(f"tokens ({tokens}) and add_tokens ({add_tokens}) must be multiples of "
                          f"seq_len ({seq_len}) so that chunks hold whole sequences")
@@ -91,34 +125,29 @@ def bench_ngrams(tokens: int = 65536, neurons: int = 3072, density: float = 0.05
     warm.add(*_prefix(chunk, seq_len))
     warm.tables()
 
-    rss_before = _peak_rss_mb()
     times = []
     for _ in range(repeats):  # the first pass also pays for fresh pages from the OS
         start = time.perf_counter()
-        accumulator = NgramAccumulator(neurons, orders, pack_bits)
-        for first in range(0, tokens, add_tokens):
-            accumulator.add(*(column[first:first + add_tokens] for column in chunk))
-        tables = accumulator.tables()
+        accumulator, tables = _accumulate(chunk, neurons, orders, pack_bits, tokens, add_tokens)
         times.append(time.perf_counter() - start)
         if len(times) < repeats:
             del accumulator, tables
     fast_s = min(times)
-    rss_fast = _peak_rss_mb()
+    table_rows = {str(k): table.rows for k, table in tables.items()}
+    table_mb = accumulator.nbytes / 2**20
+    del accumulator, tables
 
+    tracemalloc.start()  # untimed pass: peak of numpy allocations (the tables and temporaries)
+    _accumulate(chunk, neurons, orders, pack_bits, tokens, add_tokens)
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+
+    numpy_rows = min(tokens, numpy_tokens)
+    numpy_events, numpy_s = _timed_rate(numpy_sort_tables, chunk, numpy_rows, neurons, orders, pack_bits)
     naive_rows = min(tokens, naive_tokens)
-    naive_chunk = _prefix(chunk, naive_rows)
-    start = time.perf_counter()
-    for k in orders:
-        naive_table(*naive_chunk, neurons, k, pack_bits)
-    naive_s = time.perf_counter() - start
-    naive_events = count_events(naive_chunk[0], naive_chunk[3])
-
+    naive_events, naive_s = _timed_rate(_naive_tables, chunk, naive_rows, neurons, orders, pack_bits)
     dict_rows = min(tokens, dict_tokens)
-    dict_chunk = _prefix(chunk, dict_rows)
-    start = time.perf_counter()
-    python_dict_tables(*dict_chunk, neurons, orders, pack_bits)
-    dict_s = time.perf_counter() - start
-    dict_events = count_events(dict_chunk[0], dict_chunk[3])
+    dict_events, dict_s = _timed_rate(python_dict_tables, chunk, dict_rows, neurons, orders, pack_bits)
 
     fast_rate = events / fast_s
     naive_rate = naive_events / naive_s
@@ -129,13 +158,14 @@ def bench_ngrams(tokens: int = 65536, neurons: int = 3072, density: float = 0.05
         "events": events,
         "accumulator_s": fast_s, "accumulator_first_s": times[0],
         "accumulator_events_per_s": fast_rate,
-        "table_rows": {str(k): table.rows for k, table in tables.items()},
-        "table_mb": accumulator.nbytes / 2**20,
-        "peak_rss_growth_mb": rss_fast - rss_before,
+        "table_rows": table_rows, "table_mb": table_mb, "peak_numpy_mb": peak_mb,
+        "numpy_sort_tokens": numpy_rows, "numpy_sort_events": numpy_events, "numpy_sort_s": numpy_s,
+        "numpy_sort_events_per_s": numpy_events / numpy_s,
         "naive_tokens": naive_rows, "naive_events": naive_events, "naive_s": naive_s,
         "naive_events_per_s": naive_rate,
         "dict_tokens": dict_rows, "dict_events": dict_events, "dict_s": dict_s,
         "dict_events_per_s": dict_events / dict_s,
         "speedup_vs_naive": fast_rate / naive_rate,
         "speedup_vs_dict": fast_rate / (dict_events / dict_s),
+        "speedup_vs_numpy_sort": fast_rate / (numpy_events / numpy_s),
     }

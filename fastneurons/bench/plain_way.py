@@ -76,8 +76,8 @@ def plain_record(model, modules: dict, batches, *, max_positions: int, threshold
             pre = args[0] if use_input else output
             if transform is not None:
                 pre = transform(pre)
-            acts = pre > threshold  # [B, S, F]
             positions, counted = state["positions"], state["counted"]
+            acts = pre.reshape(*positions.shape, pre.shape[-1]) > threshold  # [B, S, F] (OPT gives [B*S, F])
             valid = positions >= 0
             active = (acts & counted[..., None]).sum(dim=(0, 1))
             pos = torch.zeros((max_positions, acts.shape[-1]), dtype=torch.int64)

@@ -251,7 +251,8 @@ class NgramAccumulator:
         self.clear()
 
     def add(self, bits, token_ids, positions, counted) -> None:
-        """Count one chunk: bits uint64 ``[N, W]``, token_ids ``[N]``, positions int32 ``[N]``, counted bool ``[N]``."""
+        """Take one chunk: bits uint64 ``[N, W]``, token_ids ``[N]``, positions int32 ``[N]``,
+        counted bool ``[N]`` (``[B, S, ...]`` shapes are flattened). The bit rows are copied."""
         token_ids, positions, counted, bits = check_chunk(token_ids, positions, counted, bits,
                                                           self.num_neurons)
         check_token_ids(token_ids[positions >= 0], self.pack_bits, self.vocab_size)

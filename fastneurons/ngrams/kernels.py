@@ -228,3 +228,33 @@ def row_popcounts(bits):
             total += np.int64(popcount(bits[r, w]))
         out[r] = total
     return out
+
+
+@njit(cache=True, nogil=True)
+def order_by_neuron(neuron, num_neurons):
+    """Counting sort: ``(offsets [F+1], order)`` with ``order`` listing rows neuron by neuron, in
+    their original (key) order within a neuron."""
+    offsets = np.zeros(num_neurons + 1, dtype=np.int64)
+    for i in range(neuron.size):
+        offsets[np.int64(neuron[i]) + 1] += 1
+    for n in range(num_neurons):
+        offsets[n + 1] += offsets[n]
+    fill = offsets[:-1].copy()
+    order = np.empty(neuron.size, dtype=np.int64)
+    for i in range(neuron.size):
+        n = np.int64(neuron[i])
+        order[fill[n]] = i
+        fill[n] += 1
+    return offsets, order
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def sort_segments_by_count_descending(order, count, offsets):
+    """Within each ``order[offsets[n]:offsets[n+1]]``, stable-sort rows by count, largest first."""
+    for n in prange(offsets.size - 1):
+        lo = offsets[n]
+        hi = offsets[n + 1]
+        if hi - lo > 1:
+            segment = order[lo:hi].copy()
+            by_count = np.argsort(-count[segment], kind="mergesort")
+            order[lo:hi] = segment[by_count]

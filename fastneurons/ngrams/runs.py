@@ -11,10 +11,13 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
+from fastneurons.ngrams import kernels
 from fastneurons.ngrams.accumulator import SeenTable, Table, merge_many
 
 CHUNK_ROWS = 1 << 16  # HDF5 chunk: 512 KiB of keys, fits h5py's default 1 MiB chunk cache
-COMPRESSION = {"compression": "lzf", "shuffle": True}
+# gzip-1 + shuffle: standard HDF5 (readable outside h5py, unlike lzf), ~16x on n-gram tables, and
+# measured as fast as lzf + shuffle (12x) here: ~0.5-0.7 s to write 240 MB of tables, ~0.4 s to read
+COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 DEFAULT_MERGE_MEMORY = 1 << 30
 
 
@@ -46,9 +49,22 @@ def _create_columns(group: h5py.Group, kind: str, order: int, rows: int, growing
     group.attrs["rows"] = int(rows)
 
 
+def check_sorted(table) -> None:
+    """Raise ValueError unless ``table`` is sorted by (key, neuron) (key for seen) without duplicates."""
+    if table.rows < 2:
+        return
+    ordered = table.key[1:] > table.key[:-1]
+    if isinstance(table, Table):
+        ordered |= (table.key[1:] == table.key[:-1]) & (table.neuron[1:] > table.neuron[:-1])
+    if not ordered.all():
+        raise ValueError(f"table of order {table.order} is not sorted by (key, neuron) without "
+                         "duplicates; build it with NgramAccumulator or merge_many")
+
+
 def write_table(group: h5py.Group, table) -> None:
     """Write a ``Table`` or ``SeenTable`` into an empty h5py group (datasets + attrs)."""
     kind = _kind_of(table)
+    check_sorted(table)
     _create_columns(group, kind, table.order, table.rows, growing=False)
     if table.rows:
         for name in _columns(kind):
@@ -172,10 +188,10 @@ def merge_tables(sources: list[h5py.Group], dest: h5py.Group,
 def group_by_neuron(table: Table, num_neurons: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(offsets [F+1], keys, counts)`` ordered by neuron, then count descending, then key.
 
-    Neuron n's n-grams are ``keys[offsets[n]:offsets[n+1]]`` with their counts, largest first."""
+    Neuron n's n-grams are ``keys[offsets[n]:offsets[n+1]]`` with their counts, largest first.
+    Expects ``table`` sorted by (key, neuron) as every Table is (ties keep key order)."""
     if table.rows and int(table.neuron.max()) >= num_neurons:
         raise ValueError(f"table has neuron {int(table.neuron.max())} >= num_neurons={num_neurons}")
-    order = np.lexsort((table.key, -table.count, table.neuron))
-    offsets = np.zeros(num_neurons + 1, dtype=np.int64)
-    np.cumsum(np.bincount(table.neuron, minlength=num_neurons), out=offsets[1:])
+    offsets, order = kernels.order_by_neuron(table.neuron, int(num_neurons))
+    kernels.sort_segments_by_count_descending(order, table.count, offsets)
     return offsets, table.key[order], table.count[order]

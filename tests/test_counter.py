@@ -1,0 +1,187 @@
+"""NeuronCounter and attach_counters against hand-written references, exact integer equality."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+from fastneurons.counter import NeuronCounter, attach_counters, positions_from_mask
+from fastneurons.kernels import pack_bits
+
+
+def reference_counts(batches, num_neurons, max_positions, threshold=0.0, count_bos=False):
+    """Counts of SPEC §2 by plain loops over (pre [B, S, F], attention_mask [B, S]) batches."""
+    ref = {"tokens": 0, "active": np.zeros(num_neurons, np.int64), "pos_seen": np.zeros(max_positions, np.int64),
+           "pos_active": np.zeros((max_positions, num_neurons), np.int64), "nan_count": np.zeros(1, np.int64)}
+    for pre, mask in batches:
+        on = (pre.float() > torch.tensor(threshold, dtype=torch.float32)).numpy()
+        for b in range(mask.shape[0]):
+            position = 0
+            for s in range(mask.shape[1]):
+                if not mask[b, s]:
+                    continue
+                ref["pos_seen"][position] += 1
+                ref["pos_active"][position] += on[b, s]
+                if position >= (0 if count_bos else 1):
+                    ref["tokens"] += 1
+                    ref["active"] += on[b, s]
+                position += 1
+    ref["tokens"] = np.array(ref["tokens"], np.int64)
+    return ref
+
+
+def assert_counts_equal(state, ref):
+    assert set(state) == set(ref)
+    for name in ref:
+        np.testing.assert_array_equal(state[name], ref[name], err_msg=name)
+
+
+def padded_mask(lengths, seq_len, left=False):
+    steps = torch.arange(seq_len)[None, :]
+    lengths = torch.tensor(lengths)[:, None]
+    return (steps >= seq_len - lengths) if left else (steps < lengths)
+
+
+def test_positions_from_mask_right_and_left_padding():
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1]])
+    assert positions_from_mask(mask).tolist() == [[0, 1, 2, -1], [-1, -1, 0, 1]]
+    assert positions_from_mask(mask).dtype == torch.int32
+
+
+def test_neuron_counter_matches_reference(device):
+    generator = torch.Generator().manual_seed(0)
+    counter = NeuronCounter(70, max_positions=8, threshold=0.25, device=device)
+    batches = []
+    for lengths in ([8, 5, 1], [3, 8, 0]):
+        pre = torch.randn(3, 8, 70, generator=generator)
+        mask = padded_mask(lengths, 8)
+        counter.update(pre.to(device), positions_from_mask(mask).to(device))
+        batches.append((pre, mask))
+    assert_counts_equal(counter.state_dict(), reference_counts(batches, 70, 8, threshold=0.25))
+
+
+def test_counted_mask_flat_rows_and_bits():
+    generator = torch.Generator().manual_seed(1)
+    pre = torch.randn(2, 5, 130, generator=generator)
+    mask = padded_mask([5, 3], 5)
+    counter = NeuronCounter(130, max_positions=5, keep_bits=True)
+    bits = counter.update(pre.reshape(10, 130), positions_from_mask(mask), counted_mask=torch.ones(2, 5, dtype=torch.bool))
+    assert_counts_equal(counter.state_dict(), reference_counts([(pre, mask)], 130, 5, count_bos=True))
+    assert torch.equal(bits, pack_bits((pre > 0).reshape(10, 130) & mask.reshape(10, 1)))
+
+
+def test_reset_and_state_dict_types():
+    counter = NeuronCounter(3, max_positions=4)
+    counter.update(torch.ones(1, 4, 3), torch.arange(4, dtype=torch.int32)[None])
+    assert int(counter.tokens) == 3 and counter.update(torch.ones(4, 3), torch.arange(4)) is None
+    state = counter.state_dict()
+    assert all(value.dtype == np.int64 for value in state.values()) and state["tokens"].shape == ()
+    counter.reset()
+    assert all(not value.any() for value in counter.state_dict().values())
+
+
+def test_counter_errors():
+    counter = NeuronCounter(4, max_positions=3)
+    with pytest.raises(ValueError, match=r"\[B, S, 4\]"):
+        counter.update(torch.zeros(2, 5), torch.zeros(2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="positions must have shape"):
+        counter.update(torch.zeros(2, 4), torch.zeros(3, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"in \[0, 3\)"):
+        counter.update(torch.zeros(2, 4), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="num_neurons"):
+        NeuronCounter(0)
+    counter.update(torch.tensor([[float("nan"), 0, 0, 0]]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="1 pre-activations were NaN"):
+        counter.check_no_nans()
+
+
+def tiny_opt():
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, ffn_dim=40, num_attention_heads=2,
+                       max_position_embeddings=32, word_embed_proj_dim=16, pad_token_id=1)
+    return OPTForCausalLM(config).eval()
+
+
+def capture(model, names, use_input=False):
+    """Plain hooks that record the hooked tensors (the reference)."""
+    seen = {name: [] for name in names}
+    hooks = []
+    for name in names:
+        module = model.get_submodule(name)
+        if use_input:
+            hooks.append(module.register_forward_pre_hook(lambda m, args, name=name: seen[name].append(args[0].detach().clone())))
+        else:
+            hooks.append(module.register_forward_hook(lambda m, a, out, name=name: seen[name].append(out.detach().clone())))
+    return seen, hooks
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["right_padded", "left_padded"])
+def test_attach_counters_on_opt_matches_hooks(left):
+    model = tiny_opt()
+    names = ["model.decoder.layers.0.fc1", "model.decoder.layers.1.fc1"]
+    seen, hooks = capture(model, names)
+    generator = torch.Generator().manual_seed(2)
+    masks = [padded_mask([9, 4, 7], 9, left=left), padded_mask([6, 6], 6, left=left)]
+    with torch.no_grad(), attach_counters(model, names, max_positions=16) as handle:
+        for mask in masks:
+            ids = torch.randint(2, 64, mask.shape, generator=generator)
+            model(input_ids=ids, attention_mask=mask.long())
+    for hook in hooks:
+        hook.remove()
+    for name in names:
+        batches = [(pre.reshape(mask.shape + (40,)), mask) for pre, mask in zip(seen[name], masks)]
+        assert_counts_equal(handle.counters[name].state_dict(), reference_counts(batches, 40, 16))
+    ids = torch.randint(2, 64, (1, 5), generator=generator)
+    with torch.no_grad():
+        model(input_ids=ids)  # hooks are gone: nothing more is counted
+    assert int(handle.counters[names[0]].tokens) == 8 + 3 + 6 + 5 + 5
+
+
+def test_attach_counters_set_batch_and_count_bos():
+    model = tiny_opt()
+    name = "model.decoder.layers.0.fc1"
+    seen, hooks = capture(model, [name])
+    mask = padded_mask([5, 2], 5)
+    handle = attach_counters(model, name, max_positions=8, keep_bits=True)
+    handle.set_batch(mask, count_bos=True)
+    with torch.no_grad():
+        model(torch.randint(2, 64, (2, 5)))  # no attention_mask given: set_batch's mask is used
+    handle.remove()
+    hooks[0].remove()
+    pre = seen[name][0].reshape(2, 5, 40)
+    assert_counts_equal(handle.counters[name].state_dict(), reference_counts([(pre, mask)], 40, 8, count_bos=True))
+    assert handle.bits[name].shape == (10, 1)
+
+
+def test_attach_counters_positions_callable():
+    model = tiny_opt()
+    name = "model.decoder.layers.1.fc1"
+    handle = attach_counters(model, [name], max_positions=8,
+                             positions=lambda pre: torch.tensor([0, 1, 2, -1, 0, 1], dtype=torch.int32))
+    with torch.no_grad():
+        model(torch.randint(2, 64, (2, 3)))
+    handle.remove()
+    state = handle.counters[name].state_dict()
+    assert state["tokens"] == 3 and state["pos_seen"][:3].tolist() == [2, 2, 1]
+
+
+def test_attach_counters_input_of_llama_down_proj_with_abs():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=40, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    model = LlamaForCausalLM(config).eval()
+    name = "model.layers.1.mlp.down_proj"
+    seen, hooks = capture(model, [name], use_input=True)
+    mask = padded_mask([7, 3], 7)
+    with torch.no_grad(), attach_counters(model, [name], max_positions=8, threshold=0.01, use_input=True,
+                                          transform=torch.abs) as handle:
+        model(input_ids=torch.randint(0, 64, (2, 7)), attention_mask=mask.long())
+    hooks[0].remove()
+    pre = seen[name][0].abs()
+    assert pre.shape == (2, 7, 40)
+    assert_counts_equal(handle.counters[name].state_dict(), reference_counts([(pre, mask)], 40, 8, threshold=0.01))
+
+
+def test_attach_counters_unknown_module():
+    with pytest.raises(ValueError, match="no module named"):
+        attach_counters(tiny_opt(), ["model.decoder.layers.9.fc1"])
