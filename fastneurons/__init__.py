@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-try:
-    from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
-    __version__ = version("fastneurons")
-except PackageNotFoundError:  # running from a source checkout that was never installed
+try:
+    __version__ = _metadata.version("fastneurons")
+except _metadata.PackageNotFoundError:  # running from a source checkout that was never installed
     __version__ = "0.1.0"
 
 __all__ = ["__version__", "NeuronCounter", "attach_counters", "info"]
@@ -17,7 +17,7 @@ __all__ = ["__version__", "NeuronCounter", "attach_counters", "info"]
 _LAZY = {
     "NeuronCounter": ("fastneurons.counter", "NeuronCounter"),
     "attach_counters": ("fastneurons.counter", "attach_counters"),
-    "info": ("fastneurons.info", "describe"),
+    "info": ("fastneurons.info", None),  # the module itself, callable: info() == info.describe()
 }
 
 
@@ -27,11 +27,12 @@ def __getattr__(name):
         import importlib
 
         module_name, attribute = _LAZY[name]
-        value = getattr(importlib.import_module(module_name), attribute)
+        module = importlib.import_module(module_name)
+        value = module if attribute is None else getattr(module, attribute)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'fastneurons' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(set(globals()) | set(_LAZY))

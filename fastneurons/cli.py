@@ -144,6 +144,14 @@ def _analyze(config):
     print(f"report: {path}")
 
 
+@command("demo", cfg.DemoConfig, "record + analyze + report on a planted OPT and Python's own sources (no download)")
+def _demo(config):
+    from .demo import run_demo
+
+    path = run_demo(config)
+    print(f"report: {path}")
+
+
 @command("info", None, "print version, compiled backends, threads and visible GPUs")
 def _info(_config):
     from .info import format_info

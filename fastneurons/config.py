@@ -187,3 +187,29 @@ class AnalyzeConfig:
         if self.settings is not None:
             self.settings.validate()
         return self
+
+
+@dataclass
+class DemoConfig:
+    """`fastneurons demo`: record + analyze + report on an embedded default that downloads nothing.
+
+    Without --model it plants known neurons in a real OPTForCausalLM (docs/planted.md) and checks
+    that the analyses find exactly them; with --model it profiles that checkpoint instead.
+    """
+
+    out: str = _opt("demo", "output folder (corpus, model, counts.h5, report/)")
+    model: Optional[str] = _opt(None, "profile this checkpoint instead of the planted OPT")
+    tokens: str = _opt("300k", "token budget")
+    seq_len: int = _opt(256, "tokens per (full-length) sequence")
+    batch_size: int = _opt(8, "sequences per micro-batch")
+    corpus_bytes: str = _opt("4M", "bytes of Python standard library text per domain")
+    seed: int = _opt(0, "seed of the planted model")
+    threads: Optional[int] = _opt(None, "CPU threads (default: all)")
+    progress: bool = _opt(True, "show a progress bar")
+
+    def validate(self) -> "DemoConfig":
+        parse_count(self.tokens)
+        parse_bytes(self.corpus_bytes)
+        if self.seq_len < 64:
+            raise ValueError("--seq-len must be at least 64 for the positional neurons (4 x min-run)")
+        return self

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 
 def describe() -> dict:
     """Return a dict describing the package version, compiled kernels, CPU threads and visible GPUs."""
@@ -40,3 +43,14 @@ def format_info() -> str:
             value = ", ".join(str(item) for item in value) or "none"
         lines.append(f"{key.ljust(width)}  {value}")
     return "\n".join(lines)
+
+
+class _CallableModule(types.ModuleType):
+    """``fastneurons.info`` is both this module and the function ``describe``: importing the module
+    replaces the package attribute, so the module itself answers ``fastneurons.info()``."""
+
+    def __call__(self) -> dict:
+        return describe()
+
+
+sys.modules[__name__].__class__ = _CallableModule

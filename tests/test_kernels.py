@@ -249,3 +249,12 @@ def test_every_cpu_code_path_matches_naive(monkeypatch, isa, dtype, num_neurons)
     positions = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, -1, -1], [-1, 0, 1, 2, 3, 4]], dtype=torch.int32)
     counted = positions >= 1
     check_against_naive(pre, positions, counted, -0.25, 6)
+
+
+def test_build_info_and_describe():
+    compiled = kernels.load_extension().info()
+    assert "cpu" in compiled["backends"] and compiled["max_threads"] >= 1
+    assert compiled["cpu_isa"] in ("generic", "avx2", "avx512")
+    described = fastneurons.info()
+    assert described["version"] == fastneurons.__version__ and described["kernels_built"]
+    assert "backends" in fastneurons.info.format_info()

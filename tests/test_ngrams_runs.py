@@ -4,8 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from fastneurons.ngrams import (SeenTable, Table, group_by_neuron, merge_many, merge_tables,
-                                read_table, write_table)
+from fastneurons.ngrams import (SeenTable, Table, add_tables, group_by_neuron, merge_many,
+                                merge_tables, read_table, write_table)
 
 
 def random_table(rng, rows, max_key=1000, num_neurons=50, order=2):
@@ -108,6 +108,14 @@ def test_external_merge_of_many_runs_and_single_or_empty_sources(tmp_path):
         write_table(empty, Table.empty(2))
         assert merge_tables([empty, empty], f.create_group("merged_empty")) == 0
         assert read_table(f["merged_empty"]).rows == 0
+
+
+def test_add_tables_equals_merge_many():
+    rng = np.random.default_rng(6)
+    a, b = random_table(rng, 400, max_key=100), random_table(rng, 300, max_key=100)
+    assert_same(add_tables(a, b), merge_many([a, b]))
+    with pytest.raises(TypeError, match="cannot add"):
+        add_tables(a, random_seen(rng, 5))
 
 
 def test_merge_refuses_mixed_kinds(tmp_path):

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from fastneurons.ngrams import kernels
-from fastneurons.ngrams.accumulator import SeenTable, Table, merge_many
+from fastneurons.ngrams.accumulator import SeenTable, Table, merge_many, merge_two
 
 CHUNK_ROWS = 1 << 16  # HDF5 chunk: 512 KiB of keys, fits h5py's default 1 MiB chunk cache
 # gzip-1 + shuffle: standard HDF5 (readable outside h5py, unlike lzf), ~16x on n-gram tables, and
@@ -90,6 +90,15 @@ def read_table(group: h5py.Group, start: int = 0, stop: int | None = None):
     kind = table_kind(group)
     arrays = {name: group[name][start:stop] for name in _columns(kind)}
     return _make_table(kind, arrays, int(group.attrs.get("order", 0)))
+
+
+def add_tables(a, b):
+    """Sum of two in-memory tables of one kind (``Table`` or ``SeenTable``), still sorted.
+
+    For many tables prefer ``merge_many`` (balanced), or ``merge_tables`` on disk."""
+    if _kind_of(a) != _kind_of(b):
+        raise TypeError(f"cannot add a {type(a).__name__} and a {type(b).__name__}")
+    return merge_two(a, b)
 
 
 class _Source:
