@@ -67,8 +67,9 @@ def count_activations(pre, positions, counted, threshold, active, pos_active, bi
     ``pre`` [B, S, F] or [N, F] (float32/16/bf16, last dim contiguous), ``positions`` int32 [B, S]
     (-1 = padding), ``counted`` bool [B, S]. Adds into ``active`` int64 [F], ``pos_active`` int64
     [T, F] and ``nan_count`` int64 [1]; overwrites ``bits`` int64 [B, S, ceil(F/64)] when given and
-    returns it. On CUDA it runs on the current stream without a host sync, so positions >= T are
-    not checked there: such rows add nothing to ``pos_active`` (they do count in the rest).
+    returns it. Values are compared as float32 with the threshold rounded to float32; NaN is never
+    active. On CUDA it runs on the current stream without a host sync, so positions >= T are not
+    checked there: such rows add nothing to ``pos_active`` (they do count in the rest).
     """
     _check_inputs(pre, positions, counted, active, pos_active, bits, nan_count)
     threshold = _check_threshold(threshold)

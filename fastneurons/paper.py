@@ -93,7 +93,7 @@ def _token_detectors(results):
     if detected is None or not detected.layers:
         return "no token-detector tables", None
     total = sum(detected.num_detectors)
-    return f"{total} over n-gram layers {detected.layers[0]}-{detected.layers[-1]} ({total / 5351 - 1:+.0%})", None
+    return f"{total} over n-gram layers {detected.layers[0]}–{detected.layers[-1]}", None
 
 
 def _max_per_layer(results):
@@ -134,11 +134,14 @@ def _oscillatory_second_layer(results):
     if positional is None:
         return "layer 1 positions not recorded", None
     ranges = list(positional.on_ranges.values())
+    if not ranges:
+        return "no strongly oscillatory neuron in layer 1", False
     covered = np.zeros(positional.positions_kept or 1, bool)
     for neuron_ranges in ranges:
         for start, end in neuron_ranges:
             covered[start:end + 1] = True
-    return f"{len(ranges)} strong oscillatory neurons; their on-ranges cover {covered.mean():.0%} of positions", None
+    plural = "s" if len(ranges) != 1 else ""
+    return f"{len(ranges)} strongly oscillatory neuron{plural}; on-ranges cover {covered.mean():.0%} of positions", None
 
 
 def _no_dead(results):
@@ -196,5 +199,5 @@ def compare_sizes(results_list) -> Optional[Comparison]:
     freq = [float(np.nanmean([r.dead[layer].mean_alive_frequency for layer in r.layers])) for _, r in sized]
     names = [SIZE_ORDER[index] for index, _ in sized]
     ours = ", ".join(f"{name}: {d:.1f}% dead, freq {f:.3f}" for name, d, f in zip(names, dead, freq))
-    agrees = all(b >= a for a, b in zip(dead, dead[1:])) and all(b <= a for a, b in zip(freq, freq[1:]))
+    agrees = all(b > a for a, b in zip(dead, dead[1:])) and all(b < a for a, b in zip(freq, freq[1:]))
     return Comparison(" < ".join(names), "Fig. 1", CROSS_SIZE, ours, agrees)

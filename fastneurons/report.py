@@ -17,6 +17,8 @@ from .outputs import detector_rows, headline_rows, model_name, positional_rows
 
 MAX_ROWS = 400  # rows shown per list in the report; the CSV files hold all of them
 MAX_NGRAMS = 12  # n-grams shown per detector in the report
+OPEN_ROWS = 60  # lists up to this long are shown unfolded
+VERDICT = {True: "✓ agrees", False: "✗ differs", None: ""}  # None: the paper states no threshold to test
 
 
 @dataclass
@@ -62,13 +64,14 @@ def _fmt(value, kind: str = "") -> str:
 
 
 def _table(headers, rows, numeric=()) -> str:
-    """An HTML table; cells are escaped here (pass plain text)."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    """An HTML table (no header row when `headers` is None); cells are escaped here (pass plain text)."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers or [])
     body = []
     for row in rows:
         cells = "".join(f"<td class=\"{'num' if i in numeric else ''}\">{_e(cell)}</td>" for i, cell in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+    return f"<table>{thead}<tbody>{''.join(body)}</tbody></table>"
 
 
 def figure_html(figure: ReportFigure) -> str:
@@ -97,7 +100,7 @@ def _header(section: ModelSection) -> str:
         ("domains", domains or "–"),
         ("suppression weights", source.get("suppression_model") or "not loaded"),
     ]
-    return _table(["", ""], rows)
+    return _table(None, rows)
 
 
 def _span(layers) -> str:
@@ -117,7 +120,7 @@ def _paper_block(results) -> str:
                 f"paper numbers to set beside ours. Here a neuron is <i>active</i> when: <code>{definition}</code> "
                 f"(threshold {_e(_fmt(results.threshold))}). The paper's numbers are for OPT, whose ReLU neurons are "
                 "active iff fc1(x) &gt; 0.</p>")
-    rows = [(c.figure, c.statement, c.ours, {True: "✓ agrees", False: "✗ differs", None: "compare"}[c.agrees])
+    rows = [(c.figure, c.statement, c.ours, VERDICT[c.agrees])
             for c in paper.compare(results, size)]
     note = (f"<p>This store is <b>OPT-{_e(size)}</b> (inferred from hidden size and layer count). Paper statements "
             f"for this size (SPEC §5) beside ours. The paper used over 20M tokens for dead neurons and over 5M for "
@@ -159,7 +162,8 @@ def _headline(results) -> str:
             cells.append("–" if fraction is None else
                          f"{_fmt(fraction, 'share')} ({_fmt(row.get('control_fraction_suppressing'), 'share')})")
         table_rows.append(cells)
-    return _table(headers, table_rows, numeric=set(range(len(headers))))
+    text_columns = {headers.index("by type (strong/weak)")} if results.positional else set()
+    return _table(headers, table_rows, numeric=set(range(len(headers))) - text_columns)
 
 
 def _limited(rows, what: str, csv_name: str) -> tuple:
@@ -186,18 +190,20 @@ def _detector_lists(section: ModelSection) -> str:
         headers = ["layer", "neuron", "detected n-grams", "C_k", "activations", "covered"]
         suppression = k == 1 and bool(results.suppression)
         if suppression:
-            headers += ["suppresses", "mean s", "pct", "top promoted", "top suppressed"]
+            headers += ["suppresses", "mean s", "percentile", "top promoted", "top suppressed"]
         table_rows = []
         for row in shown:
             cells = [row["layer"], row["neuron"], _ngram_cell(row["ngrams"]), row["coverage_size"],
                      _fmt(row["mass"]), _fmt(row["covered_share"], "share")]
             if suppression:
+                percentile = row.get("trigger_percentile")
                 cells += [_fmt(row.get("suppresses")), _fmt(row.get("mean_score")),
-                          _fmt(row.get("trigger_percentile")), row.get("top_promoted") or "–",
+                          "–" if percentile is None else f"{percentile:.2f}", row.get("top_promoted") or "–",
                           row.get("top_suppressed") or "–"]
             table_rows.append(cells)
         body = _table(headers, table_rows, numeric={0, 1, 3, 4, 5}) if rows else "<p>None found.</p>"
-        out.append(f"<details><summary>{_e(name)}: {len(rows):,} in {layers} layer(s)</summary>{note}{body}</details>")
+        out.append(f"<details{_open(rows)}><summary>{_e(name)}: {len(rows):,} in {layers} layer(s)</summary>"
+                   f"{note}{body}</details>")
     return "".join(out)
 
 
@@ -209,7 +215,36 @@ def _positional_list(section: ModelSection) -> str:
                    _fmt(r["corrected"]), _fmt(r["mi_pvalue"]), _fmt(r["frequency"]), r["on_ranges"] or "–"]
                   for r in shown]
     body = _table(headers, table_rows, numeric={0, 1, 4, 6, 7}) if rows else "<p>None found.</p>"
-    return f"<details><summary>Positional neurons: {len(rows):,}</summary>{note}{body}</details>"
+    return f"<details{_open(rows)}><summary>Positional neurons: {len(rows):,}</summary>{note}{body}</details>"
+
+
+def _open(rows) -> str:
+    return " open" if 0 < len(rows) <= OPEN_ROWS else ""
+
+
+def _setting(name, value) -> str:
+    if name == "log_base" and isinstance(value, float) and math.isclose(value, math.e):
+        return "e (natural log)"
+    if name == "control_size" and value is None:
+        return "as many as token detectors"
+    if isinstance(value, dict):
+        return ", ".join(f"k={k}: {v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return _fmt(value)
+
+
+def _files(files) -> str:
+    data = [f for f in files if "/figures/" not in f"/{f}"]
+    figures = {}
+    for f in files:
+        if f not in data:
+            stem, _, fmt = f.rpartition(".")
+            figures.setdefault(stem, []).append((fmt, f))
+    links = [f'<a href="{_e(f)}">{_e(f)}</a>' for f in data]
+    links += [_e(stem.rpartition("/")[2]) + " (" + ", ".join(f'<a href="{_e(f)}">{_e(fmt)}</a>' for fmt, f in pairs) + ")"
+              for stem, pairs in figures.items()]
+    return "<p class=\"note\">Files: " + " · ".join(links) + "</p>"
 
 
 def model_section_html(section: ModelSection, level: int = 2) -> str:
@@ -224,8 +259,9 @@ def model_section_html(section: ModelSection, level: int = 2) -> str:
             notes.append(reason)
     if notes:
         parts.append("<ul class=\"warn\">" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
-    parts += [f"<{h2}>Against the paper</{h2}>", _paper_block(r), f"<{h2}>Per layer</{h2}>", _headline(r),
-              f"<{h2}>Figures</{h2}>"]
+    parts += [f"<{h2}>Against the paper</{h2}>", _paper_block(r), f"<{h2}>Per layer</{h2}>", _headline(r)]
+    if section.figures or section.skipped:
+        parts.append(f"<{h2}>Figures</{h2}>")
     parts += [figure_html(figure) for figure in section.figures]
     if section.skipped:
         parts.append("<p class=\"note\">Not drawn: " + "; ".join(f"{_e(name)} ({_e(why)})"
@@ -234,10 +270,9 @@ def model_section_html(section: ModelSection, level: int = 2) -> str:
               f"<{h2}>Positional neurons</{h2}>",
               _positional_list(section) if r.positional else f"<p>{_e(r.positional_skipped or 'none')}</p>",
               f"<{h2}>Settings</{h2}>",
-              _table(["parameter", "value"], [(k, v) for k, v in (r.settings or {}).items()])]
+              _table(["parameter", "value"], [(k, _setting(k, v)) for k, v in (r.settings or {}).items()])]
     if section.files:
-        links = " · ".join(f'<a href="{_e(f)}">{_e(f)}</a>' for f in section.files)
-        parts.append(f"<p class=\"note\">Files: {links}</p>")
+        parts.append(_files(section.files))
     parts.append("</section>")
     return "".join(parts)
 
@@ -291,9 +326,8 @@ def write_report(path, sections, cross_figures=(), cross_notes=()) -> Path:
         parts += [f"<p class=\"note\">{_e(note)}</p>" for note in cross_notes]
         trend = paper.compare_sizes([s.results for s in sections])
         if trend is not None:
-            verdict = {True: "✓ agrees", False: "✗ differs", None: "compare"}[trend.agrees]
             parts.append(_table(["paper", "OPT sizes", "statement", "ours", ""],
-                                [(trend.figure, trend.size, trend.statement, trend.ours, verdict)]))
+                                [(trend.figure, trend.size, trend.statement, trend.ours, VERDICT[trend.agrees])]))
         parts += [figure_html(figure) for figure in cross_figures]
         parts += [model_section_html(section, level=2) for section in sections]
         body = "".join(parts)

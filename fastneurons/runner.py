@@ -98,9 +98,8 @@ class LayerTaps:
     def set_batch(self, batch: MicroBatchTensors, cpu_arrays) -> None:
         """Make ``batch`` the current micro-batch and add its token-level counts."""
         self.batch, self._cpu_batch = batch, cpu_arrays
-        positions = batch.positions
-        valid = positions[positions >= 0].long()
-        self.pos_seen += torch.bincount(valid, minlength=self.pos_seen.shape[0])[: self.pos_seen.shape[0]]
+        positions = batch.positions.reshape(-1)  # scatter, not boolean indexing: no GPU sync
+        self.pos_seen.scatter_add_(0, positions.clamp(min=0).long(), (positions >= 0).long())
         self.domain_tokens[batch.domain] += batch.counted.sum()
         if self.seen is not None:
             ids, pos, counted = cpu_arrays

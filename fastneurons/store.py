@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from .ngrams import runs as ngram_runs
+from .ngrams.accumulator import SeenTable, Table, merge_many
 
 FORMAT = "fastneurons.counts"
 SCHEMA_VERSION = 1
@@ -362,39 +363,32 @@ class Counts:
         return read_dense(self._file, self.path)
 
     # -- n-gram tables
-    def _sources(self, sub: str) -> list:
-        groups = []
+    def _merged(self, sub: str):
+        """The table ``sub`` of the store plus those of its pending runs (a partial store), added up."""
+        tables = []
         if "ngrams" in self._file and sub in self._file["ngrams"]:
-            groups.append(self._file["ngrams"][sub])
+            tables.append(ngram_runs.read_table(self._file["ngrams"][sub]))
         for name in self._pending:
-            run = h5py.File(runs_dir(self.path) / name, "r")
-            if sub in run["ngrams"]:
-                groups.append(run["ngrams"][sub])
-        return groups
-
-    def _merged(self, sub: str, reader):
-        sources = self._sources(sub)
-        tables = [reader(group) for group in sources]
+            with h5py.File(runs_dir(self.path) / name, "r") as run:
+                if sub in run["ngrams"]:
+                    tables.append(ngram_runs.read_table(run["ngrams"][sub]))
         if not tables:
             raise KeyError(f"no n-gram table {sub} in {self.path}")
-        out = tables[0]
-        for table in tables[1:]:
-            out = ngram_runs.add_tables(out, table)
-        return out
+        return merge_many(tables)
 
     def ngram_active(self, layer: int, k: int):
         """(key uint64, neuron uint32, count int64) sorted by (key, neuron): SPEC ngram_active[k]."""
         if layer not in self.ngram_layers or k not in self.ngram_orders:
             raise KeyError(f"no n-gram table for layer {layer}, order {k} "
                            f"(layers {self.ngram_layers}, orders {self.ngram_orders})")
-        table = self._merged(table_path(layer, k), ngram_runs.read_table)
+        table = self._merged(table_path(layer, k))
         return table.key, table.neuron, table.count
 
     def ngram_seen(self, k: int):
         """(key uint64, count int64) sorted by key: SPEC ngram_seen[k]."""
         if k not in self.ngram_orders:
             raise KeyError(f"no n-gram order {k} (orders {self.ngram_orders})")
-        table = self._merged(seen_path(k), ngram_runs.read_table)
+        table = self._merged(seen_path(k))
         return table.key, table.count
 
 
@@ -611,7 +605,12 @@ class CountsWriter:
         subs += [seen_path(k) for k in self.header.orders] if self.header.ngram_layers else []
         for sub in subs:
             groups = [src[sub] for src in sources if sub in src]
-            ngram_runs.merge_tables(groups, dest.create_group(sub), self.ngram_memory)
+            if groups:
+                ngram_runs.merge_tables(groups, dest.create_group(sub), self.ngram_memory)
+            else:  # nothing recorded yet (e.g. an empty shard): an empty table of the right kind
+                k = int(sub[-1])
+                empty = SeenTable.empty(k) if sub.startswith("seen") else Table.empty(k)
+                ngram_runs.write_table(dest.create_group(sub), empty)
 
     def _snapshot(self, complete: bool) -> None:
         def write(f):

@@ -185,3 +185,15 @@ def test_attach_counters_input_of_llama_down_proj_with_abs():
 def test_attach_counters_unknown_module():
     with pytest.raises(ValueError, match="no module named"):
         attach_counters(tiny_opt(), ["model.decoder.layers.9.fc1"])
+
+
+def test_attach_counters_set_positions_with_counted_mask():
+    model = tiny_opt()
+    name = "model.decoder.layers.0.fc1"
+    handle = attach_counters(model, [name], max_positions=8)
+    handle.set_positions(torch.tensor([[0, 1, 2, -1]]), counted=torch.tensor([[True, False, True, True]]))
+    with torch.no_grad():
+        model(torch.randint(2, 64, (1, 4)), attention_mask=torch.ones(1, 4))  # the model's mask is ignored
+    handle.remove()
+    state = handle.counters[name].state_dict()
+    assert state["tokens"] == 2 and state["pos_seen"][:4].tolist() == [1, 1, 1, 0]

@@ -258,3 +258,11 @@ def test_build_info_and_describe():
     described = fastneurons.info()
     assert described["version"] == fastneurons.__version__ and described["kernels_built"]
     assert "backends" in fastneurons.info.format_info()
+
+
+def test_kernel_benchmark_runs_and_agrees_with_eager_torch():
+    from fastneurons.bench.kernel import bench_kernel, format_table
+
+    result = bench_kernel(tokens=64, neurons=200, max_positions=32, dtype="bfloat16", repeats=1, batch_size=4)
+    assert result["results_agree"] and result["tokens"] == 64 and result["fused_s"] > 0
+    assert "| cpu | 64 | 200 | bfloat16 |" in format_table([result])

@@ -52,49 +52,51 @@ def _dead_figures(results, settings):
     return items
 
 
+def _orders_text(mapping) -> str:
+    return ", ".join(f"m_{k} = {v}" for k, v in sorted((int(k), v) for k, v in (mapping or {}).items()))
+
+
 def _ngram_figures(results, settings):
-    items, skipped = [], {}
-    coverage, bins = settings.get("coverage", 0.95), settings.get("bins")
-    paper_figure = {1: "2", 2: "12", 3: "13"}
-    for k in results.orders:
-        figure, ax = new_figure(9, 4.2)
-        ngrams.plot_coverage(results, k, ax)
-        number = paper_figure.get(k, f"x{k}")
-        items.append(_item(results, f"fig{number}_coverage_k{k}", f"coverage C{k}", figure=figure,
-                           caption=(f"Fig. {number} Coverage histogram for k={k}: per layer, alive neurons "
-                                    f"by C{k}(n) = the fewest {ngrams.ngram_name(k, True)} whose counts reach "
-                                    f"{coverage:g} of the neuron's activations (--coverage {coverage:g}; bins with "
-                                    f"lower bounds {bins}). Small C{k}: the neuron fires on few {ngrams.ngram_name(k, True)}.")))
     if not results.orders:
-        skipped["n-gram figures (Fig. 2-4, 12, 13, 15)"] = "the store holds no n-gram tables"
-        return items, skipped
-    max_coverage = settings.get("max_coverage", {})
+        return [], {"n-gram figures (Fig. 2-4, 12, 13, 15)": "the store holds no n-gram tables"}
+    coverage, bins = settings.get("coverage", 0.95), settings.get("bins")
+    paper_figure = {1: "Fig. 2", 2: "Fig. 12", 3: "Fig. 13"}
+    figure, axes = new_figure(4.0 * len(results.orders) + 1.3, 4.0, ncols=len(results.orders), squeeze=False)
+    for i, (k, ax) in enumerate(zip(results.orders, axes[0])):
+        ngrams.plot_coverage(results, k, ax, legend=i == len(results.orders) - 1)
+    which = ", ".join(f"{paper_figure.get(k, 'k=' + str(k))} (k={k})" for k in results.orders)
+    items = [_item(results, "fig2_coverage", "coverage of the alive neurons by n-grams", figure=figure, caption=(
+        f"{which}: per layer, alive neurons binned by coverage C_k(n) = the fewest k-grams whose counts reach "
+        f"{coverage:g} of the neuron's activations (--coverage; bins with lower bounds {bins}, --bins). A small "
+        "C_k means the neuron fires on a few n-grams only."))]
     figure, (left, right) = new_figure(11, 3.9, ncols=2)
     ngrams.plot_detector_counts(results, left)
     ngrams.plot_detected_ngrams(results, 1 if 1 in results.orders else results.orders[0], right)
     items.append(_item(results, "fig3_detectors", "n-gram detectors", figure=figure, caption=(
-        "Fig. 3 (a) detectors per layer: alive neurons with C_k <= m_k "
-        f"(m = {max_coverage}) whose covered n-grams (each active on >= {settings.get('cover_rate', 0.95):g} of "
-        f"its occurrences, --cover-rate; seen >= {settings.get('min_count', 1)} times, --min-count) hold >= "
+        f"Fig. 3 (a) detectors per layer: alive neurons with C_k <= m_k ({_orders_text(settings.get('max_coverage'))}) "
+        f"whose covered n-grams (each active on at least {settings.get('cover_rate', 0.95):g} of its occurrences, "
+        f"--cover-rate, and seen at least {settings.get('min_count', 1)} time(s), --min-count) hold at least "
         f"{coverage:g} of its activations; (b) tokens detected by the layer's token detectors (solid) and by all "
         "layers up to it (dashed).")))
-    for k, number in ((1, "4"), (3, "15")):
-        if k in results.orders:
-            figure, ax = new_figure(9, 3.9)
+    shown = [(k, number) for k, number in ((1, "4"), (3, "15")) if k in results.orders]
+    if shown:
+        figure, axes = new_figure(5.6 * len(shown), 3.9, ncols=len(shown), squeeze=False)
+        for (k, _), ax in zip(shown, axes[0]):
             ngrams.plot_new_ngrams(results, k, ax)
-            items.append(_item(results, f"fig{number}_new_{ngrams.ngram_name(k, True)}",
-                               f"new {ngrams.ngram_name(k, True)} per layer", figure=figure, caption=(
-                f"Fig. {number} For each layer: {ngrams.ngram_name(k, True)} detected by its k={k} detectors, "
-                "those detected by no earlier layer (new overall) and those not detected by the previous "
-                "n-gram layer (new against the previous layer; every n-gram of the first layer is new).")))
-    return items, skipped
+        which = " and ".join(f"Fig. {number} ({ngrams.ngram_name(k, True)})" for k, number in shown)
+        items.append(_item(results, "fig4_new_ngrams", "new detected n-grams per layer", figure=figure, caption=(
+            f"{which}: for each layer, the n-grams detected by its detectors (grey), those detected by no "
+            "earlier layer (new overall) and those not detected by the previous n-gram layer (new against the "
+            "previous layer; every n-gram of the first layer is new).")))
+    return items, {}
 
 
 def _suppression_figures(results, settings, examples):
     if not results.suppression:
         return [], {"suppression figures (Fig. 5, 6)": results.suppression_skipped or "no token detectors"}
     items = []
-    params = (f"s = E v with E = lm_head.weight and v = fc2.weight[:, n] (no layer norm, "
+    params = (f"s = E v with E the unembedding (lm_head.weight) and v the neuron's column of the down projection "
+              f"(fc2.weight[:, n] for OPT; no layer norm, "
               f"{'centred' if settings.get('center') else 'not centred'}; --center)")
     if examples:
         columns = min(2, len(examples))
@@ -108,7 +110,7 @@ def _suppression_figures(results, settings, examples):
                            figure=figure, caption=(
             f"Fig. 5 Example token detectors (those with the most activations): the {settings.get('k_top', 10)} "
             f"tokens with the largest (top) and smallest (bottom) score, {params}. Trigger tokens are gold "
-            "and bold; 'pct' is the triggers' mean rank percentile in s (0 = most suppressed).")))
+            "and bold; the percentile is the triggers' mean rank in s (0 = the most suppressed token, 1 = the most promoted).")))
     figure, ax = new_figure(9, 3.9)
     suppression.plot_suppression_by_layer(results, ax)
     control = settings.get("control_size")
@@ -123,7 +125,7 @@ def _suppression_figures(results, settings, examples):
 def _positional_figures(results, settings, curves):
     if not results.positional:
         return [], {"positional figures (Fig. 7-9)": results.positional_skipped or "no position counts"}
-    params = (f"positional iff I(act; pos) > {settings.get('mi_threshold', 0.05):g} (--mi-threshold; log base "
+    params = (f"Positional iff I(act; pos) > {settings.get('mi_threshold', 0.05):g} (--mi-threshold; log base "
               f"{_base(settings.get('log_base', math.e))}); ranges are runs of >= {settings.get('min_run', 16)} positions (--min-run) with "
               f"fr(p) >= 1-eps or <= eps, eps = {settings.get('eps_strong', 0.0):g} (strong) then "
               f"{settings.get('eps_weak', 0.05):g} (weak); 'other' is strong iff its roughness <= "
@@ -140,7 +142,7 @@ def _positional_figures(results, settings, curves):
     figure, ax = new_figure(9, 4.0)
     positional.plot_positional_types(results, ax)
     items.append(_item(results, "fig8_positional_types", "positional neurons per layer", figure=figure, caption=(
-        f"Fig. 8 Positional neurons per layer by type and strength: {params}. The counts use the plug-in I; "
+        f"Fig. 8 Positional neurons per layer by type and strength. {params}. The counts use the plug-in I; "
         "positional.csv also flags the neurons that pass the bootstrap null (--null-samples "
         f"{settings.get('null_samples', 200)}).")))
     layer = positional.strong_oscillatory_layer(results)

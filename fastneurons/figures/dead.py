@@ -16,7 +16,7 @@ def plot_dead_percent(results, ax=None):
     ax.set_ylabel("dead neurons (%)")
     ax.set_ylim(0, max(5.0, max(values, default=0) * 1.12))
     ax.set_title("Dead neurons per layer")
-    layer_axis(ax)
+    layer_axis(ax, results.layers)
     return ax
 
 
@@ -29,7 +29,7 @@ def plot_alive_frequency(results, ax=None):
     ax.set_ylabel("mean frequency of alive neurons")
     ax.set_ylim(0, max(0.05, np.nanmax(values) * 1.15) if np.isfinite(values).any() else 1)
     ax.set_title("Activation frequency of alive neurons")
-    layer_axis(ax)
+    layer_axis(ax, results.layers)
     return ax
 
 
@@ -58,7 +58,7 @@ def plot_domain_dead_percent(results, ax=None):
     ax.set_ylabel("dead neurons (%)")
     ax.set_title("Dead neurons per domain")
     ax.legend(title="domain")
-    layer_axis(ax)
+    layer_axis(ax, layers)
     return ax
 
 
@@ -74,7 +74,7 @@ def plot_domain_frequency(results, ax=None):
     ax.set_ylabel("mean frequency of alive neurons")
     ax.set_title("Activation frequency per domain")
     ax.legend(title="domain")
-    layer_axis(ax)
+    layer_axis(ax, layers)
     return ax
 
 

@@ -15,11 +15,12 @@ def ngram_name(k: int, plural: bool = False) -> str:
 
 
 @styled
-def plot_coverage(results, k: int = 1, ax=None, normalize: bool = False):
+def plot_coverage(results, k: int = 1, ax=None, normalize: bool = False, legend: bool = True):
     """Fig. 2 (k=1), 12 (k=2), 13 (k=3): per n-gram layer, neurons in each coverage bin of C_k, stacked.
 
     Coverage C_k(n) = fewest k-grams holding the `coverage` share of the neuron's activations; small
-    bins are the n-gram-like neurons. `normalize` shows shares of the neurons instead of counts.
+    bins are the n-gram-like neurons. `normalize` shows shares of the neurons instead of counts; `legend`
+    False leaves the bin legend out (for panels side by side).
     """
     ax = axes_or_new(ax)
     per_layer = results.coverage.get(k) or {}
@@ -36,10 +37,10 @@ def plot_coverage(results, k: int = 1, ax=None, normalize: bool = False):
         ax.bar(layers, values[:, b], bottom=bottom, color=color, width=0.8, label=label)
         bottom += values[:, b]
     ax.set_ylabel("share of neurons" if normalize else "neurons with k-gram mass")
-    ax.set_title(f"Coverage C{k}: {ngram_name(k, True)} needed for {results.settings.get('coverage', 0.95):g} "
-                 "of the activations")
-    ax.legend(title=f"C{k} bin", loc="center left", bbox_to_anchor=(1.0, 0.5), reverse=True)
-    layer_axis(ax)
+    ax.set_title(f"C{k}: {ngram_name(k, True)} holding {results.settings.get('coverage', 0.95):g} of activations")
+    if legend:
+        ax.legend(title="coverage bin", loc="center left", bbox_to_anchor=(1.0, 0.5), reverse=True)
+    layer_axis(ax, layers)
     return ax
 
 
@@ -59,7 +60,7 @@ def plot_detector_counts(results, ax=None):
     ax.set_ylim(bottom=0)
     ax.set_title("N-gram detectors per layer")
     ax.legend()
-    layer_axis(ax)
+    layer_axis(ax, results.ngram_layers)
     return ax
 
 
@@ -71,13 +72,13 @@ def plot_detected_ngrams(results, k: int = 1, ax=None):
     if detected is None or not detected.layers:
         return empty_note(ax, f"no k={k} n-gram tables")
     color = COLORS.get(f"k{k}")
-    ax.plot(detected.layers, detected.set_size, marker="o", ms=4, color=color, label=f"detected by the layer")
+    ax.plot(detected.layers, detected.set_size, marker="o", ms=4, color=color, label="detected by the layer")
     ax.plot(detected.layers, detected.cumulative_size, ls="--", color=color, label="cumulative (layers <= l)")
     ax.set_ylabel(f"detected {ngram_name(k, True)}")
     ax.set_ylim(bottom=0)
     ax.set_title(f"Detected {ngram_name(k, True)} per layer")
     ax.legend()
-    layer_axis(ax)
+    layer_axis(ax, detected.layers)
     return ax
 
 
@@ -97,5 +98,5 @@ def plot_new_ngrams(results, k: int = 1, ax=None):
     ax.set_ylabel(ngram_name(k, True))
     ax.set_title(f"New {ngram_name(k, True)} per layer")
     ax.legend()
-    layer_axis(ax)
+    layer_axis(ax, detected.layers)
     return ax

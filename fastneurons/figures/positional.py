@@ -70,7 +70,7 @@ def plot_positional_types(results, ax=None):
     threshold = next(iter(results.positional.values())).mi_threshold
     ax.set_title(f"Positional neurons (I(act; pos) > {threshold:g}) by type")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), reverse=True)
-    layer_axis(ax)
+    layer_axis(ax, layers)
     return ax
 
 
@@ -109,5 +109,5 @@ def plot_on_ranges(results, layer=None, ax=None):
 def type_axes_title(kind: str, results) -> str:
     """Panel title for one type in Fig. 7, with its count over all layers."""
     total = sum(sum(p.type_counts[kind].values()) for p in results.positional.values())
-    return f"{TYPE_LABELS[kind]} ({total} neurons)"
+    return f"{TYPE_LABELS[kind]} ({total} neuron{'' if total == 1 else 's'})"
 

@@ -53,10 +53,19 @@ def axes_or_new(ax, width: float = 7.0, height: float = 4.0):
     return new_figure(width, height)[1]
 
 
-def layer_axis(ax, label: str = "layer") -> None:
-    """Integer ticks on the x axis (layers)."""
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=16))
+def layer_axis(ax, layers=None, label: str = "layer") -> None:
+    """Integer ticks on the x axis (layers): every layer when there are few, else evenly spaced ones."""
+    layers = list(layers) if layers is not None else []
+    if 0 < len(layers) <= 16:
+        ax.set_xticks(layers)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=16))
     ax.set_xlabel(label)
+
+
+def shorten(text: str, limit: int = 22) -> str:
+    """`text` cut to `limit` characters with an ellipsis (long tokens would squash the plots)."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def model_label(results) -> str:

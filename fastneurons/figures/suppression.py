@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .style import COLORS, axes_or_new, empty_note, layer_axis, styled
+from .style import COLORS, axes_or_new, empty_note, layer_axis, shorten, styled
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def plot_projection_example(example: ProjectionExample, ax=None):
     ax.axvline(0, color=COLORS["reference"], lw=0.8)
     reach = max((abs(v) for v in scores), default=1.0) * 1.08 or 1.0
     ax.set_xlim(-reach, reach)
-    ax.set_yticks(y, [text for text, _, _ in rows], fontsize=8)
+    ax.set_yticks(y, [shorten(text) for text, _, _ in rows], fontsize=8)
     for label, (_, _, trigger) in zip(ax.get_yticklabels(), rows):
         if trigger:
             label.set_fontweight("bold")
@@ -49,10 +49,11 @@ def plot_projection_example(example: ProjectionExample, ax=None):
     ax.grid(axis="x", alpha=0.3)
     ax.grid(axis="y", visible=False)
     ax.set_xlabel("s = E v")
-    triggers = ", ".join(example.triggers[:4]) + (" ..." if len(example.triggers) > 4 else "")
-    verdict = "suppresses" if example.suppresses else "does not suppress"
-    ax.set_title(f"layer {example.layer}, neuron {example.neuron}\ntriggers {triggers}: mean s "
-                 f"{example.trigger_score:+.3g}, pct {example.trigger_percentile:.2f} ({verdict})", fontsize=8.5)
+    triggers = ", ".join(shorten(t, 16) for t in example.triggers[:4]) + (" …" if len(example.triggers) > 4 else "")
+    verdict = "suppresses its triggers" if example.suppresses else "does not suppress its triggers"
+    ax.set_title(f"layer {example.layer}, neuron {example.neuron}: {verdict}\ntriggers {triggers}\n"
+                 f"mean s on triggers {example.trigger_score:+.3g}, percentile {example.trigger_percentile:.2f}",
+                 fontsize=8.5)
     return ax
 
 
@@ -79,6 +80,6 @@ def plot_suppression_by_layer(results, ax=None, reference: float | None = 0.8):
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("fraction suppressing their triggers")
     ax.set_title("Token detectors that suppress their triggers")
-    ax.legend(loc="lower right")
-    layer_axis(ax)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+    layer_axis(ax, layers)
     return ax

@@ -1,0 +1,150 @@
+"""SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32) on real text: record, analyse, print the README numbers.
+
+Two recordings of the same corpus plan (docs/smollm2.md explains why two):
+  counts.h5         the SPEC default definition, gate_proj(x) > 0 (= SiLU(gate) > 0): all 30 layers, positions,
+                    token (k=1) tables on the first half. Trigram tables are left out at this threshold:
+                    a third of the neurons fire at any token, so the (trigram, neuron) table grows ~14M rows
+                    per layer per 20k tokens and holds no detectors worth finding.
+  counts-strict.h5  a stricter definition, gate_proj(x) > 1.0 (SiLU(gate) > 0.73), on layers 0..14 only
+                    (the forward stops there), positions and k = 1, 2, 3 tables: about 2% of the neurons
+                    fire per token there, the sparsity of ReLU OPTs.
+
+    python benchmarks/smollm2_run.py all OUT_DIR [--tokens 1M]        # record both, then analyse
+    python benchmarks/smollm2_run.py record OUT_DIR --which default    # one store (run two at once on 2 cores)
+    python benchmarks/smollm2_run.py analyze OUT_DIR                   # print the numbers of the stores there
+
+A recording interrupted (Ctrl-C, kill) keeps its committed units; `record ... --resume` finishes it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fastneurons import runner
+from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
+from fastneurons.architectures import ModelWeights
+from fastneurons.config import RecordConfig
+from fastneurons.loading import load_model
+from fastneurons.stdlib_text import CODE_FILE, DOCSTRINGS_FILE, stdlib_text
+from fastneurons.store import open_counts
+
+SMOLLM2_BOS = 0  # <|endoftext|>: SmolLM2's document boundary (docs/smollm2.md, "BOS")
+LICENSES = Path("/usr/share/common-licenses")
+STORES = {  # name -> (file, threshold, layers, orders)
+    "default": ("counts.h5", 0.0, None, [1]),
+    "strict": ("counts-strict.h5", 1.0, list(range(15)), [1, 2, 3]),
+}
+
+
+def write_corpus(directory: Path) -> list:
+    """The corpus files (label=path): stdlib code, stdlib docstrings, and license texts if the OS ships them.
+
+    Files already in `directory` are reused (a resumed or concurrent recording must see the same bytes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    code, docs = directory / CODE_FILE, directory / DOCSTRINGS_FILE
+    if not (code.is_file() and docs.is_file()):
+        code, docs = stdlib_text(directory)
+    corpus = [f"code={code}", f"docstrings={docs}"]
+    path = directory / "licenses.txt"
+    if not path.is_file() and LICENSES.is_dir():
+        files = sorted({p.resolve() for p in LICENSES.iterdir() if p.is_file()})
+        texts = [p.read_text(encoding="utf-8", errors="replace").strip() for p in files]
+        path.write_text("\n\n".join(t for t in texts if t) + "\n", encoding="utf-8")
+    if path.is_file():
+        corpus.append(f"licenses={path}")
+    return corpus
+
+
+def record_store(out_dir: Path, which: str, tokens: str, threads: int, resume: bool, seq_len: int) -> Path:
+    """Record one of the two stores into out_dir (same corpus plan for both)."""
+    name, threshold, layers, orders = STORES[which]
+    corpus = write_corpus(out_dir / "corpus")
+    config = RecordConfig(model="smollm2", corpus=corpus, out=str(out_dir / name), tokens=tokens, seq_len=seq_len,
+                          full_length=True, batch_size=4, unit_batches=4, commit_units=4, layers=layers,
+                          ngram_layers=[str(x) for x in range(15)], orders=orders, threshold=threshold,
+                          bos_id=SMOLLM2_BOS, threads=threads, resume=resume, progress=False)
+    start = time.time()
+    path = runner.record(config)
+    with open_counts(path) as counts:
+        rate = counts.tokens / (time.time() - start)
+        print(f"[{which}] {counts.tokens} counted tokens in {time.time() - start:.0f} s ({rate:.0f} tok/s) -> {path}",
+              flush=True)
+    return path
+
+
+def _histogram_line(coverage) -> str:
+    h = coverage.histogram
+    return " ".join(f"{label}:{int(c)}" for label, c in zip(h.labels, h.counts))
+
+
+def analyze_store(path: Path, weights, null_samples: int) -> dict:
+    """Run every analysis on one store, print the README numbers, return the summary dict."""
+    settings = AnalysisSettings(null_samples=null_samples)
+    start = time.time()
+    with open_counts(path) as counts:
+        complete, units = counts.complete, counts.units_held
+        results = analyze_counts(counts, settings, weights=weights)
+    print(f"\n== {path.name}: {results.neuron_definition}")
+    print(f"tokens {results.tokens} ({'complete' if complete else f'PARTIAL: {units} units'}), "
+          f"analysis {time.time() - start:.0f} s")
+    print("layer  freq(alive)  dead%  positional(plain/corrected)")
+    for i, layer in enumerate(results.layers):
+        pos = results.positional.get(layer)
+        pos_text = f"{pos.num_positional}/{pos.num_positional_corrected}" if pos is not None else "-"
+        print(f"{layer:5d}  {results.dead[layer].mean_alive_frequency:11.4f}  "
+              f"{results.dead[layer].dead_percent:5.1f}  {pos_text}")
+    for k in results.orders:
+        print(f"coverage C_{k} histograms (neurons per bin):")
+        for layer in results.ngram_layers:
+            print(f"  layer {layer:2d}  {_histogram_line(results.coverage[k][layer])}")
+        detected = results.detected_ngrams[k]
+        print(f"k={k} detectors per layer {detected.num_detectors} (total {sum(detected.num_detectors)}); "
+              f"detected n-grams per layer {detected.set_size}; cumulative {detected.cumulative_size[-1:]}")
+    if results.suppression_overall is not None:
+        s = results.suppression_overall
+        print(f"suppression: {s.num_suppressing}/{s.num_detectors} token detectors suppress their triggers "
+              f"({s.fraction_suppressing}), mean trigger percentile {s.mean_percentile}")
+    summary = results.to_dict(per_neuron=False)
+    json.dumps(summary)
+    return summary
+
+
+def analyze(out_dir: Path, null_samples: int) -> None:
+    """Analyse whichever of the two stores exist in out_dir; write summary-<name>.json beside them."""
+    weights = ModelWeights(load_model("smollm2").model)
+    for which, (name, *_rest) in STORES.items():
+        path = out_dir / name
+        if not path.exists():
+            print(f"{path}: not recorded, skipped")
+            continue
+        summary = analyze_store(path, weights, null_samples)
+        (out_dir / f"summary-{which}.json").write_text(json.dumps(summary))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("step", choices=["all", "record", "analyze"])
+    parser.add_argument("out_dir", type=Path, help="folder for the corpus, the counts stores and the summaries")
+    parser.add_argument("--which", choices=["default", "strict", "both"], default="both")
+    parser.add_argument("--tokens", default="1M", help="token budget of the corpus plan (both stores)")
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per recording (1 is fastest on a busy 2-core box)")
+    parser.add_argument("--resume", action="store_true", help="finish interrupted recordings")
+    parser.add_argument("--null-samples", type=int, default=200, help="bootstrap draws of the positional null")
+    args = parser.parse_args(argv)
+    np.set_printoptions(linewidth=160)
+    if args.step in ("all", "record"):
+        for which in (["default", "strict"] if args.which == "both" else [args.which]):
+            record_store(args.out_dir, which, args.tokens, args.threads, args.resume, args.seq_len)
+    if args.step in ("all", "analyze"):
+        analyze(args.out_dir, args.null_samples)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Figures, targets and tables of ``python -m fastneurons.bench``: derived ratios, markdown, JSON.
+
+Everything here reads the result dicts of the benchmarks; nothing is measured.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+TARGETS = {  # name -> (limit, "max" | "min"): the issue's goals on the CPU
+    "counting_cost_ratio": (10.0, "min"),
+    "overhead_all_counters": (0.25, "max"),
+    "overhead_dense_only": (0.05, "max"),
+}
+SETUP_PHASES = ("load_model", "plan_corpus", "header")
+STORE_PHASES = ("store.create", "store.write_run", "store.commit", "store.finalize", "totals")
+COUNTING_PHASES = ("forward.hooks", "set_batch", "ngram_tables")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux, else platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """Where and with what the benchmark ran: CPU, threads, GPU, library versions, date, load."""
+    import numba
+    import numpy
+    import torch
+    import transformers
+
+    info = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": numpy.__version__, "platform": platform.platform(), "device": device}
+    try:
+        info["load_average_at_start"] = list(os.getloadavg())
+    except OSError:
+        pass
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def check_target(name: str, value, limit: float, kind: str) -> dict:
+    """Whether ``value`` meets the limit ("max": value <= limit, "min": value >= limit), and by how much not."""
+    if value is None:
+        return {"name": name, "value": None, "target": limit, "kind": kind, "met": None, "verdict": "not measured"}
+    met = value <= limit if kind == "max" else value >= limit
+    if name.startswith("overhead"):
+        shown, goal = f"{100 * value:.1f}%", f"<= {100 * limit:.0f}%"
+        miss = f"missed by {100 * (value - limit):.1f} percentage points ({value / limit:.1f}x the allowed overhead)"
+    else:
+        shown, goal = f"{value:.1f}x", f">= {limit:.0f}x"
+        miss = f"missed by a factor {limit / value:.1f} (reached {value:.1f}x)" if value > 0 else "missed (no gain)"
+    return {"name": name, "value": value, "target": limit, "kind": kind, "met": bool(met),
+            "verdict": f"{shown} (target {goal}): " + ("met" if met else miss)}
+
+
+def _part(phases: dict, names) -> float:
+    return sum(phases.get(name, 0.0) for name in names)
+
+
+def derive_fastneurons(summary: dict) -> dict:
+    """Split record's median time into setup, store, counting (measured inside) and the model's forward."""
+    phases = summary.get("phases", {})
+    total = summary["median_s"]
+    setup, store, counting = _part(phases, SETUP_PHASES), _part(phases, STORE_PHASES), _part(phases, COUNTING_PHASES)
+    forward = phases.get("forward", 0.0) - phases.get("forward.hooks", 0.0)
+    return {"total_s": total, "setup_s": setup, "recording_s": total - setup, "store_s": store,
+            "counting_inside_s": counting, "model_forward_s": forward,
+            "other_s": total - setup - store - counting - forward}
+
+
+def derive_end_to_end(result: dict) -> dict:
+    """Ratios of one end-to-end result: counting cost vs the plain way, overheads over the bare forward, memory."""
+    methods = result["methods"]
+    bare = methods.get("bare", {}).get("median_s")
+    out = {"bare_s": bare}
+    peak_bare = methods.get("bare", {}).get("peak_rss_mb")
+    for name, summary in methods.items():
+        out[f"{name}_peak_rss_mb"] = summary["peak_rss_mb"]
+        if peak_bare:
+            out[f"{name}_extra_rss_mb"] = summary["peak_rss_mb"] - peak_bare
+        if "gpu_peak_mb" in summary:
+            out[f"{name}_gpu_peak_mb"] = summary["gpu_peak_mb"]
+    if "plain" in methods and bare:
+        out["plain_s"] = methods["plain"]["median_s"]
+        out["plain_counting_s"] = out["plain_s"] - bare
+        out["plain_overhead"] = out["plain_s"] / bare - 1
+    for name in ("fastneurons", "fastneurons_dense"):
+        if name not in methods or not bare:
+            continue
+        parts = derive_fastneurons(methods[name])
+        out[name] = parts
+        out[f"{name}_counting_s"] = parts["recording_s"] - bare
+        out[f"{name}_overhead"] = parts["recording_s"] / bare - 1
+        out[f"{name}_overhead_inside"] = parts["counting_inside_s"] / bare
+        out[f"{name}_overhead_inside_with_store"] = (parts["counting_inside_s"] + parts["store_s"]) / bare
+    if "plain_counting_s" in out and "fastneurons_counting_s" in out:
+        ours = out["fastneurons_counting_s"]
+        out["counting_cost_ratio"] = out["plain_counting_s"] / ours if ours > 0 else float("inf")
+        inside = out["fastneurons"]["counting_inside_s"] + out["fastneurons"]["store_s"]
+        out["counting_cost_ratio_inside"] = out["plain_counting_s"] / inside if inside > 0 else float("inf")
+    return out
+
+
+def end_to_end_targets(derived: dict) -> list:
+    """The issue's targets checked on one end-to-end result (two readings of fastneurons' cost each)."""
+    checks = []
+    if "counting_cost_ratio" in derived:
+        checks.append(check_target("counting_cost_ratio", derived["counting_cost_ratio"], *TARGETS["counting_cost_ratio"]))
+        checks.append(check_target("counting_cost_ratio (measured inside record)",
+                                   derived["counting_cost_ratio_inside"], *TARGETS["counting_cost_ratio"]))
+    for name, target in (("fastneurons", "overhead_all_counters"), ("fastneurons_dense", "overhead_dense_only")):
+        if f"{name}_overhead" in derived:
+            checks.append(check_target(f"{target} (record excl. load/plan)", derived[f"{name}_overhead"], *TARGETS[target]))
+            checks.append(check_target(f"{target} (counting inside the forward, no store)",
+                                       derived[f"{name}_overhead_inside"], *TARGETS[target]))
+    return checks
+
+
+def markdown_table(header: list, rows: list) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _x(value) -> str:
+    if value is None:
+        return "-"
+    return "inf" if value == float("inf") else f"{value:.2f}x"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}%"
+
+
+def kernel_table(results: list) -> str:
+    """Fused kernel vs eager torch vs a plain read of the same bytes."""
+    rows = [[r.get("label", ""), r["device"], r["tokens"], r["neurons"], r["dtype"], _x(r["speedup_vs_torch"]),
+             f"{r['fraction_of_read_bandwidth']:.2f}", f"{r['fused_gbps']:.2f}", f"{r['read_gbps']:.2f}",
+             "yes" if r["results_agree"] else "NO"] for r in results]
+    return markdown_table(["shape", "device", "tokens", "F", "dtype", "fused vs eager torch",
+                           "fused speed / read speed", "fused GB/s", "read GB/s", "same counts"], rows)
+
+
+def ngram_table(results: list) -> str:
+    """N-gram accumulator vs the np.unique reference, a fused-key numpy sort and a Python dict (events/s)."""
+    rows = [[f"{r['density']:.0%}", r["tokens"], r["neurons"], f"{r['events']:,}",
+             f"{r['accumulator_events_per_s'] / 1e6:.1f}", _x(r["speedup_vs_naive"]), _x(r["speedup_vs_numpy_sort"]),
+             _x(r["speedup_vs_dict"]), f"{r['table_mb']:.0f}", f"{r['peak_numpy_mb']:.0f}"] for r in results]
+    return markdown_table(["density", "tokens", "F", "events", "accumulator Mevents/s", "vs np.unique reference",
+                           "vs fused-key numpy sort", "vs Python dict", "tables MiB", "peak numpy MiB"], rows)
+
+
+def end_to_end_table(results: list) -> str:
+    """One row per end-to-end setting: times as ratios to the bare forward, memory as extra over it."""
+    rows = []
+    for r in results:
+        d = r["derived"]
+        identical = r.get("identical") or {}
+        fn, dense = d.get("fastneurons", {}), d.get("fastneurons_dense", {})
+        rows.append([r["label"], r["job"]["tokens"], "1.00x" if d.get("bare_s") else "-",
+                     _x(d.get("plain_s", 0) / d["bare_s"]) if "plain_s" in d else "-",
+                     _x(fn["total_s"] / d["bare_s"]) if fn else "-",
+                     _x(fn["recording_s"] / d["bare_s"]) if fn else "-",
+                     _x(dense["recording_s"] / d["bare_s"]) if dense else "-",
+                     _x(d.get("counting_cost_ratio")), _x(d.get("counting_cost_ratio_inside")),
+                     {True: "yes", False: "NO"}.get(identical.get("identical"), "-")])
+    return markdown_table(["setting", "tokens", "bare forward", "plain way", "fastneurons record (all)",
+                           "record excl. load/plan", "record dense only (excl. load/plan)",
+                           "counting cost: plain / fastneurons", "same, fastneurons cost measured inside",
+                           "identical counts"], rows)
+
+
+def breakdown_table(results: list) -> str:
+    """Where fastneurons' record time goes, as fractions of the bare forward of the same tokens."""
+    rows = []
+    for r in results:
+        d = r["derived"]
+        for name in ("fastneurons", "fastneurons_dense"):
+            if name not in d:
+                continue
+            parts, phases, bare = d[name], r["methods"][name]["phases"], d["bare_s"]
+            rows.append([r["label"], name, _pct(parts["model_forward_s"] / bare - 1),
+                         _pct(phases.get("forward.hooks.kernel", 0) / bare),
+                         _pct((phases.get("forward.hooks", 0) - phases.get("forward.hooks.kernel", 0)) / bare),
+                         _pct((phases.get("set_batch", 0) + phases.get("ngram_tables", 0)) / bare),
+                         _pct(parts["store_s"] / bare), _pct(parts["setup_s"] / bare), _pct(parts["other_s"] / bare)])
+    return markdown_table(["setting", "run", "model forward inside record vs bare", "dense kernel",
+                           "rest of the hooks (bits copy, n-gram add)", "n-gram seen + tables", "store (HDF5)",
+                           "load + plan + header", "other"], rows)
+
+
+def memory_table(results: list) -> str:
+    """Peak resident memory of each method's worker process."""
+    rows = []
+    for r in results:
+        d = r["derived"]
+        row = [r["label"]]
+        for name in ("bare", "plain", "fastneurons", "fastneurons_dense"):
+            peak = d.get(f"{name}_peak_rss_mb")
+            extra = d.get(f"{name}_extra_rss_mb")
+            row.append("-" if peak is None else f"{peak:.0f}" + ("" if name == "bare" or extra is None else f" ({extra:+.0f})"))
+        rows.append(row)
+    return markdown_table(["setting", "bare MiB", "plain MiB (vs bare)", "fastneurons MiB (vs bare)",
+                           "fastneurons dense-only MiB (vs bare)"], rows)
+
+
+def targets_table(results: list) -> str:
+    """Every target check, verdicts spelled out."""
+    rows = [[r["label"], check["name"], check["verdict"]] for r in results for check in r.get("targets", [])]
+    return markdown_table(["setting", "target", "result"], rows)
+
+
+def write_json(path, data) -> None:
+    """Write ``data`` as indented JSON (infinities as strings)."""
+    def clean(value):
+        if isinstance(value, float) and value in (float("inf"), float("-inf")):
+            return str(value)
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    with open(path, "w") as handle:
+        json.dump(clean(data), handle, indent=2)

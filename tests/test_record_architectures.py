@@ -1,0 +1,186 @@
+"""`record()` end to end on every non-OPT row of the architecture table, against the plain reference.
+
+Random-weight GPT-2, GPT-NeoX (Pythia) and Llama checkpoints, saved with save_pretrained like real
+ones, fp32 on the CPU: every dense counter and every n-gram table must equal, exactly, what the
+plain hooks-based way (fastneurons.bench.plain_way) counts on the same micro-batches. The reference
+names each family's hook module itself, so a wrong row in architectures.py fails here.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
+                          LlamaForCausalLM)
+
+from fastneurons import runner
+from fastneurons.bench.plain_way import plain_record
+from fastneurons.config import RecordConfig
+from fastneurons.corpus import parse_corpus_arg, plan_corpus
+from fastneurons.loading import gpt2_tokenizer
+from fastneurons.store import open_counts
+
+VOCAB = 50257  # GPT-2 BPE, so gpt2_tokenizer() is each checkpoint's tokenizer
+CODE = ("def add(a, b):\n    return a + b\n\nclass Point:\n    '''A point in the plane.'''\n"
+        "    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n") * 4
+PROSE = ("The quick brown fox jumps over the lazy dog. Neurons fire after n-grams; "
+         "some neurons never fire at all, and some fire only at certain positions. ") * 5
+QUIET = lambda *args: None  # noqa: E731
+
+
+def _gpt2():
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_inner=96, n_positions=64,
+                        activation_function="gelu_new", bos_token_id=50256, eos_token_id=50256)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():  # shift biases so the neurons range from always to never above the threshold
+        for block in model.transformer.h:
+            block.mlp.c_fc.bias.add_(torch.linspace(-0.5, 0.4, 96))
+    return model
+
+
+def _neox():
+    config = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                           intermediate_size=80, max_position_embeddings=64, rotary_pct=0.25,
+                           use_parallel_residual=True, bos_token_id=50256, eos_token_id=50256)
+    model = GPTNeoXForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.gpt_neox.layers:
+            layer.mlp.dense_h_to_4h.bias.add_(torch.linspace(-0.5, 0.3, 80))
+    return model
+
+
+def _llama():
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=72, max_position_embeddings=64,
+                         hidden_act="silu", bos_token_id=50256, eos_token_id=50256, tie_word_embeddings=False)
+    return LlamaForCausalLM(config)
+
+
+FAMILIES = {"gpt2": (_gpt2, GPT2LMHeadModel), "gpt_neox": (_neox, GPTNeoXForCausalLM),
+            "llama": (_llama, LlamaForCausalLM)}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """{family: directory} of random-weight checkpoints with the GPT-2 tokenizer saved beside them."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    paths = {}
+    for seed, (name, (build, _)) in enumerate(FAMILIES.items()):
+        torch.manual_seed(seed)
+        model = build()
+        model.eval().save_pretrained(root / name)
+        gpt2_tokenizer().save_pretrained(root / name)
+        paths[name] = root / name
+    return paths
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Three domains: a .txt, a .jsonl of texts of growing length, a .jsonl of pre-tokenized ids."""
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "code.txt").write_text(CODE)
+    with open(root / "prose.jsonl", "w") as f:
+        for i in range(5):
+            f.write(json.dumps({"text": PROSE[: 50 + 45 * i]}) + "\n")
+    rng = np.random.default_rng(7)
+    with open(root / "ids.jsonl", "w") as f:  # a few repeated ids, so n-grams recur
+        for length in (9, 30, 17, 24):
+            f.write(json.dumps([50256] + rng.integers(100, 120, length - 1).tolist()) + "\n")
+    return [str(root / "code.txt"), "prose=" + str(root / "prose.jsonl"), "ids=" + str(root / "ids.jsonl")]
+
+
+def _config(model_dir, corpus, out, **overrides):
+    values = dict(model=str(model_dir), corpus=corpus, out=str(out), seq_len=40, batch_size=3, unit_batches=2,
+                  ngram_layers=["0", "2"], progress=False)
+    values.update(overrides)
+    return RecordConfig(**values)
+
+
+def _reference(config, model_dir, family, gated_product=False):
+    """The plain way's counts on exactly the micro-batches of the recording's plan."""
+    model_class = FAMILIES[family][1]
+    model = model_class.from_pretrained(model_dir).eval()
+    plan = plan_corpus([parse_corpus_arg(c) for c in config.corpus], gpt2_tokenizer(), seq_len=config.seq_len,
+                       batch_size=config.batch_size, unit_batches=config.unit_batches,
+                       max_tokens=config.max_tokens, full_length=config.full_length, bos_id=config.bos_id,
+                       vocab_size=VOCAB)
+    batches = [(mb.input_ids, mb.attention_mask) for u in range(plan.num_units) for mb in plan.unit(u).batches]
+    assert any((mb[1] == 0).any() for mb in batches) or config.full_length  # padding is exercised
+    modules = _hook_modules(family, model, gated_product)
+    return plain_record(model, modules, batches, max_positions=config.seq_len, threshold=config.threshold,
+                        count_bos=config.count_bos, ngram_layers=config.ngram_layer_list(3), orders=config.orders,
+                        pack_bits=16, use_input=gated_product, transform=torch.abs if gated_product else None)
+
+
+def _hook_modules(family, model, gated_product=False):
+    """Each family's neuron module, named here independently of architectures.py."""
+    if gated_product:  # the down projection's input is act(gate) * up
+        return {i: layer.mlp.down_proj for i, layer in enumerate(model.model.layers)}
+    if family == "gpt2":
+        return {i: block.mlp.c_fc for i, block in enumerate(model.transformer.h)}
+    if family == "gpt_neox":
+        return {i: layer.mlp.dense_h_to_4h for i, layer in enumerate(model.gpt_neox.layers)}
+    return {i: layer.mlp.gate_proj for i, layer in enumerate(model.model.layers)}
+
+
+def _assert_equal_counts(path, ref, orders, ngram_layers):
+    with open_counts(path) as counts:
+        assert counts.complete
+        assert counts.tokens == ref.tokens > 0
+        np.testing.assert_array_equal(counts.pos_seen, ref.pos_seen)
+        for layer in counts.layers:
+            np.testing.assert_array_equal(counts.active(layer), ref.active[layer])
+            np.testing.assert_array_equal(counts.pos_active(layer), ref.pos_active[layer])
+        assert list(counts.ngram_layers) == list(ngram_layers)
+        for k in orders:
+            for mine, theirs in zip(counts.ngram_seen(k), ref.ngram_seen[k]):
+                np.testing.assert_array_equal(mine, theirs)
+            for layer in ngram_layers:
+                for mine, theirs in zip(counts.ngram_active(layer, k), ref.ngram_active[(layer, k)]):
+                    np.testing.assert_array_equal(mine, theirs)
+        return dict(counts.metadata)
+
+
+def _assert_mixed(ref, layer=0):
+    """The counts can tell a wrong hook apart: some neurons never active, some active at most tokens."""
+    active = ref.active[layer]
+    assert (active < ref.tokens).any() and (active > 0).any()
+
+
+CASES = [  # (family, record settings): batch shapes, padding or full length, thresholds, orders
+    ("gpt2", dict(threshold=0.1)),
+    ("gpt2", dict(threshold=-0.05, batch_size=1, unit_batches=3, full_length=True, seq_len=32, orders=[1, 3])),
+    ("gpt_neox", dict()),
+    ("gpt_neox", dict(batch_size=4, unit_batches=1, count_bos=True, ngram_layers=["1"], commit_units=2)),
+    ("llama", dict()),
+    ("llama", dict(batch_size=2, seq_len=32, threshold=0.02, orders=[2])),
+]
+
+
+@pytest.mark.parametrize("family,settings", CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(CASES)])
+def test_record_equals_plain_reference(tmp_path, checkpoints, corpus, family, settings):
+    config = _config(checkpoints[family], corpus, tmp_path / "counts.h5", **settings)
+    runner.record(config, log=QUIET)
+    ref = _reference(config, checkpoints[family], family)
+    _assert_mixed(ref)
+    meta = _assert_equal_counts(config.out, ref, config.orders, config.ngram_layer_list(3))
+    assert meta["architecture"] == family
+    assert meta["threshold"] == config.threshold
+
+
+def test_llama_gated_product_equals_plain_reference(tmp_path, checkpoints, corpus):
+    """--gated-product: |SiLU(gate(x)) * up(x)| > threshold, the input of down_proj."""
+    config = _config(checkpoints["llama"], corpus, tmp_path / "counts.h5", gated_product=True, threshold=0.004)
+    runner.record(config, log=QUIET)
+    ref = _reference(config, checkpoints["llama"], "llama", gated_product=True)
+    _assert_mixed(ref)
+    meta = _assert_equal_counts(config.out, ref, config.orders, [0, 2])
+    assert "up_proj" in meta["neuron_definition"] and meta["gated_product"] is True
+    gate = _reference(_config(checkpoints["llama"], corpus, tmp_path / "g.h5", threshold=0.004),
+                      checkpoints["llama"], "llama")
+    assert not np.array_equal(gate.active[0], ref.active[0])  # the two definitions really differ
+
+
+def test_gated_product_is_refused_for_ungated_families(tmp_path, checkpoints, corpus):
+    with pytest.raises(ValueError, match="gated"):
+        runner.record(_config(checkpoints["gpt2"], corpus, tmp_path / "x.h5", gated_product=True), log=QUIET)
