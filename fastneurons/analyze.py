@@ -46,7 +46,7 @@ def load_weights(counts, config: AnalyzeConfig):
         try:
             loaded = load_model(spec, dtype="auto")
         except Exception as error:  # any loading problem only skips suppression
-            errors.append(f"{spec}: {error}")
+            errors.append(str(error) if spec in str(error) else f"{spec}: {error}")
             continue
         neurons = archs.num_neurons(loaded.model.config, loaded.arch)
         layers = archs.num_layers(loaded.model, loaded.arch)
@@ -109,7 +109,8 @@ def projection_examples(results, weights, vocab, count: int = PROJECTION_EXAMPLE
         examples.append(ProjectionExample(
             layer=layer, neuron=neuron, triggers=[decode([t], vocab) for t in sorted(triggers)],
             trigger_score=float(sup.mean_score[j]), trigger_percentile=float(sup.trigger_percentile[j]),
-            suppresses=bool(sup.suppresses[j]), promoted=side(sup.top_promoted[j]), suppressed=side(sup.top_suppressed[j])))
+            suppresses=bool(sup.suppresses[j]), promoted=side(sup.top_promoted[j]),
+            suppressed=side(sup.top_suppressed[j])))
     return examples
 
 
@@ -186,6 +187,9 @@ def analyze(config: AnalyzeConfig, log=print) -> Path:
     config.validate()
     out = Path(config.out)
     paths = [Path(p) for p in config.counts]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"no such counts file: {', '.join(missing)}")
     if len(paths) == 1:
         section = analyze_store(paths[0], out, config, log)
         report = write_report(out / "report.html", [section])
@@ -204,7 +208,8 @@ def analyze(config: AnalyzeConfig, log=print) -> Path:
         labels = [f"{label} ({name})" for label, name in zip(labels, names)]
     for section, label in zip(sections, labels):
         section.source["model"] = label
-    order = sorted(range(len(sections)), key=lambda i: sections[i].results.num_neurons * len(sections[i].results.layers))
+    size = [s.results.num_neurons * len(s.results.layers) for s in sections]
+    order = sorted(range(len(sections)), key=size.__getitem__)  # smallest model first in the legends
     cross = save_figures(build_cross_figures([sections[i].results for i in order], [labels[i] for i in order]),
                          out / "figures", config.formats, log)
     definitions = {s.results.neuron_definition for s in sections}

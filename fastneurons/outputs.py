@@ -84,6 +84,16 @@ def headline_rows(results) -> list:
     return rows
 
 
+def _suppression_columns(suppression, j, vocab) -> dict:
+    """Detector j's suppression figures (all None when it was not scored)."""
+    if suppression is None or j is None:
+        return dict.fromkeys(("suppresses", "mean_score", "trigger_percentile", "top_promoted", "top_suppressed"))
+    tops = {name: " ".join(decode([t], vocab) for t in getattr(suppression, name)[j][:TOP_TOKENS_SHOWN])
+            for name in ("top_promoted", "top_suppressed")}
+    return {"suppresses": bool(suppression.suppresses[j]), "mean_score": float(suppression.mean_score[j]),
+            "trigger_percentile": float(suppression.trigger_percentile[j]), **tops}
+
+
 def detector_rows(results, vocab=None) -> list:
     """One row per detector (every order and n-gram layer), with its n-grams decoded and, for k=1, suppression."""
     rows = []
@@ -101,15 +111,7 @@ def detector_rows(results, vocab=None) -> list:
                        "ngram_active": " ".join(str(int(c)) for c in detectors.ngram_active[lo:hi]),
                        "ngram_seen": " ".join(str(int(c)) for c in detectors.ngram_seen[lo:hi])}
                 if k == 1 and results.suppression:
-                    j = position.get(neuron)
-                    row.update(suppresses=None, mean_score=None, trigger_percentile=None,
-                               top_promoted=None, top_suppressed=None)
-                    if j is not None:
-                        row.update(
-                            suppresses=bool(suppression.suppresses[j]), mean_score=float(suppression.mean_score[j]),
-                            trigger_percentile=float(suppression.trigger_percentile[j]),
-                            top_promoted=" ".join(decode([t], vocab) for t in suppression.top_promoted[j][:TOP_TOKENS_SHOWN]),
-                            top_suppressed=" ".join(decode([t], vocab) for t in suppression.top_suppressed[j][:TOP_TOKENS_SHOWN]))
+                    row.update(_suppression_columns(suppression, position.get(neuron), vocab))
                 rows.append(row)
     return rows
 
@@ -136,7 +138,8 @@ def coverage_rows(results) -> list:
     for k, per_layer in results.coverage.items():
         for layer, coverage in per_layer.items():
             histogram = coverage.histogram
-            for label, count, fraction in zip(histogram.labels, histogram.counts.tolist(), histogram.fractions.tolist()):
+            columns = zip(histogram.labels, histogram.counts.tolist(), histogram.fractions.tolist())
+            for label, count, fraction in columns:
                 rows.append({"k": k, "layer": layer, "bin": label, "neurons": count, "fraction": fraction})
     return rows
 

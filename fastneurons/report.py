@@ -242,9 +242,28 @@ def _files(files) -> str:
             stem, _, fmt = f.rpartition(".")
             figures.setdefault(stem, []).append((fmt, f))
     links = [f'<a href="{_e(f)}">{_e(f)}</a>' for f in data]
-    links += [_e(stem.rpartition("/")[2]) + " (" + ", ".join(f'<a href="{_e(f)}">{_e(fmt)}</a>' for fmt, f in pairs) + ")"
-              for stem, pairs in figures.items()]
+    for stem, pairs in figures.items():
+        formats = ", ".join(f'<a href="{_e(f)}">{_e(fmt)}</a>' for fmt, f in pairs)
+        links.append(f"{_e(stem.rpartition('/')[2])} ({formats})")
     return "<p class=\"note\">Files: " + " · ".join(links) + "</p>"
+
+
+def _overview(sections) -> str:
+    """One row per store: definition, tokens, size, and the headline totals."""
+    rows = []
+    for s in sections:
+        r = s.results
+        dead = sum(d.dead_count for d in r.dead.values()) / max(1, r.num_neurons * len(r.layers))
+        detected = r.detected_ngrams.get(1)
+        overall = r.suppression_overall
+        rows.append((s.source.get("model") or model_name(r.metadata), r.neuron_definition or "–", _fmt(r.tokens),
+                     f"{len(r.layers)} × {r.num_neurons:,}", _fmt(100 * dead, "pct"),
+                     _fmt(sum(detected.num_detectors)) if detected else "–",
+                     _fmt(sum(p.num_positional for p in r.positional.values())) if r.positional else "–",
+                     _fmt(overall.fraction_suppressing, "share") if overall and overall.num_detectors else "–"))
+    headers = ["model", "active", "tokens", "layers × neurons", "dead", "token detectors", "positional",
+               "suppressing"]
+    return _table(headers, rows, numeric={2, 4, 5, 6, 7})
 
 
 def model_section_html(section: ModelSection, level: int = 2) -> str:
@@ -278,13 +297,15 @@ def model_section_html(section: ModelSection, level: int = 2) -> str:
 
 
 STYLE = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:0;background:#f6f7f9;color:#222}
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:0;background:#f6f7f9;
+color:#222}
 main{max-width:1180px;margin:0 auto;padding:24px 32px;background:#fff}
 h1{font-size:1.6em;margin:0 0 4px}h2{border-bottom:2px solid #e3e6ea;padding-bottom:4px;margin-top:36px}
 h3{margin-top:28px;color:#333}
 table{border-collapse:collapse;font-size:13px;margin:8px 0 12px;max-width:100%}
 th,td{border:1px solid #e1e4e8;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f0f2f5;font-weight:600}tr:nth-child(even) td{background:#fafbfc}td.num{text-align:right}
+th{background:#f0f2f5;font-weight:600}tr:nth-child(even) td{background:#fafbfc}
+td.num{text-align:right;white-space:nowrap}
 td{overflow-wrap:anywhere;max-width:420px}
 figure{margin:18px 0 26px}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:13px;color:#444;max-width:1000px;margin-top:4px}
@@ -322,7 +343,7 @@ def write_report(path, sections, cross_figures=(), cross_notes=()) -> Path:
         title = f"fastneurons report — {len(sections)} models"
         nav = "<nav>" + "".join(f'<a href="#{_e(s.anchor)}">{_e(s.source.get("model") or s.anchor)}</a>'
                                 for s in sections) + "</nav>"
-        parts = [nav, "<h2>Across models</h2>"]
+        parts = [nav, "<h2>Across models</h2>", _overview(sections)]
         parts += [f"<p class=\"note\">{_e(note)}</p>" for note in cross_notes]
         trend = paper.compare_sizes([s.results for s in sections])
         if trend is not None:

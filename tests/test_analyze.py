@@ -66,7 +66,8 @@ def write_store(path, model, domains, *, model_spec, vocab, ngram_layers=(0,), o
     domain_active = np.stack([np.stack([p.active[layer] for layer in layers]) for p in parts]).astype(np.int64)
     dense = DenseCounts(
         tokens=sum(p.tokens for p in parts), pos_seen=sum(p.pos_seen for p in parts),
-        active=domain_active.sum(axis=0), pos_active=np.stack([sum(p.pos_active[layer] for p in parts) for layer in layers]),
+        active=domain_active.sum(axis=0),
+        pos_active=np.stack([sum(p.pos_active[layer] for p in parts) for layer in layers]),
         nan_count=np.zeros(len(layers), np.int64), domain_tokens=np.array([p.tokens for p in parts], np.int64),
         domain_active=domain_active)
     runs = []
@@ -96,7 +97,8 @@ def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
     small = planted_opt(root / "opt-small")
     bigger = tiny_opt(root / "opt-bigger", layers=3, ffn=64, seed=1)
-    a = write_store(root / "small.h5", small, {"code": random_batches(0, seq_len=64), "prose": random_batches(1, seq_len=64)},
+    corpus = {"code": random_batches(0, seq_len=64), "prose": random_batches(1, seq_len=64)}
+    a = write_store(root / "small.h5", small, corpus,
                     model_spec=root / "opt-small", vocab=VOCAB_TEXT, seq_len=64)
     b = write_store(root / "bigger.h5", bigger, {"web": random_batches(2)}, model_spec=root / "missing-model",
                     vocab=VOCAB_TEXT, ngram_layers=(0, 1))
@@ -185,3 +187,11 @@ def test_positional_examples_prefer_strong_and_large_mi():
 
     chosen = choose_positional_examples(R(), per_type=2)
     assert [(c[0], c[1], c[2]) for c in chosen] == [(0, 2, "oscillatory"), (0, 1, "other"), (1, 0, "other")]
+
+
+def test_missing_counts_file_is_a_clear_error(stores, tmp_path):
+    small, _, _ = stores
+    with pytest.raises(ValueError, match="no such counts file: .*nope.h5"):
+        analyze(AnalyzeConfig(counts=[str(small), str(tmp_path / "nope.h5")], out=str(tmp_path / "out")),
+                log=lambda line: None)
+    assert not (tmp_path / "out").exists()  # refused before writing anything

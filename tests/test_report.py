@@ -69,7 +69,7 @@ def test_csv_tables_read_back(results, tmp_path):
     assert float(layers[0]["dead_percent"]) == results.dead[0].dead_percent
     assert layers[2]["detectors_k1"] == ""  # layer 2 has no n-gram tables: an empty cell, not 0
     assert int(layers[0]["oscillatory_strong"]) == results.positional[0].type_counts["oscillatory"]["strong"]
-    detector = next(row for row in read["detectors"] if row["k"] == "1" and row["layer"] == "0" and row["neuron"] == "1")
+    detector = next(row for row in read["detectors"] if (row["k"], row["layer"], row["neuron"]) == ("1", "0", "1"))
     assert detector["ngrams"] == "'w4' | '<script>x</script>'" and detector["ngram_ids"] == "4 | 5"
     assert detector["suppresses"] == "False"
     assert set(detector["top_promoted"].split(" ")[:2]) == {"'w4'", "'<script>x</script>'"}  # s = 1 on both
@@ -104,7 +104,8 @@ def test_long_lists_are_cut_with_a_pointer_to_the_csv(results, tmp_path, monkeyp
 def test_opt_sizes_are_inferred_from_the_config(results):
     meta = results.metadata
     assert paper.opt_size(opt_metadata(meta, 768, 12)) == "125m"
-    assert paper.opt_size(opt_metadata(meta, 9216, 64)) == "66b" and paper.opt_size(opt_metadata(meta, 1024, 24)) == "350m"
+    assert paper.opt_size(opt_metadata(meta, 9216, 64)) == "66b"
+    assert paper.opt_size(opt_metadata(meta, 1024, 24)) == "350m"
     assert paper.opt_size(meta) is None  # the fake 8-wide model
     assert paper.opt_size(dict(opt_metadata(meta, 768, 12), architecture="llama")) is None
     assert paper.opt_size({}) is None

@@ -247,7 +247,7 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     """A real `fastneurons record` process killed with SIGKILL mid-run resumes to identical counts."""
     model = _opt(tmp_path, "opt", layers=3)
     big = tmp_path / "big.txt"
-    big.write_text((TEXT_A + TEXT_B) * 25)  # a few hundred units: the run lasts long enough to be hit
+    big.write_text((TEXT_A + TEXT_B) * 10)  # about a hundred units: the run lasts long enough to be hit
     corpus = [str(big)]
     full = _config(model, corpus, tmp_path / "full.h5", unit_batches=1, batch_size=2)
     runner.record(full, log=lambda *a: None)

@@ -219,31 +219,58 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident set size in MiB since the last ``_reset_peak_rss`` (VmHWM; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the peak RSS to the current RSS (Linux >= 4.0), so a run's peak is its own; False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of all threads of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class _Phases:
     """Wall time spent inside chosen functions of the runner, installed by wrapping them (worker only)."""
 
     def __init__(self, cuda: bool):
-        self.seconds, self.cuda = {}, cuda
+        self.seconds, self.cpu, self.cuda = {}, {}, cuda
 
     def wrap(self, owner, name: str, phase: str, static: bool = False) -> None:
         original = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _cpu_s()
             try:
                 return original(*args, **kwargs)
             finally:
                 if self.cuda:
                     torch.cuda.synchronize()
                 self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+                self.cpu[phase] = self.cpu.get(phase, 0.0) + _cpu_s() - cpu
 
         setattr(owner, name, staticmethod(timed) if static else timed)
 
-    def take(self) -> dict:
-        taken, self.seconds = self.seconds, {}
+    def take(self) -> tuple:
+        """(wall seconds, CPU seconds) per phase since the last take."""
+        taken = self.seconds, self.cpu
+        self.seconds, self.cpu = {}, {}
         return taken
 
 
@@ -341,15 +368,20 @@ class _Worker:
 
     def run(self) -> dict:
         self.runs += 1
+        self.last_counts = None
+        gc.collect()
+        rss_before = _rss_mb()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
             torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
+        peak_reset = _reset_peak_rss()
+        start, cpu = time.perf_counter(), _cpu_s()
         extra = getattr(self, "_run_" + self.kind)()
         if self.cuda:
             torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
-        result = {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "rss_mb": _rss_mb(), **extra}
+        seconds, cpu = time.perf_counter() - start, _cpu_s() - cpu
+        result = {"seconds": seconds, "cpu_s": cpu, "peak_rss_mb": _peak_rss_mb(), "peak_rss_of_run": peak_reset,
+                  "rss_before_mb": rss_before, **extra}
         if self.cuda:
             result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         gc.collect()
@@ -374,8 +406,6 @@ class _Worker:
 
         modules = {layer: archs.neuron_module(self.model, self.arch, layer) for layer in range(self.num_layers)}
         vocab = int(self.model.get_input_embeddings().weight.shape[0])
-        self.last_counts = None
-        gc.collect()
         self.last_counts = plain_record(self.model, modules, self.batches, max_positions=self.job.seq_len,
                                         ngram_layers=self.ngram_layers, orders=self.orders,
                                         pack_bits=pack_bits_for_vocab(vocab), stop_module=modules[self.num_layers - 1])
@@ -392,7 +422,8 @@ class _Worker:
         self.phases.take()
         runner.record(self.job.record_config(out, **self.overrides), log=lambda *args: None)
         self.last_store = str(out)
-        return {"phases": self.phases.take(), "store_mb": out.stat().st_size / 2**20, "store": str(out)}
+        phases, phases_cpu = self.phases.take()
+        return {"phases": phases, "phases_cpu": phases_cpu, "store_mb": out.stat().st_size / 2**20, "store": str(out)}
 
     def check(self, store: str) -> dict:
         """Compare this plain worker's last counts with a fastneurons store, counter by counter."""
@@ -519,16 +550,20 @@ def _median(values):
 
 
 def summarize(runs: dict) -> dict:
-    """Medians over repeats of each method's time, phases and memory."""
+    """Medians over repeats of each method's wall and CPU time, phases and peak memory."""
     out = {}
     for name, results in runs.items():
         summary = {"seconds": [r["seconds"] for r in results], "median_s": _median([r["seconds"] for r in results]),
-                   "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
+                   "cpu_s": [r["cpu_s"] for r in results], "median_cpu_s": _median([r["cpu_s"] for r in results]),
+                   "peak_rss_mb": _median([r["peak_rss_mb"] for r in results]),
+                   "peak_rss_max_mb": max(r["peak_rss_mb"] for r in results),
+                   "peak_rss_of_run": all(r["peak_rss_of_run"] for r in results)}
         if "gpu_peak_mb" in results[0]:
             summary["gpu_peak_mb"] = max(r["gpu_peak_mb"] for r in results)
         if "phases" in results[0]:
-            names = sorted({p for r in results for p in r["phases"]})
-            summary["phases"] = {p: _median([r["phases"].get(p, 0.0) for r in results]) for p in names}
+            for key in ("phases", "phases_cpu"):
+                names = sorted({p for r in results for p in r[key]})
+                summary[key] = {p: _median([r[key].get(p, 0.0) for r in results]) for p in names}
             summary["store_mb"] = results[-1]["store_mb"]
             summary["load_model_first_s"] = results[0]["phases"].get("load_model", 0.0)
         out[name] = summary

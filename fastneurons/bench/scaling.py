@@ -40,7 +40,7 @@ def ngram_scaling(base_tokens: int, factors=FACTORS, density: float = 0.05, neur
         tokens = base_tokens * f
         result = bench_ngrams(tokens=tokens, neurons=neurons, density=density, seq_len=seq_len,
                               add_tokens=min(tokens, 4 * seq_len), numpy_tokens=seq_len, naive_tokens=seq_len // 2,
-                              dict_tokens=min(64, seq_len), repeats=1)
+                              dict_tokens=min(64, seq_len), repeats=2)
         result["factor"] = f
         results.append(result)
         log(f"  n-grams {tokens:7d} tokens: {result['accumulator_events_per_s'] / 1e6:6.1f} Mevents/s, "

@@ -110,7 +110,8 @@ def _suppression_figures(results, settings, examples):
                            figure=figure, caption=(
             f"Fig. 5 Example token detectors (those with the most activations): the {settings.get('k_top', 10)} "
             f"tokens with the largest (top) and smallest (bottom) score, {params}. Trigger tokens are gold "
-            "and bold; the percentile is the triggers' mean rank in s (0 = the most suppressed token, 1 = the most promoted).")))
+            "and bold; the percentile is the triggers' mean rank in s (0 = the most suppressed token, 1 = the most "
+            "promoted).")))
     figure, ax = new_figure(9, 3.9)
     suppression.plot_suppression_by_layer(results, ax)
     control = settings.get("control_size")
@@ -126,7 +127,8 @@ def _positional_figures(results, settings, curves):
     if not results.positional:
         return [], {"positional figures (Fig. 7-9)": results.positional_skipped or "no position counts"}
     params = (f"Positional iff I(act; pos) > {settings.get('mi_threshold', 0.05):g} (--mi-threshold; log base "
-              f"{_base(settings.get('log_base', math.e))}); ranges are runs of >= {settings.get('min_run', 16)} positions (--min-run) with "
+              f"{_base(settings.get('log_base', math.e))}); ranges are runs of >= {settings.get('min_run', 16)} "
+              "positions (--min-run) with "
               f"fr(p) >= 1-eps or <= eps, eps = {settings.get('eps_strong', 0.0):g} (strong) then "
               f"{settings.get('eps_weak', 0.05):g} (weak); 'other' is strong iff its roughness <= "
               f"{settings.get('smooth', 0.02):g} (--smooth)")

@@ -82,14 +82,15 @@ def strong_oscillatory_layer(results):
 
 
 @styled
-def plot_on_ranges(results, layer=None, ax=None):
-    """Fig. 9: on-ranges (fr(p) = 1) of the strongly oscillatory neurons of one layer, one row per neuron."""
+def plot_on_ranges(results, layer=None, ax=None, max_rows: int = 60):
+    """Fig. 9: on-ranges (fr(p) = 1) of the strongly oscillatory neurons of one layer, one row per neuron
+    (the first `max_rows` by where their first range starts)."""
     layer = strong_oscillatory_layer(results) if layer is None else layer
     ranges = results.positional[layer].on_ranges if layer in results.positional else {}
-    ax = axes_or_new(ax, 7.0, max(2.2, 0.9 + 0.28 * len(ranges)))
+    ax = axes_or_new(ax, 7.0, max(2.2, 0.9 + 0.28 * min(len(ranges), max_rows)))
     if not ranges:
         return empty_note(ax, "no strongly oscillatory neurons")
-    neurons = sorted(ranges, key=lambda n: (ranges[n][0][0], n))
+    neurons = sorted(ranges, key=lambda n: (ranges[n][0][0], n))[:max_rows]
     cmap = matplotlib.colormaps["tab20"]
     for row, neuron in enumerate(neurons):
         bars = [(start, end - start + 1) for start, end in ranges[neuron]]
@@ -102,7 +103,8 @@ def plot_on_ranges(results, layer=None, ax=None):
     ax.grid(axis="y", visible=False)
     ax.set_xlabel("position p")
     ax.set_ylabel("neuron")
-    ax.set_title(f"Layer {layer}: on-ranges of strongly oscillatory neurons")
+    shown = f" (first {len(neurons)} of {len(ranges)})" if len(neurons) < len(ranges) else ""
+    ax.set_title(f"Layer {layer}: on-ranges of strongly oscillatory neurons{shown}")
     return ax
 
 
