@@ -33,6 +33,7 @@ from fastneurons.loading import load_model
 from fastneurons.stdlib_text import CODE_FILE, DOCSTRINGS_FILE, stdlib_text
 from fastneurons.store import open_counts
 
+ROBUST_MIN_COUNT = 5  # the stricter analysis setting: covered n-grams need ngram_seen >= 5
 SMOLLM2_BOS = 0  # <|endoftext|>: SmolLM2's document boundary (docs/smollm2.md, "BOS")
 LICENSES = Path("/usr/share/common-licenses")
 STORES = {  # name -> (file, threshold, layers, orders)
@@ -105,11 +106,24 @@ def analyze_store(path: Path, weights, null_samples: int) -> dict:
         detected = results.detected_ngrams[k]
         print(f"k={k} detectors per layer {detected.num_detectors} (total {sum(detected.num_detectors)}); "
               f"detected n-grams per layer {detected.set_size}; cumulative {detected.cumulative_size[-1:]}")
+    if results.positional:
+        plain = sum(p.num_positional for p in results.positional.values())
+        corrected = sum(p.num_positional_corrected for p in results.positional.values())
+        print(f"positional neurons, all layers: {plain} plain (I > {settings.mi_threshold}), "
+              f"{corrected} above the {settings.null_quantile} bootstrap null quantile")
     if results.suppression_overall is not None:
         s = results.suppression_overall
         print(f"suppression: {s.num_suppressing}/{s.num_detectors} token detectors suppress their triggers "
               f"({s.fraction_suppressing}), mean trigger percentile {s.mean_percentile}")
     summary = results.to_dict(per_neuron=False)
+    if results.orders:  # detectors whose covered n-grams were each seen at least 5 times (fewer flukes)
+        with open_counts(path) as counts:
+            robust = analyze_counts(counts, AnalysisSettings(min_count=ROBUST_MIN_COUNT, null_samples=0))
+        for k in robust.orders:
+            found = robust.detected_ngrams[k]
+            print(f"k={k} detectors with --min-count {ROBUST_MIN_COUNT}: per layer {found.num_detectors} "
+                  f"(total {sum(found.num_detectors)}); detected n-grams cumulative {found.cumulative_size[-1:]}")
+        summary["robust_detectors"] = {k: robust.detected_ngrams[k].to_dict() for k in robust.orders}
     json.dumps(summary)
     return summary
 

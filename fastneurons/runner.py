@@ -174,8 +174,9 @@ def _model_config(model) -> dict:
 
 
 def _vocab_strings(tokenizer, size: int) -> list:
-    known = len(tokenizer)
-    return [tokenizer.decode([i]) if i < known else "" for i in range(size)]
+    """Text of every token id (ids the tokenizer does not know give '')."""
+    known = min(len(tokenizer), size)
+    return tokenizer.batch_decode([[i] for i in range(known)]) + [""] * (size - known)
 
 
 def build_header(config: RecordConfig, loaded, tokenizer, plan, layers, ngram_layers, seq_len, pack_bits,

@@ -162,7 +162,8 @@ def _write_header(f: h5py.File, header: Header, complete: bool) -> None:
     _write_json_attr(domains, "labels", header.domain_labels)
 
 
-def _write_dense(f: h5py.File, header: Header, dense: DenseCounts) -> None:
+def _write_dense(f: h5py.File, header: Header, dense: DenseCounts, final: bool = True) -> None:
+    """The dense counters; intermediate snapshots skip the uint32 cast and compression (speed)."""
     group = f.create_group("dense")
     group.create_dataset("layers", data=np.asarray(header.layers, np.int64))
     group.create_dataset("tokens", data=np.int64(dense.tokens))
@@ -171,10 +172,13 @@ def _write_dense(f: h5py.File, header: Header, dense: DenseCounts) -> None:
     group.create_dataset("nan_count", data=dense.nan_count)
     if dense.pos_active is not None:
         pos = dense.pos_active
-        if pos.size and pos.max() <= np.iinfo(np.uint32).max:
-            pos = pos.astype(np.uint32)
-        chunks = (1, min(pos.shape[1], 256), pos.shape[2]) if pos.size else None
-        group.create_dataset("pos_active", data=pos, chunks=chunks, compression="lzf" if chunks else None)
+        if not final:
+            group.create_dataset("pos_active", data=pos)
+        else:
+            if pos.size and pos.max() <= np.iinfo(np.uint32).max:
+                pos = pos.astype(np.uint32)
+            chunks = (1, min(pos.shape[1], 256), pos.shape[2]) if pos.size else None
+            group.create_dataset("pos_active", data=pos, chunks=chunks, compression="lzf" if chunks else None)
     f["domains"].create_dataset("tokens", data=dense.domain_tokens)
     f["domains"].create_dataset("active", data=dense.domain_active)
 
@@ -563,9 +567,9 @@ class CountsWriter:
         def write(f):
             group = _ngram_group(f, self.header, [])
             for (layer, k), table in tables.items():
-                ngram_runs.write_table(group.create_group(table_path(layer, k)), table)
+                ngram_runs.write_table(group.create_group(table_path(layer, k)), table, compress=False)
             for k, table in seen.items():
-                ngram_runs.write_table(group.create_group(seen_path(k)), table)
+                ngram_runs.write_table(group.create_group(seen_path(k)), table, compress=False)
 
         _atomic_h5(directory / name, write)
         return name
@@ -589,7 +593,7 @@ class CountsWriter:
         try:
             def write(f):
                 group = _ngram_group(f, self.header, [])
-                self._merge_into(group, [src["ngrams"] for src in files])
+                self._merge_into(group, [src["ngrams"] for src in files], compress=False)
 
             _atomic_h5(directory / name, write)
         finally:
@@ -600,13 +604,13 @@ class CountsWriter:
         for run in old:
             (directory / run).unlink(missing_ok=True)
 
-    def _merge_into(self, dest: h5py.Group, sources: list) -> None:
+    def _merge_into(self, dest: h5py.Group, sources: list, compress: bool = True) -> None:
         subs = [table_path(layer, k) for layer in self.header.ngram_layers for k in self.header.orders]
         subs += [seen_path(k) for k in self.header.orders] if self.header.ngram_layers else []
         for sub in subs:
             groups = [src[sub] for src in sources if sub in src]
             if groups:
-                ngram_runs.merge_tables(groups, dest.create_group(sub), self.ngram_memory)
+                ngram_runs.merge_tables(groups, dest.create_group(sub), self.ngram_memory, compress=compress)
             else:  # nothing recorded yet (e.g. an empty shard): an empty table of the right kind
                 k = int(sub[-1])
                 empty = SeenTable.empty(k) if sub.startswith("seen") else Table.empty(k)
@@ -615,7 +619,7 @@ class CountsWriter:
     def _snapshot(self, complete: bool) -> None:
         def write(f):
             _write_header(f, self.header, complete)
-            _write_dense(f, self.header, self.dense)
+            _write_dense(f, self.header, self.dense, final=False)
             _ngram_group(f, self.header, self.pending)
 
         _atomic_h5(self.path, write)

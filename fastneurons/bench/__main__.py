@@ -8,6 +8,7 @@ fastneurons and the plain way count identically, prints ratio tables and writes 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -178,22 +179,27 @@ class Bench:
             self.table("targets", "Targets", targets_table(results))
 
     def scaling(self) -> None:
+        from fastneurons.bench.end_to_end import prepare_opt
         from fastneurons.bench.scaling import end_to_end_scaling, end_to_end_scaling_table
 
-        models = getattr(self, "_models", {})
-        density = "sparse" if "sparse" in models else next(iter(models), None)
-        if density is None:
-            print("\n(scaling: skipped, it needs the end_to_end section)")
-            return
         base = self.args.tokens // 4
-        if base % (2 * self.args.seq_len):
-            print(f"\n(end-to-end scaling: skipped, --tokens / 4 = {base} is not a multiple of 2 x --seq-len)")
+        seq_len = min(self.args.seq_len, base // 2)  # two domains of full-length sequences at the x1 size
+        if seq_len < 2 or base % (2 * seq_len):
+            print(f"\n(end-to-end scaling: skipped, --tokens / 4 = {base} cannot hold two sequences)")
             return
-        print(f"\n== end-to-end scaling ({models[density]['name']})", flush=True)
-        known = {r["job"]["tokens"]: r for r in self.results["end_to_end"] if r["model"] is models[density]}
-        results = end_to_end_scaling(self._job(models[density]["path"], base), self.args.scaling_factors, known=known)
+        models = getattr(self, "_models", {})
+        density = "sparse" if "sparse" in models or not models else next(iter(models))
+        if density not in models:
+            models[density] = prepare_opt(self.args.model_config, density, self.work / f"opt-scaling-{density}",
+                                          self.corpus(), seq_len, calibration_tokens=2 * self.args.seq_len)
+        info = models[density]
+        print(f"\n== end-to-end scaling ({info['name']}, sequences of {seq_len})", flush=True)
+        known = {r["job"]["tokens"]: r for r in self.results.get("end_to_end", [])
+                 if r["model"] is info and r["job"]["seq_len"] == seq_len}
+        job = dataclasses.replace(self._job(info["path"], base), seq_len=seq_len)
+        results = end_to_end_scaling(job, self.args.scaling_factors, known=known)
         self.results["end_to_end_scaling"] = results
-        self.table("end_to_end_scaling", f"End-to-end scaling with tokens ({models[density]['name']})",
+        self.table("end_to_end_scaling", f"End-to-end scaling with tokens ({info['name']}, sequences of {seq_len})",
                    end_to_end_scaling_table(results))
 
     def smollm2(self) -> None:

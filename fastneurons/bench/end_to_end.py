@@ -564,6 +564,7 @@ def summarize(runs: dict) -> dict:
             for key in ("phases", "phases_cpu"):
                 names = sorted({p for r in results for p in r[key]})
                 summary[key] = {p: _median([r[key].get(p, 0.0) for r in results]) for p in names}
+                summary[key + "_runs"] = [r[key] for r in results]
             summary["store_mb"] = results[-1]["store_mb"]
             summary["load_model_first_s"] = results[0]["phases"].get("load_model", 0.0)
         out[name] = summary

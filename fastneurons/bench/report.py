@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 
 TARGETS = {  # name -> (limit, "max" | "min"): the issue's goals on the CPU
@@ -70,16 +71,24 @@ def _part(phases: dict, names) -> float:
     return sum(phases.get(name, 0.0) for name in names)
 
 
-def derive_fastneurons(summary: dict, clock: str = "wall") -> dict:
-    """Split record's median time (``clock`` "wall" or "cpu") into setup, store, counting measured inside
-    and the model's own forward."""
-    phases = summary.get("phases" if clock == "wall" else "phases_cpu", {})
-    total = summary["median_s" if clock == "wall" else "median_cpu_s"]
+def _split(total: float, phases: dict) -> dict:
     setup, store, counting = _part(phases, SETUP_PHASES), _part(phases, STORE_PHASES), _part(phases, COUNTING_PHASES)
     forward = phases.get("forward", 0.0) - phases.get("forward.hooks", 0.0)
     return {"total_s": total, "setup_s": setup, "recording_s": total - setup, "store_s": store,
             "counting_inside_s": counting, "model_forward_s": forward,
             "other_s": total - setup - store - counting - forward}
+
+
+def derive_fastneurons(summary: dict, clock: str = "wall") -> dict:
+    """Split record's time (``clock`` "wall" or "cpu") into setup, store, counting measured inside and the
+    model's own forward: each part's median over the runs (from the per-run phases when present)."""
+    key = "phases" if clock == "wall" else "phases_cpu"
+    runs = summary.get(key + "_runs")
+    if not runs:
+        return _split(summary["median_s" if clock == "wall" else "median_cpu_s"], summary.get(key, {}))
+    totals = summary["seconds" if clock == "wall" else "cpu_s"]
+    splits = [_split(total, phases) for total, phases in zip(totals, runs)]
+    return {name: statistics.median(split[name] for split in splits) for name in splits[0]}
 
 
 def derive_end_to_end(result: dict, clock: str = "wall") -> dict:

@@ -37,13 +37,15 @@ def _kind_of(table) -> str:
     raise TypeError(f"expected a Table or SeenTable, got {type(table).__name__}")
 
 
-def _create_columns(group: h5py.Group, kind: str, order: int, rows: int, growing: bool) -> None:
+def _create_columns(group: h5py.Group, kind: str, order: int, rows: int, growing: bool,
+                    compress: bool = True) -> None:
     chunk = CHUNK_ROWS if growing else max(1, min(CHUNK_ROWS, rows))
+    options = COMPRESSION if compress else {}
     for name, dtype in _columns(kind).items():
         if name in group:
             raise ValueError(f"{group.name}/{name} already exists; write each table into a fresh group")
         group.create_dataset(name, shape=(rows,), dtype=dtype, chunks=(chunk,),
-                             maxshape=(None,), **COMPRESSION)
+                             maxshape=(None,), **options)
     group.attrs["kind"] = kind
     group.attrs["order"] = int(order)
     group.attrs["rows"] = int(rows)
@@ -61,11 +63,14 @@ def check_sorted(table) -> None:
                          "duplicates; build it with NgramAccumulator or merge_many")
 
 
-def write_table(group: h5py.Group, table) -> None:
-    """Write a ``Table`` or ``SeenTable`` into an empty h5py group (datasets + attrs)."""
+def write_table(group: h5py.Group, table, compress: bool = True) -> None:
+    """Write a ``Table`` or ``SeenTable`` into an empty h5py group (datasets + attrs).
+
+    ``compress=False`` suits intermediate runs that are read back once (no gzip round trip).
+    """
     kind = _kind_of(table)
     check_sorted(table)
-    _create_columns(group, kind, table.order, table.rows, growing=False)
+    _create_columns(group, kind, table.order, table.rows, growing=False, compress=compress)
     if table.rows:
         for name in _columns(kind):
             group[name][...] = getattr(table, name)
@@ -147,7 +152,7 @@ def _append(datasets: dict[str, h5py.Dataset], tables: list) -> int:
 
 
 def merge_tables(sources: list[h5py.Group], dest: h5py.Group,
-                 memory_bytes: int = DEFAULT_MERGE_MEMORY) -> int:
+                 memory_bytes: int = DEFAULT_MERGE_MEMORY, compress: bool = True) -> int:
     """Merge sorted table groups into ``dest`` summing duplicates; return the rows written.
 
     Streaming k-way merge: each source keeps a buffer of about ``memory_bytes / (3 * sources)``
@@ -164,7 +169,7 @@ def merge_tables(sources: list[h5py.Group], dest: h5py.Group,
     names = list(_columns(kind))
     row_bytes = sum(dtype.itemsize for dtype in _columns(kind).values())
     block_rows = max(1, int(memory_bytes) // (3 * row_bytes * len(sources)))
-    _create_columns(dest, kind, order, 0, growing=True)
+    _create_columns(dest, kind, order, 0, growing=True, compress=compress)
     outputs = {name: dest[name] for name in names}
     readers = [_Source(group, kind) for group in sources]
     pending: list = []  # merged rows not yet written, flushed in batches of about a buffer's size
