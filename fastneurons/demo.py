@@ -12,7 +12,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 
 from .config import AnalyzeConfig, DemoConfig, RecordConfig, parse_bytes
 from .planted import build_planted_opt, default_spec, expected

@@ -6,11 +6,6 @@ tensors); ``count_activations_naive`` is the slow, obvious torch reference every
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
-import os
-import sys
-
 import torch
 
 BITS_PER_WORD = 64
@@ -27,33 +22,9 @@ def load_extension():
         try:
             from fastneurons import _C
         except ImportError as error:
-            _C = _installed_extension()
-            if _C is None:
-                raise ImportError(_NOT_BUILT) from error
+            raise ImportError(_NOT_BUILT) from error
         _EXTENSION = _C
     return _EXTENSION
-
-
-def _installed_extension():
-    """Load ``_C`` from an installed copy of the package when running from a source checkout.
-
-    With ``PYTHONPATH=<repo>`` the source tree (no compiled module) shadows the installed package;
-    the extension is self-contained, so the installed one is loaded by file path.
-    """
-    here = os.path.dirname(os.path.abspath(__file__))
-    for entry in sys.path:
-        folder = os.path.join(entry or os.getcwd(), "fastneurons")
-        if not os.path.isdir(folder) or os.path.samefile(folder, here):
-            continue
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = os.path.join(folder, "_C" + suffix)
-            if os.path.isfile(path):
-                spec = importlib.util.spec_from_file_location("fastneurons._C", path)
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                sys.modules["fastneurons._C"] = module
-                return module
-    return None
 
 
 def words_for(num_neurons: int) -> int:

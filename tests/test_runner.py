@@ -4,7 +4,6 @@ Exact integer equality of every counter (dense and n-gram) in fp32 on the CPU; r
 interruption and shard + merge give exactly the uninterrupted single-process counts.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
