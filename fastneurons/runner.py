@@ -8,6 +8,8 @@ store, so an interrupted run resumes to exactly the counts of an uninterrupted o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -224,9 +226,28 @@ def _select_layers(config: RecordConfig, num_layers: int):
     return layers, ngram_layers
 
 
+def apply_torchrun(config: RecordConfig, environ=os.environ) -> RecordConfig:
+    """Under torchrun (WORLD_SIZE > 1) each rank records shard RANK/WORLD_SIZE into its own file.
+
+    ``--out`` must then contain ``{rank}``; each rank uses ``cuda:LOCAL_RANK`` when on GPU. Merge
+    the rank files with ``fastneurons merge`` afterwards.
+    """
+    world = int(environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or config.shard is not None:
+        return config
+    rank = int(environ.get("RANK", "0"))
+    if "{rank}" not in config.out:
+        raise ValueError("under torchrun every rank needs its own file: put {rank} in --out, "
+                         "e.g. --out counts-{rank}.h5, then fastneurons merge them")
+    config = dataclasses.replace(config, shard=f"{rank}/{world}", out=config.out.format(rank=rank))
+    if config.device in ("auto", "cuda") and torch.cuda.is_available():
+        config.device = f"cuda:{int(environ.get('LOCAL_RANK', '0'))}"
+    return config
+
+
 def record(config: RecordConfig, log=print) -> Path:
     """Run a recording described by ``config``; returns the path of the finished store."""
-    config.validate()
+    config = apply_torchrun(config.validate())
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if config.threads:
@@ -250,7 +271,7 @@ def record(config: RecordConfig, log=print) -> Path:
                        full_length=config.full_length, bos_id=config.bos_id, vocab_size=vocab_size)
     header = build_header(config, loaded, tokenizer, plan, layers, ngram_layers, seq_len, pack_bits, dtype, device)
     memory = parse_bytes(config.ngram_memory)
-    if config.resume:
+    if config.resume and Path(config.out).exists():
         writer = CountsWriter.resume(config.out, header, memory)
     else:
         writer = CountsWriter.create(config.out, header, memory)

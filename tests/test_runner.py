@@ -273,3 +273,12 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same_store(full.out, out)
+
+
+def test_torchrun_ranks_become_shards_with_their_own_files():
+    config = RecordConfig(model="m", corpus=["c.txt"], out="counts-{rank}.h5")
+    ranked = runner.apply_torchrun(config, {"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0"})
+    assert ranked.shard == "2/4" and ranked.out == "counts-2.h5"
+    assert runner.apply_torchrun(config, {}) is config
+    with pytest.raises(ValueError, match="rank"):
+        runner.apply_torchrun(RecordConfig(model="m", corpus=["c.txt"], out="c.h5"), {"WORLD_SIZE": "2"})
