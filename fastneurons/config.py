@@ -72,7 +72,7 @@ class RecordConfig:
     full_length: bool = _opt(False, "every sequence exactly --seq-len tokens (needed for positional analysis)")
     batch_size: int = _opt(8, "sequences per micro-batch (part of the exactness contract: keep it fixed when resuming/merging)")
     unit_batches: int = _opt(4, "micro-batches per unit (the resumable/shardable atom)")
-    commit_units: int = _opt(1, "units per commit (a chunk); each layer's weights cross to the GPU once per micro-batch")
+    commit_seconds: float = _opt(60.0, "commit at most this often (seconds; 0 = after every unit); a kill loses at most this much work")
     layers: Optional[list] = _list("layers to record (default: all)", type=int)
     ngram_layers: Optional[list] = _list("layers for n-gram tables (default: first half of the model; 'none' for no tables)")
     orders: list = field(default_factory=lambda: [1, 2, 3], metadata={"help": "n-gram orders", "nargs": "+", "type": int})
@@ -102,9 +102,11 @@ class RecordConfig:
             parse_bytes(self.gpu_memory)
         if self.seq_len is not None and self.seq_len < 2:
             raise ValueError("--seq-len must be at least 2 (BOS + one token)")
-        for name in ("batch_size", "unit_batches", "commit_units"):
+        for name in ("batch_size", "unit_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.commit_seconds < 0:
+            raise ValueError("--commit-seconds must be >= 0")
         if not set(self.orders) <= {1, 2, 3} or not self.orders:
             raise ValueError("--orders must be a subset of 1 2 3")
         self.orders = sorted(set(int(k) for k in self.orders))

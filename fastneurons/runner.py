@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -287,7 +288,8 @@ def record(config: RecordConfig, log=print) -> Path:
             _run_units(config, plan, todo, taps, writer, model, arch, layers[-1], device, memory)
     finally:
         taps.remove()
-    writer.finalize()
+    if not writer.complete:  # nothing was left to record (e.g. resuming a finished store)
+        writer.finalize()
     return Path(config.out)
 
 
@@ -300,26 +302,29 @@ def _progress(config, total_tokens):
 
 
 def _run_units(config, plan, todo, taps, writer, model, arch, last_layer, device, memory) -> None:
-    chunks = [todo[i:i + config.commit_units] for i in range(0, len(todo), config.commit_units)]
+    """Run the units in ``todo``; commit at most every ``commit_seconds``; the last commit finalizes."""
     total = sum(_unit_tokens(plan, u) for u in todo)
+    last_commit, done, new_runs = time.monotonic(), [], []
     with _progress(config, total) as bar:
-        for chunk in chunks:
-            new_runs = []
-            for index in chunk:
-                unit = plan.unit(index)
-                for micro in unit.batches:
-                    batch, cpu = _batch_tensors(micro, unit.domain, config.count_bos, device)
-                    taps.set_batch(batch, cpu)
-                    archs.run_until(model, arch, batch.input_ids, batch.attention_mask, last_layer)
-                    if taps.ngram_bytes() > memory:
-                        new_runs.append(writer.write_run(*taps.take_tables()))
-                if bar is not None:
-                    bar.update(_unit_tokens(plan, index))
-            totals = taps.totals()
-            _check_nans(totals, writer.header.layers)
-            if taps.ngrams:
-                new_runs.append(writer.write_run(*taps.take_tables()))
-            writer.commit(totals, 0, chunk, new_runs)
+        for position, index in enumerate(todo):
+            unit = plan.unit(index)
+            for micro in unit.batches:
+                batch, cpu = _batch_tensors(micro, unit.domain, config.count_bos, device)
+                taps.set_batch(batch, cpu)
+                archs.run_until(model, arch, batch.input_ids, batch.attention_mask, last_layer)
+                if taps.ngram_bytes() > memory:
+                    new_runs.append(writer.write_run(*taps.take_tables()))
+            done.append(index)
+            if bar is not None:
+                bar.update(_unit_tokens(plan, index))
+            final = position == len(todo) - 1
+            if final or time.monotonic() - last_commit >= config.commit_seconds:
+                totals = taps.totals()
+                _check_nans(totals, writer.header.layers)
+                if taps.ngrams:
+                    new_runs.append(writer.write_run(*taps.take_tables()))
+                writer.commit(totals, 0, done, new_runs, final=final)
+                last_commit, done, new_runs = time.monotonic(), [], []
 
 
 def _check_nans(totals: DenseCounts, layers) -> None:

@@ -162,8 +162,11 @@ def _write_header(f: h5py.File, header: Header, complete: bool) -> None:
     _write_json_attr(domains, "labels", header.domain_labels)
 
 
-def _write_dense(f: h5py.File, header: Header, dense: DenseCounts, final: bool = True) -> None:
-    """The dense counters; intermediate snapshots skip the uint32 cast and compression (speed)."""
+def _write_dense(f: h5py.File, header: Header, dense: DenseCounts, final: bool = True, empty: bool = False) -> None:
+    """The dense counters; intermediate snapshots skip the uint32 cast and compression (speed).
+
+    ``empty``: all counts are zero, so ``pos_active`` is declared (HDF5 fill value 0), not written.
+    """
     group = f.create_group("dense")
     group.create_dataset("layers", data=np.asarray(header.layers, np.int64))
     group.create_dataset("tokens", data=np.int64(dense.tokens))
@@ -172,7 +175,9 @@ def _write_dense(f: h5py.File, header: Header, dense: DenseCounts, final: bool =
     group.create_dataset("nan_count", data=dense.nan_count)
     if dense.pos_active is not None:
         pos = dense.pos_active
-        if not final:
+        if empty:
+            group.create_dataset("pos_active", shape=pos.shape, dtype=pos.dtype, fillvalue=0)
+        elif not final:
             group.create_dataset("pos_active", data=pos)
         else:
             if pos.size and pos.max() <= np.iinfo(np.uint32).max:
@@ -484,6 +489,7 @@ class CountsWriter:
         self.dense = dense
         self.pending = list(pending)
         self.ngram_memory = ngram_memory
+        self.complete = False
         self._next_run = 1 + max((int(name[4:10]) for name in self.pending if name[4:10].isdigit()), default=0)
 
     # -- opening
@@ -498,7 +504,7 @@ class CountsWriter:
         dense = DenseCounts.zeros(len(meta["layers"]), meta["num_neurons"], meta["max_positions"],
                                   len(header.domain_labels), positions=meta["positions"])
         writer = cls(path, header, dense, [], ngram_memory)
-        writer._snapshot(complete=False)
+        writer._snapshot(complete=False, empty=True)
         return writer
 
     @classmethod
@@ -574,12 +580,18 @@ class CountsWriter:
         _atomic_h5(directory / name, write)
         return name
 
-    def commit(self, dense: DenseCounts, corpus_index: int, units, new_runs=()) -> None:
-        """Atomically make ``dense`` (the new totals), the units and the new runs the store's state."""
+    def commit(self, dense: DenseCounts, corpus_index: int, units, new_runs=(), final: bool = False) -> None:
+        """Atomically make ``dense`` (the new totals), the units and the new runs the store's state.
+
+        ``final=True`` also merges every run into the store's own tables and marks it complete.
+        """
         self.dense = dense
         ledger = self.header.corpora[corpus_index].units
         ledger[np.asarray(list(units), dtype=np.int64)] = True
         self.pending.extend(new_runs)
+        if final:
+            self.finalize()
+            return
         self._snapshot(complete=False)
         if len(self.pending) > 16:
             self.compact()
@@ -616,10 +628,10 @@ class CountsWriter:
                 empty = SeenTable.empty(k) if sub.startswith("seen") else Table.empty(k)
                 ngram_runs.write_table(dest.create_group(sub), empty)
 
-    def _snapshot(self, complete: bool) -> None:
+    def _snapshot(self, complete: bool, empty: bool = False) -> None:
         def write(f):
             _write_header(f, self.header, complete)
-            _write_dense(f, self.header, self.dense, final=False)
+            _write_dense(f, self.header, self.dense, final=False, empty=empty)
             _ngram_group(f, self.header, self.pending)
 
         _atomic_h5(self.path, write)
@@ -640,6 +652,7 @@ class CountsWriter:
             for handle in files:
                 handle.close()
         self.pending = []
+        self.complete = True
         if directory.exists():
             shutil.rmtree(directory)
 

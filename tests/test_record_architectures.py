@@ -151,7 +151,7 @@ CASES = [  # (family, record settings): batch shapes, padding or full length, th
     ("gpt2", dict(threshold=0.1)),
     ("gpt2", dict(threshold=-0.05, batch_size=1, unit_batches=3, full_length=True, seq_len=32, orders=[1, 3])),
     ("gpt_neox", dict()),
-    ("gpt_neox", dict(batch_size=4, unit_batches=1, count_bos=True, ngram_layers=["1"], commit_units=2)),
+    ("gpt_neox", dict(batch_size=4, unit_batches=1, count_bos=True, ngram_layers=["1"], commit_seconds=0.001)),
     ("llama", dict()),
     ("llama", dict(batch_size=2, seq_len=32, threshold=0.02, orders=[2])),
 ]

@@ -56,7 +56,7 @@ def corpus(tmp_path_factory):
 
 def _config(model, corpus, out, **overrides):
     values = dict(model=str(model), corpus=corpus, out=str(out), seq_len=48, batch_size=3, unit_batches=2,
-                  ngram_layers=["0", "1"], progress=False)
+                  ngram_layers=["0", "1"], progress=False, commit_seconds=0)
     values.update(overrides)
     return RecordConfig(**values)
 
@@ -112,7 +112,7 @@ def test_record_equals_plain_reference(tmp_path, corpus, pre_ln):
 def test_full_length_small_batches_and_count_bos(tmp_path, corpus):
     model = _opt(tmp_path, "opt", layers=2, seed=1)
     config = _config(model, corpus, tmp_path / "c.h5", full_length=True, seq_len=32, batch_size=1,
-                     unit_batches=3, count_bos=True, ngram_layers=["1"], orders=[1, 3], commit_units=2)
+                     unit_batches=3, count_bos=True, ngram_layers=["1"], orders=[1, 3], commit_seconds=0.001)
     runner.record(config, log=lambda *a: None)
     ref = _reference(config, model)
     _assert_equal_counts(config.out, ref, [0, 1], [1], [1, 3])
@@ -253,7 +253,7 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     out = tmp_path / "killed.h5"
     args = [sys.executable, "-m", "fastneurons.cli", "record", "--model", str(model), "--corpus", *corpus,
             "--out", str(out), "--seq-len", "48", "--batch-size", "2", "--unit-batches", "1",
-            "--ngram-layers", "0", "1", "--no-progress"]
+            "--ngram-layers", "0", "1", "--no-progress", "--commit-seconds", "0"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
