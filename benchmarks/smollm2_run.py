@@ -3,8 +3,8 @@
 Two recordings of the same corpus plan (docs/smollm2.md explains why two):
   counts.h5         the SPEC default definition, gate_proj(x) > 0 (= SiLU(gate) > 0): all 30 layers, positions,
                     token (k=1) tables on the first half. Trigram tables are left out at this threshold:
-                    20-60% of the neurons fire at any token, so the (trigram, neuron) table grows by ~14M rows
-                    per layer per 20k tokens (measured), and it found no token detectors anyway.
+                    19-63% of a layer's neurons fire at a token, so each layer's (trigram, neuron) table grows by
+                    5-14M rows per 20k tokens (measured), and it found no token detectors anyway.
   counts-strict.h5  a stricter definition, gate_proj(x) > 1.0 (SiLU(gate) > 0.73), on layers 0..14 only
                     (the forward stops there), positions and k = 1, 2, 3 tables: 0.6-3.5% of the neurons
                     fire per token there (measured), a ReLU-like sparsity.

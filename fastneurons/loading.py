@@ -170,6 +170,11 @@ def load_model(spec, dtype=torch.float32, device="cpu", gguf_file: Optional[str]
                              "with weights_only=True (no code runs); convert it to safetensors from a trusted "
                              "environment") from error
         tokenizer = _tokenizer(resolved) if _has_tokenizer(resolved) else None
+    if str(spec) == SMOLLM2_ALIAS and tokenizer is not None:
+        # SmolLM2's GGUF names the chat marker <|im_start|> as BOS and prepends nothing; the base
+        # model's document separator <|endoftext|> (id 0) gives the lowest loss at the first
+        # positions (docs/smollm2.md), so sequences start with it. --bos-id overrides.
+        tokenizer.bos_token = "<|endoftext|>"
     model.to(device)
     model.eval()
     model.requires_grad_(False)

@@ -246,13 +246,20 @@ def apply_torchrun(config: RecordConfig, environ=os.environ) -> RecordConfig:
     return config
 
 
+def _pin_threads(threads) -> None:
+    """Fix torch's and numba's thread counts for the whole run (same count -> same float results)."""
+    import numba
+
+    torch.set_num_threads(threads or torch.get_num_threads())
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
 def record(config: RecordConfig, log=print) -> Path:
     """Run a recording described by ``config``; returns the path of the finished store."""
     config = apply_torchrun(config.validate())
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    _pin_threads(config.threads)
     loaded = load_model(config.model, dtype=dtype)
     model, arch = loaded.model, loaded.arch
     tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else loaded.tokenizer

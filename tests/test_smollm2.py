@@ -28,8 +28,14 @@ QUIET = lambda *args: None  # noqa: E731
 
 @pytest.fixture(scope="module")
 def smollm2():
-    torch.manual_seed(0)
-    return load_model("smollm2")
+    """The model, loaded once; one torch thread meanwhile, restored afterwards (these batches are small:
+    on a busy 2-core machine the module took 17 s with one thread and 59 s with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield load_model("smollm2")
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +52,7 @@ def loaded_once(monkeypatch, smollm2):
 
 
 def _config(corpus, out, **overrides):
-    values = dict(model="smollm2", corpus=corpus, out=str(out), bos_id=ENDOFTEXT, progress=False)
+    values = dict(model="smollm2", corpus=corpus, out=str(out), progress=False)  # default BOS: id 0
     values.update(overrides)
     return RecordConfig(**values)
 
@@ -54,7 +60,9 @@ def _config(corpus, out, **overrides):
 def test_tokenizer_facts_behind_the_bos_choice(smollm2):
     tokenizer = smollm2.tokenizer
     assert tokenizer.convert_ids_to_tokens([0, 1, 2]) == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    assert tokenizer.bos_token_id == 1  # the chat-turn marker; nothing is prepended by the tokenizer
+    # The GGUF names the chat-turn marker <|im_start|> (1) as BOS; load_model("smollm2") makes
+    # <|endoftext|> (0) the BOS fastneurons prepends. The tokenizer itself prepends nothing.
+    assert tokenizer.bos_token_id == ENDOFTEXT
     ids = tokenizer("def f(x):\n    return x")["input_ids"]
     assert ids[0] not in (0, 1, 2)
 
@@ -109,3 +117,4 @@ def test_record_then_analyze_end_to_end(tmp_path, loaded_once, text):
     assert results.suppression_skipped is None
     for per_neuron in (False, True):
         json.dumps(results.to_dict(per_neuron=per_neuron))
+
