@@ -291,7 +291,7 @@ def _instrument_runner(cuda: bool) -> _Phases:
     phases.wrap(runner.LayerTaps, "totals", "totals")
     phases.wrap(runner.CountsWriter, "create", "store.create", static=True)
     phases.wrap(runner.CountsWriter, "write_run", "store.write_run")
-    phases.wrap(runner.CountsWriter, "commit", "store.commit")
+    phases.wrap(runner.CountsWriter, "_snapshot", "store.commit")  # commit(final=True) calls finalize instead
     phases.wrap(runner.CountsWriter, "finalize", "store.finalize")
     return phases
 
