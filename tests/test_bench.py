@@ -14,16 +14,19 @@ from fastneurons.bench import plain_way
 from fastneurons.bench.end_to_end import OPT_SIZES, opt_config
 from fastneurons.bench.report import check_target, derive_end_to_end
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import fastneurons
+
+# The package under test (installed, or a source tree with its built _C): subprocesses import the same.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastneurons.__file__)))
 
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-m", "fastneurons.bench", "--quick", "--densities", "sparse",
                            "--scaling-factors", "1", "4", "--json", str(out)],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+                          capture_output=True, text=True, env=env, cwd=out.parent, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(out.read_text()), done.stdout
 
@@ -54,12 +57,12 @@ def test_quick_run_counts_identically_to_the_plain_way(quick_results):
     assert e2e["identical"]["arrays_checked"] > 10 and e2e["identical"]["ngram_rows"] > 0
 
 
-def test_cuda_without_a_gpu_fails_clearly():
+def test_cuda_without_a_gpu_fails_clearly(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
     done = subprocess.run([sys.executable, "-m", "fastneurons.bench", "--device", "cuda", "--quick"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode != 0
     assert "no CUDA GPU is visible" in done.stderr
 

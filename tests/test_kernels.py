@@ -230,7 +230,6 @@ def test_cuda_ignores_positions_beyond_table_in_pos_active():
 
 def test_missing_extension_message(monkeypatch):
     monkeypatch.setattr(kernels, "_EXTENSION", None)
-    monkeypatch.setattr(kernels, "_installed_extension", lambda: None)
     monkeypatch.setitem(sys.modules, "fastneurons._C", None)
     monkeypatch.delattr(fastneurons, "_C", raising=False)
     with pytest.raises(ImportError, match="pip install ."):

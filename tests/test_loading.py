@@ -164,7 +164,8 @@ def test_smollm2_alias_loads_the_shipped_gguf():
     json.dumps(loaded.source)
     assert model.model.layers[0].mlp.gate_proj.weight.dtype == torch.float32
     tokenizer = loaded.tokenizer
-    assert tokenizer.bos_token_id == 1 and tokenizer.eos_token_id == 2     # <|im_start|>, <|im_end|>
+    # the GGUF names <|im_start|> (1) as BOS; load_model makes <|endoftext|> (0) the BOS (docs/smollm2.md)
+    assert tokenizer.bos_token_id == 0 and tokenizer.eos_token_id == 2     # <|endoftext|>, <|im_end|>
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     assert ids[0, 0].item() != tokenizer.bos_token_id                      # the GGUF says add_bos_token = False
     with torch.inference_mode():

@@ -4,6 +4,7 @@ Exact integer equality of every counter (dense and n-gram) in fp32 on the CPU; r
 interruption and shard + merge give exactly the uninterrupted single-process counts.
 """
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
+import fastneurons
 from fastneurons import runner
 from fastneurons.bench.plain_way import plain_record
 from fastneurons.config import RecordConfig
@@ -254,7 +256,9 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     args = [sys.executable, "-m", "fastneurons.cli", "record", "--model", str(model), "--corpus", *corpus,
             "--out", str(out), "--seq-len", "48", "--batch-size", "2", "--unit-batches", "1",
             "--ngram-layers", "0", "1", "--no-progress", "--commit-seconds", "0"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # run the package under test (installed, or this source tree with its built _C), from tmp_path
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fastneurons.__file__))))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         try:
@@ -270,7 +274,7 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     with open_counts(out) as counts:
         assert not counts.complete
         assert 3 <= counts.units_held < len(counts.header.corpora[0].units)
-    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True)
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same_store(full.out, out)
 
