@@ -182,6 +182,13 @@ def _folder_names(paths) -> list:
     return names
 
 
+def analyze_and_report(path, folder, config: AnalyzeConfig, log=print, anchor: str = "model") -> ModelSection:
+    """One store: results.json, tables, figures and its own report.html in `folder`; returns the section."""
+    section = analyze_store(path, folder, config, log, anchor=anchor)
+    log(f"wrote {write_report(Path(folder) / 'report.html', [section])}")
+    return section
+
+
 def analyze(config: AnalyzeConfig, log=print) -> Path:
     """Run `fastneurons analyze`; returns the path of the (combined) report.html. `log` gets one line per file."""
     config.validate()
@@ -191,16 +198,12 @@ def analyze(config: AnalyzeConfig, log=print) -> Path:
     if missing:
         raise ValueError(f"no such counts file: {', '.join(missing)}")
     if len(paths) == 1:
-        section = analyze_store(paths[0], out, config, log)
-        report = write_report(out / "report.html", [section])
-        log(f"wrote {report}")
-        return report
+        analyze_and_report(paths[0], out, config, log)
+        return out / "report.html"
     names = _folder_names(paths)
     sections = []
     for path, name in zip(paths, names):
-        section = analyze_store(path, out / name, config, log, anchor=name)
-        single = write_report(out / name / "report.html", [section])
-        log(f"wrote {single}")
+        section = analyze_and_report(path, out / name, config, log, anchor=name)
         section.files = [f"{name}/{f}" for f in section.files + ["report.html"]]
         sections.append(section)
     labels = [s.source["model"] for s in sections]

@@ -103,13 +103,10 @@ def format_checks(checks) -> str:
 
 def run_demo(config: DemoConfig, log=print) -> Path:
     """Write corpus, model, counts.h5 and report/ under ``config.out``; returns the report path."""
-    from .analysis.pipeline import analyze_counts
-    from .analyze import analyze
-    from .architectures import ModelWeights
-    from .loading import gpt2_tokenizer, load_model
+    from .analyze import analyze_and_report
+    from .loading import gpt2_tokenizer
     from .runner import record
     from .stdlib_text import stdlib_text
-    from .store import open_counts
 
     config.validate()
     out = Path(config.out)
@@ -128,15 +125,13 @@ def run_demo(config: DemoConfig, log=print) -> Path:
     record(RecordConfig(model=model, corpus=[str(p) for p in corpus], out=str(counts), tokens=config.tokens,
                         seq_len=config.seq_len, full_length=True, batch_size=config.batch_size,
                         threads=config.threads, progress=config.progress), log=log)
-    report = analyze(AnalyzeConfig(counts=[str(counts)], out=str(out / "report")))
+    report_dir = out / "report"
+    section = analyze_and_report(counts, report_dir, AnalyzeConfig(counts=[str(counts)], out=str(report_dir)), log)
     if spec is not None:
-        loaded = load_model(model)
-        with open_counts(counts) as store:
-            results = analyze_counts(store, weights=ModelWeights(loaded.model, loaded.arch))
-        checks = check_planted(results, spec, config.seq_len)
+        checks = check_planted(section.results, spec, config.seq_len)
         table = format_checks(checks)
         (out / "planted_check.md").write_text(table + "\n")
         log(table)
         verdict = "all planted neurons recovered" if all(c.ok for c in checks) else "MISMATCH (see table)"
         log(f"planted vs found: {verdict}")
-    return report
+    return report_dir / "report.html"

@@ -51,3 +51,13 @@ def test_check_fails_when_the_model_is_not_the_planted_one(tmp_path, corpus):
     with open_counts(counts) as store:
         results = analyze_counts(store)
     assert not all(c.ok for c in check_planted(results, spec, 64))
+
+
+def test_demo_command_writes_the_report_and_recovers_everything(tmp_path):
+    from fastneurons.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--tokens", "20k", "--seq-len", "64", "--corpus-bytes", "300k",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
+    table = (tmp_path / "planted_check.md").read_text()
+    assert "| NO |" not in table and table.count("| yes |") >= 8
