@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from dict_counts import DictCounts, pack
 from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
 
 LAYERS, NGRAM_LAYERS, ORDERS, F, T, VOCAB_SIZE = [0, 1, 2], [0, 1], [1, 3], 8, 16, 12
@@ -19,14 +20,7 @@ def fires(layer, n, sequence, p, rng):
     return rules[n] if n in rules else rng.random() < 0.4
 
 
-def pack(ids):
-    key = 0
-    for token in ids:
-        key = (key << 16) | token
-    return key
-
-
-class MemoryCounts:
+class MemoryCounts(DictCounts):
     """The counts-reader interface of docs/analysis.md, filled by naive counting of a random corpus."""
 
     def __init__(self, seed=0, sequences=30):
@@ -67,24 +61,6 @@ class MemoryCounts:
                                 if layer in NGRAM_LAYERS:
                                     table = self._ngram[layer, k]
                                     table[key, n] = table.get((key, n), 0) + 1
-
-    def active(self, layer):
-        return self._active[layer]
-
-    def pos_active(self, layer):
-        return self._pos_active[layer]
-
-    def domain_active(self, layer):
-        return self._domain_active[layer]
-
-    def ngram_active(self, layer, k):
-        rows = sorted((key, n, c) for (key, n), c in self._ngram[layer, k].items())
-        return (np.array([r[0] for r in rows], np.uint64), np.array([r[1] for r in rows], np.uint32),
-                np.array([r[2] for r in rows], np.int64))
-
-    def ngram_seen(self, k):
-        keys = sorted(self._seen[k])
-        return np.array(keys, np.uint64), np.array([self._seen[k][g] for g in keys], np.int64)
 
 
 class Weights:

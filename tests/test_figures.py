@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.axes import Axes
 
+from dict_counts import DictCounts, pack
 from fastneurons import figures
 from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
 from fastneurons.analyze import positional_curves, projection_examples
@@ -26,14 +27,7 @@ def fires(n, sequence, p, rng):
     return rules[n] if n in rules else rng.random() < 0.4
 
 
-def pack(ids):
-    key = 0
-    for token in ids:
-        key = (key << 16) | token
-    return key
-
-
-class FakeCounts:
+class FakeCounts(DictCounts):
     """The counts-reader interface of docs/analysis.md, filled by naive counting of a random corpus."""
 
     def __init__(self, sequences=30, seed=0, domains=("web", "code")):
@@ -74,24 +68,6 @@ class FakeCounts:
                                 for k, key in grams.items():
                                     table = self._ngram[layer, k]
                                     table[key, n] = table.get((key, n), 0) + 1
-
-    def active(self, layer):
-        return self._active[layer]
-
-    def pos_active(self, layer):
-        return self._pos_active[layer]
-
-    def domain_active(self, layer):
-        return self._domain_active[layer]
-
-    def ngram_active(self, layer, k):
-        rows = sorted((key, n, c) for (key, n), c in self._ngram[layer, k].items())
-        return (np.array([r[0] for r in rows], np.uint64), np.array([r[1] for r in rows], np.uint32),
-                np.array([r[2] for r in rows], np.int64))
-
-    def ngram_seen(self, k):
-        keys = sorted(self._seen[k])
-        return np.array(keys, np.uint64), np.array([self._seen[k][g] for g in keys], np.int64)
 
 
 class FakeWeights:
