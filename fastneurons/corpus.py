@@ -304,7 +304,7 @@ def _open_domain(source: CorpusSource, tokenizer, seq_len: int, full_length: boo
         body, prefix, sep = seq_len, None, None
     else:
         if tokenizer is None:
-            raise ValueError(f"{path}: text needs a tokenizer; pass the checkpoint's tokenizer")
+            raise ValueError(f"{path}: text needs a tokenizer; the checkpoint ships none: pass --tokenizer")
         bos, sep_id = resolve_ids()
         if fmt == "txt":
             pieces = _read_txt(path, PIECE_CHARS)

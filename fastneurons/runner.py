@@ -212,7 +212,7 @@ def build_header(config: RecordConfig, loaded, tokenizer, plan, layers, ngram_la
     }
     manifest = plan.manifest()
     corpus = Corpus(plan.fingerprint, manifest, np.zeros(plan.num_units, dtype=bool), len(plan.domains))
-    vocab = _vocab_strings(tokenizer, int(model.get_input_embeddings().weight.shape[0]))
+    vocab = None if tokenizer is None else _vocab_strings(tokenizer, int(model.get_input_embeddings().weight.shape[0]))
     return Header(meta, vocab, [corpus], [d.label for d in plan.domains])
 
 
@@ -262,9 +262,7 @@ def record(config: RecordConfig, log=print) -> Path:
     _pin_threads(config.threads)
     loaded = load_model(config.model, dtype=dtype)
     model, arch = loaded.model, loaded.arch
-    tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else loaded.tokenizer
-    if tokenizer is None:
-        raise ValueError(f"{config.model} has no tokenizer files: pass --tokenizer")
+    tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else loaded.tokenizer  # None: id corpora only
     num_layers = archs.num_layers(model, arch)
     layers, ngram_layers = _select_layers(config, num_layers)
     model_positions = archs.max_positions(model.config, arch)

@@ -3,6 +3,8 @@
 The results come from `analyze_counts` on a small in-memory counts object whose neurons are built to be
 token / bigram detectors, dead, and positional of each type, with fake weights for suppression.
 """
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
@@ -11,6 +13,7 @@ from dict_counts import DictCounts, pack
 from fastneurons import figures
 from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
 from fastneurons.analyze import positional_curves, projection_examples
+from fastneurons.figures.style import TITLE_CHARS_PER_INCH, new_figure, suptitle
 
 LAYERS, NGRAM_LAYERS, ORDERS, F, T, V = [0, 1, 2], [0, 1], [1, 2, 3], 12, 64, 16
 VOCAB = [f"w{i}" for i in range(V)]
@@ -171,6 +174,15 @@ def test_examples_and_curves_plots(results, counts):
     assert isinstance(ax, Axes) and len(ax.lines) >= 1
     empty = figures.plot_positional_curves([], title="none")
     assert isinstance(empty, Axes) and empty.texts
+
+
+def test_titles_wrap_to_the_figure_width(results):
+    definition = "llama: mlp.gate_proj(x)[n] > 1.0 (pre-activation of SiLU), a long definition " * 2
+    figure, _ = new_figure(4.0, 3.0)
+    suptitle(figure, replace(results, neuron_definition=definition), "what token detectors promote")
+    lines = figure.get_suptitle().split("\n")
+    assert len(lines) > 2 and all(len(line) <= 4 * TITLE_CHARS_PER_INCH for line in lines)
+    assert " ".join(" ".join(lines).split()).count("gate_proj(x)[n] > 1.0") == 2  # nothing cut off
 
 
 def test_build_figures_captions_and_skips(results, counts):

@@ -23,6 +23,7 @@ from fastneurons.config import RecordConfig
 from fastneurons.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.loading import gpt2_tokenizer
 from fastneurons.store import StoreError, merge_stores, open_counts
+from same_counts import assert_same_store
 
 TEXT_A = ("def add(a, b):\n    return a + b\n\nclass Point:\n    '''A point in the plane.'''\n"
           "    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n") * 6
@@ -147,24 +148,29 @@ def test_interrupted_run_resumes_to_identical_counts(tmp_path, corpus, monkeypat
         runner.record(part, log=lambda *a: None)
     part.resume = True
     runner.record(part, log=lambda *a: None)
-    _assert_same_store(full.out, part.out)
+    assert_same_store(full.out, part.out)
 
 
-def _assert_same_store(a, b):
-    with open_counts(a) as x, open_counts(b) as y:
-        assert x.tokens == y.tokens
-        np.testing.assert_array_equal(x.pos_seen, y.pos_seen)
-        np.testing.assert_array_equal(x.domain_tokens, y.domain_tokens)
-        for layer in x.layers:
-            np.testing.assert_array_equal(x.active(layer), y.active(layer))
-            np.testing.assert_array_equal(x.pos_active(layer), y.pos_active(layer))
-            np.testing.assert_array_equal(x.domain_active(layer), y.domain_active(layer))
-        for k in x.ngram_orders:
-            for u, v in zip(x.ngram_seen(k), y.ngram_seen(k)):
-                np.testing.assert_array_equal(u, v)
-            for layer in x.ngram_layers:
-                for u, v in zip(x.ngram_active(layer, k), y.ngram_active(layer, k)):
-                    np.testing.assert_array_equal(u, v)
+def test_token_id_corpus_records_without_a_tokenizer(tmp_path):
+    """A checkpoint without tokenizer files records pre-tokenized ids (same counts, ids shown for texts)."""
+    model = _opt(tmp_path, "opt", layers=2)
+    bare = tmp_path / "bare"
+    OPTForCausalLM.from_pretrained(model).save_pretrained(bare)  # weights and config only
+    tokenizer = gpt2_tokenizer()
+    ids_file = tmp_path / "ids.jsonl"
+    ids_file.write_text("".join(json.dumps([50256] + tokenizer(text)["input_ids"]) + "\n"
+                                for text in (TEXT_A, TEXT_B[:200], TEXT_B)))
+    with_tokenizer = _config(model, [str(ids_file)], tmp_path / "a.h5", ngram_layers=["1"], full_length=True)
+    without = _config(bare, [str(ids_file)], tmp_path / "b.h5", ngram_layers=["1"], full_length=True)
+    runner.record(with_tokenizer, log=lambda *a: None)
+    runner.record(without, log=lambda *a: None)
+    assert_same_store(with_tokenizer.out, without.out)
+    with open_counts(without.out) as counts:
+        assert counts.vocab is None and counts.complete
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT_A)
+    with pytest.raises(ValueError, match="--tokenizer"):
+        runner.record(_config(bare, [str(text)], tmp_path / "c.h5"), log=lambda *a: None)
 
 
 def test_shards_merge_to_the_single_run(tmp_path, corpus):
@@ -177,7 +183,7 @@ def test_shards_merge_to_the_single_run(tmp_path, corpus):
         runner.record(shard, log=lambda *a: None)
         shards.append(shard.out)
     merged = merge_stores(shards, tmp_path / "merged.h5", ngram_memory=1 << 20)
-    _assert_same_store(full.out, merged)
+    assert_same_store(full.out, merged)
     with pytest.raises(StoreError, match="disjoint"):
         merge_stores([shards[0], merged], tmp_path / "twice.h5", ngram_memory=1 << 20)
     other = _config(model, corpus, tmp_path / "other.h5", threshold=0.5)
@@ -276,7 +282,7 @@ def test_kill_9_mid_run_then_resume(tmp_path):
         assert 3 <= counts.units_held < len(counts.header.corpora[0].units)
     resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    _assert_same_store(full.out, out)
+    assert_same_store(full.out, out)
 
 
 def test_torchrun_ranks_become_shards_with_their_own_files():

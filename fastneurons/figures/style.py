@@ -6,6 +6,7 @@ so they render headless and are freed with their last reference.
 from __future__ import annotations
 
 import functools
+import textwrap
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -88,9 +89,15 @@ def format_count(value) -> str:
     return f"{value:.0f}"
 
 
+TITLE_CHARS_PER_INCH = 12  # about what fits at the titles' 10.5 pt
+
+
 def suptitle(figure, results, title: str) -> None:
-    """'<model> — <title>' over a subtitle with the neuron definition, threshold and token count."""
-    figure.suptitle(f"{model_label(results)} — {title}\n{definition_label(results)}", fontsize=10.5)
+    """'<model> — <title>' over a subtitle with the neuron definition, threshold and token count,
+    wrapped to the figure's width (a one-panel figure must not cut the definition off)."""
+    width = max(20, int(figure.get_figwidth() * TITLE_CHARS_PER_INCH))
+    lines = [f"{model_label(results)} — {title}", definition_label(results)]
+    figure.suptitle("\n".join(textwrap.fill(line, width) for line in lines), fontsize=10.5)
 
 
 def empty_note(ax, text: str):
