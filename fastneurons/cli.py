@@ -152,11 +152,14 @@ def _demo(config):
     print(f"report: {path}")
 
 
-@command("info", None, "print version, compiled backends, threads and visible GPUs")
-def _info(_config):
-    from .info import format_info
+@command("info", cfg.InfoConfig, "print version, compiled backends, threads and GPUs, or what counts stores hold")
+def _info(config):
+    from .info import describe_store, format_info, format_lines
 
-    print(format_info())
+    if not config.stores:
+        print(format_info())
+    for i, path in enumerate(config.stores):
+        print(("\n" if i else "") + format_lines(describe_store(path)))
 
 
 def main(argv=None) -> int:

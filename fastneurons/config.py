@@ -7,8 +7,10 @@ what the store records. Validation lives here; no I/O.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Optional
 
 _SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -28,14 +30,17 @@ def parse_bytes(text) -> int:
 
 
 def _parse_with_units(text, units, what) -> int:
+    """Decimal arithmetic, so '4.1M' is 4_100_000 exactly (in floats it is 4099999.9999999995)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = text
+        if not math.isfinite(text):
+            raise ValueError(f"{text!r} must be a positive whole number ({what})")
+        value = Decimal(text)
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]?)\s*", str(text))
         if not match or match.group(2).upper() not in units:
             raise ValueError(f"cannot read {text!r}: expected {what}")
-        value = float(match.group(1)) * units[match.group(2).upper()]
-    if value <= 0 or value != int(value):
+        value = Decimal(match.group(1)) * units[match.group(2).upper()]
+    if value <= 0 or value != value.to_integral_value():
         raise ValueError(f"{text!r} must be a positive whole number ({what})")
     return int(value)
 
@@ -112,6 +117,11 @@ class RecordConfig:
         self.orders = sorted(set(int(k) for k in self.orders))
         if self.layers is not None and (not self.layers or min(self.layers) < 0):
             raise ValueError("--layers must be non-negative layer indices")
+        if self.ngram_layers is not None:
+            names = [str(x).strip().lower() for x in self.ngram_layers]
+            if names != ["none"] and not (names and all(x.isdigit() for x in names)):
+                raise ValueError(f"--ngram-layers {' '.join(map(str, self.ngram_layers))}: give layer "
+                                 "indices (e.g. 0 1 2) or the single word none")
         if self.shard is not None:
             parse_shard(self.shard)
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -188,6 +198,18 @@ class AnalyzeConfig:
             raise ValueError(f"--formats {bad}: choose from png, svg, pdf")
         if self.settings is not None:
             self.settings.validate()
+        return self
+
+
+@dataclass
+class InfoConfig:
+    """`fastneurons info`: this installation (version, backends, threads, GPUs), or what stores hold."""
+
+    stores: list = field(default_factory=list, metadata={
+        "help": "counts files to describe (state, tokens, model, definition, layers, domains); "
+                "none: describe this installation", "nargs": "*", "positional": True})
+
+    def validate(self) -> "InfoConfig":
         return self
 
 

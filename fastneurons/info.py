@@ -1,7 +1,9 @@
-"""What this installation of fastneurons can run on: version, compiled backends, threads, GPUs."""
+"""What this installation can run on (version, compiled backends, threads, GPUs), and what a counts
+store holds (model, definition, progress, domains) without reading its counters."""
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -34,8 +36,52 @@ def describe() -> dict:
 
 
 def format_info() -> str:
-    """Return ``describe()`` as aligned ``key: value`` lines for the CLI."""
-    info = describe()
+    """Return ``describe()`` as aligned ``key  value`` lines for the CLI."""
+    return format_lines(describe())
+
+
+def describe_store(path) -> dict:
+    """What a counts store holds: state, tokens, model and neuron definition, layers, corpus progress."""
+    from .store import open_counts
+
+    with open_counts(path) as counts:
+        meta, header = counts.metadata, counts.header
+        units = [int(c.units.sum()) for c in header.corpora]
+        planned = [int(c.units.size) for c in header.corpora]
+        return {
+            "store": str(path),
+            "state": "complete" if counts.complete else "partial (continue it with record --resume)",
+            "units": " + ".join(f"{held}/{total}" for held, total in zip(units, planned)),
+            "tokens": counts.tokens,
+            "model": meta.get("model", {}).get("spec") or meta.get("model", {}).get("path", ""),
+            "architecture": meta.get("architecture"),
+            "neuron_definition": meta.get("neuron_definition"),
+            "neurons_per_layer": counts.num_neurons,
+            "layers": _ranges(counts.layers),
+            "ngram_layers": _ranges(counts.ngram_layers) or "none",
+            "orders": counts.ngram_orders,
+            "positions": f"{counts.max_positions} (pos_active recorded)" if counts.has_positions
+            else f"{counts.max_positions} (no pos_active)",
+            "seq_len": meta.get("seq_len"),
+            "full_length": meta.get("full_length"),
+            "domains": [f"{label} ({int(t)} tokens)" for label, t in zip(counts.domains, counts.domain_tokens)],
+            "size": f"{os.path.getsize(path) / 2**20:.1f} MiB",
+        }
+
+
+def _ranges(values) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    values, parts = sorted(values), []
+    for value in values:
+        if parts and value == parts[-1][1] + 1:
+            parts[-1][1] = value
+        else:
+            parts.append([value, value])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+def format_lines(info: dict) -> str:
+    """A dict as aligned ``key  value`` lines (lists joined with commas)."""
     width = max(len(key) for key in info)
     lines = []
     for key, value in info.items():

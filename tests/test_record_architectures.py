@@ -184,3 +184,31 @@ def test_llama_gated_product_equals_plain_reference(tmp_path, checkpoints, corpu
 def test_gated_product_is_refused_for_ungated_families(tmp_path, checkpoints, corpus):
     with pytest.raises(ValueError, match="gated"):
         runner.record(_config(checkpoints["gpt2"], corpus, tmp_path / "x.h5", gated_product=True), log=QUIET)
+
+
+def test_large_vocabulary_uses_21_bit_keys_and_needs_no_tokenizer(tmp_path):
+    """A Llama with 70,000 ids (> 2**16): n-gram keys pack 21 bits per id; ids above 65,535 occur in
+    every order; the checkpoint has no tokenizer files, so the corpus is pre-tokenized ids."""
+    vocab = 70_000
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64)
+    LlamaForCausalLM(config).eval().save_pretrained(tmp_path / "llama")
+    rng = np.random.default_rng(11)
+    ids = tmp_path / "ids.jsonl"
+    with open(ids, "w") as f:  # ids from a small set around 2**16, so n-grams recur across the boundary
+        for length in (20, 33, 12, 40, 27):
+            f.write(json.dumps([1] + rng.choice([7, 65_534, 65_535, 65_536, 69_999], length - 1).tolist()) + "\n")
+    record = _config(tmp_path / "llama", [str(ids)], tmp_path / "counts.h5", ngram_layers=["0", "1"])
+    runner.record(record, log=QUIET)
+    model = LlamaForCausalLM.from_pretrained(tmp_path / "llama").eval()
+    plan = plan_corpus([parse_corpus_arg(str(ids))], None, seq_len=record.seq_len, batch_size=record.batch_size,
+                       unit_batches=record.unit_batches, vocab_size=vocab)
+    batches = [(mb.input_ids, mb.attention_mask) for u in range(plan.num_units) for mb in plan.unit(u).batches]
+    ref = plain_record(model, _hook_modules("llama", model), batches, max_positions=record.seq_len,
+                       threshold=0.0, count_bos=False, ngram_layers=[0, 1], orders=[1, 2, 3], pack_bits=21)
+    meta = _assert_equal_counts(record.out, ref, [1, 2, 3], [0, 1])
+    assert meta["pack_bits"] == 21
+    with open_counts(record.out) as counts:
+        keys, _ = counts.ngram_seen(3)
+        assert (keys >> 42).max() >= 2**16 and counts.vocab is None

@@ -7,24 +7,17 @@ import re
 from dataclasses import replace
 
 import pytest
-from test_figures import SETTINGS, VOCAB, FakeCounts, FakeWeights
+import test_figures
+from test_figures import SETTINGS, VOCAB, FakeWeights
 
 from fastneurons import paper, report
-from fastneurons.analysis.pipeline import analyze_counts
 from fastneurons.analyze import positional_curves, projection_examples
 from fastneurons.figures import build_figures
 from fastneurons.outputs import decode, headline_rows, show_text, write_results_json, write_tables
 from fastneurons.report import ModelSection, ReportFigure, write_report
 
 
-@pytest.fixture(scope="module")
-def counts():
-    return FakeCounts()
-
-
-@pytest.fixture(scope="module")
-def results(counts):
-    return analyze_counts(counts, SETTINGS, weights=FakeWeights())
+counts, results = test_figures.counts, test_figures.results  # the figure tests' fixtures, shared
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@
 Exact integer equality of every counter (dense and n-gram) in fp32 on the CPU; resume after an
 interruption and shard + merge give exactly the uninterrupted single-process counts.
 """
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -283,6 +285,46 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_store(full.out, out)
+
+
+LIMITED = """import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2)
+from fastneurons.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_failed_writes_lose_nothing_and_resume_to_identical_counts(tmp_path):
+    """Real failed writes (a file-size limit makes HDF5's writes fail as on a full disk) at several
+    points of a run: a clear error, exit code 2, no temporary file left, and --resume finishes to the
+    counts of an uninterrupted run."""
+    model = _opt(tmp_path, "opt", layers=3)
+    big = tmp_path / "big.txt"
+    big.write_text((TEXT_A + TEXT_B) * 4)
+    full = _config(model, [str(big)], tmp_path / "full.h5", unit_batches=1, batch_size=2)
+    runner.record(full, log=lambda *a: None)
+    size = (tmp_path / "full.h5").stat().st_size
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fastneurons.__file__))))
+    partial = 0
+    for i, fraction in enumerate((0.3, 0.9, 0.95, 0.99)):  # fails creating the store, then later commits
+        out = tmp_path / f"limited{i}.h5"
+        args = [sys.executable, "-c", LIMITED, str(int(size * fraction)), "record", "--model", str(model),
+                "--corpus", str(big), "--out", str(out), "--seq-len", "48", "--batch-size", "2",
+                "--unit-batches", "1", "--ngram-layers", "0", "1", "--no-progress", "--commit-seconds", "0"]
+        done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert re.search(f"cannot write {re.escape(str(out))}", done.stderr), done.stderr[-2000:]
+        assert "File too large" in done.stderr and "nothing committed was lost" in done.stderr
+        assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.runs/*.tmp"))
+        created = out.exists()  # else the very first snapshot failed
+        runner.record(dataclasses.replace(full, out=str(out), resume=True), log=lambda *a: None)
+        assert_same_store(full.out, out)
+        if created:
+            partial += 1
+            break
+    assert partial >= 1  # at least one limit let the store be created and failed later
 
 
 def test_torchrun_ranks_become_shards_with_their_own_files():

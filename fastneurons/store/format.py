@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,13 +112,29 @@ def _atomic_h5(path: Path, write) -> None:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # h5py reports some failed writes (disk full) as RuntimeError
         tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {path}: {err.strerror or err} (nothing committed was lost)") from err
+        raise StoreError(f"cannot write {path}: {_write_failure(err, path)}; nothing committed was lost: "
+                         "free space and run the command again (a recording: with --resume)") from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _write_failure(err: Exception, path: Path) -> str:
+    """Why a write failed, in words: the OS reason (disk full, file too large, ...) and the free space."""
+    text = getattr(err, "strerror", None) or str(err)
+    match = re.search(r"errno = (\d+)", str(err))
+    code = getattr(err, "errno", None) or (int(match.group(1)) if match else None)
+    if code:
+        text = os.strerror(code) + ("" if os.strerror(code) in text else f" ({text})")
+    try:
+        free = shutil.disk_usage(path.parent).free
+        text += f"; {free / 2**20:.0f} MiB free on that disk"
+    except OSError:
+        pass
+    return text
 
 
 def _write_json_attr(obj, name, value) -> None:
