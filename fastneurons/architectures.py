@@ -1,10 +1,10 @@
 """The table of supported architectures: where each family keeps its layers, its neurons and its weights.
 
-One frozen `Architecture` row per family (OPT, GPT-2, GPT-NeoX, Llama/Mistral/Qwen2) says, as module
-paths, where the decoder layers are, which module's output is the neuron pre-activation (SPEC §1),
-which projection writes the neuron's update direction and where the unembedding is. Everything else
-here reads those paths; nothing is special-cased per model class. docs/architectures.md explains
-how to add a row.
+One frozen `Architecture` row per family (OPT, GPT-2, GPT-NeoX, Llama/Mistral/Qwen2/Qwen3/OLMo/StableLM,
+OLMo-2, Gemma, Gemma-2/3, Phi, GPT-J) says, as module paths, where the decoder layers are, which
+module's output is the neuron pre-activation (SPEC §1), which projection writes the neuron's update
+direction and where the unembedding is. Everything else here reads those paths; nothing is
+special-cased per model class. docs/architectures.md explains how to add a row.
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ class Architecture:
     down_transposed: bool = False         # the down weight is stored [F, d] (GPT-2 Conv1D)
     product_module: Optional[str] = None  # gated only: the module whose INPUT is act(gate) * up
     output_projection: Optional[str] = None  # maps the residual to the unembedding space (OPT-350m)
+    ffn_output_norm: Optional[str] = None    # per layer: RMSNorm on the FFN output before the residual add
+    ffn_output_norm_offset: float = 0.0      # that norm scales by (offset + weight): 1.0 for Gemma's RMSNorm
 
     @property
     def gated(self) -> bool:
@@ -103,11 +105,13 @@ GPT_NEOX = Architecture(
 LLAMA = Architecture(
     name="llama",
     hf_classes=("LlamaForCausalLM", "LlamaModel", "MistralForCausalLM", "MistralModel",
-                "Qwen2ForCausalLM", "Qwen2Model"),
-    model_types=("llama", "mistral", "qwen2"),
+                "Qwen2ForCausalLM", "Qwen2Model", "Qwen3ForCausalLM", "Qwen3Model",
+                "OlmoForCausalLM", "OlmoModel", "StableLmForCausalLM", "StableLmModel"),
+    model_types=("llama", "mistral", "qwen2", "qwen3", "olmo", "stablelm"),
     base_model="model",
     layers="model.layers",
-    ffn_input="post_attention_layernorm(h)",
+    ffn_input="post_attention_layernorm(h) (StableLM with use_parallel_residual: input_layernorm(h), "
+              "h = layer input)",
     neuron_module="mlp.gate_proj",
     down_module="mlp.down_proj",
     unembedding="lm_head",
@@ -119,7 +123,99 @@ LLAMA = Architecture(
     product_module="mlp.down_proj",
 )
 
-ARCHITECTURES = (OPT, GPT2, GPT_NEOX, LLAMA)
+OLMO2 = Architecture(   # gated like llama, but the norm is on the FFN's output, not its input
+    name="olmo2",
+    hf_classes=("Olmo2ForCausalLM", "Olmo2Model"),
+    model_types=("olmo2",),
+    base_model="model",
+    layers="model.layers",
+    ffn_input="h itself (OLMo-2 normalises the FFN output, post_feedforward_layernorm, not its input)",
+    neuron_module="mlp.gate_proj",
+    down_module="mlp.down_proj",
+    unembedding="lm_head",
+    positions="rotary",
+    activation="SiLU",
+    activation_attr="hidden_act",
+    max_positions_attr="max_position_embeddings",
+    ffn_dim_attr="intermediate_size",
+    product_module="mlp.down_proj",
+    ffn_output_norm="post_feedforward_layernorm",
+)
+
+GEMMA = Architecture(
+    name="gemma",
+    hf_classes=("GemmaForCausalLM", "GemmaModel"),
+    model_types=("gemma",),
+    base_model="model",
+    layers="model.layers",
+    ffn_input="post_attention_layernorm(h)",
+    neuron_module="mlp.gate_proj",
+    down_module="mlp.down_proj",
+    unembedding="lm_head",
+    positions="rotary",
+    activation="GELU",          # tanh approximation (gelu_pytorch_tanh)
+    activation_attr="hidden_act",
+    max_positions_attr="max_position_embeddings",
+    ffn_dim_attr="intermediate_size",
+    product_module="mlp.down_proj",
+)
+
+GEMMA2 = Architecture(  # Gemma-2 and Gemma-3 text: sandwich norms around the FFN
+    name="gemma2",
+    hf_classes=("Gemma2ForCausalLM", "Gemma2Model", "Gemma3ForCausalLM", "Gemma3TextModel"),
+    model_types=("gemma2", "gemma3_text"),
+    base_model="model",
+    layers="model.layers",
+    ffn_input="pre_feedforward_layernorm(h)",
+    neuron_module="mlp.gate_proj",
+    down_module="mlp.down_proj",
+    unembedding="lm_head",
+    positions="rotary",
+    activation="GELU",          # tanh approximation (gelu_pytorch_tanh)
+    activation_attr="hidden_activation",
+    max_positions_attr="max_position_embeddings",
+    ffn_dim_attr="intermediate_size",
+    product_module="mlp.down_proj",
+    ffn_output_norm="post_feedforward_layernorm",
+    ffn_output_norm_offset=1.0,
+)
+
+PHI = Architecture(
+    name="phi",
+    hf_classes=("PhiForCausalLM", "PhiModel"),
+    model_types=("phi",),
+    base_model="model",
+    layers="model.layers",
+    ffn_input="input_layernorm(h), h = layer input (attention and FFN in parallel on one norm)",
+    neuron_module="mlp.fc1",
+    down_module="mlp.fc2",
+    unembedding="lm_head",
+    positions="rotary",
+    activation="GELU",
+    activation_attr="hidden_act",
+    max_positions_attr="max_position_embeddings",
+    ffn_dim_attr="intermediate_size",
+)
+
+GPTJ = Architecture(
+    name="gptj",
+    hf_classes=("GPTJForCausalLM", "GPTJModel"),
+    model_types=("gptj",),
+    base_model="transformer",
+    layers="transformer.h",
+    ffn_input="ln_1(h), h = layer input (attention and FFN in parallel on one norm)",
+    neuron_module="mlp.fc_in",
+    down_module="mlp.fc_out",
+    unembedding="lm_head",
+    positions="rotary",
+    activation="GELU",
+    activation_attr="activation_function",
+    max_positions_attr="n_positions",
+    ffn_dim_attr="n_inner",
+    ffn_dim_factor=4,
+)
+
+ARCHITECTURES = (OPT, GPT2, GPT_NEOX, LLAMA, OLMO2, GEMMA, GEMMA2, PHI, GPTJ)
 
 
 class UnsupportedArchitecture(ValueError):
@@ -231,7 +327,8 @@ def activation_name(arch: Architecture, config=None) -> str:
 def neuron_definition(arch: Architecture, threshold: float, gated_product: bool = False, config=None) -> str:
     """One human sentence saying when a neuron is active; stored in the metadata of every recording."""
     act = activation_name(arch, config)
-    shown = {"relu": "ReLU", "silu": "SiLU", "swish": "SiLU", "gelu": "GELU", "gelu_new": "GELU"}.get(act.lower(), act)
+    shown = {"relu": "ReLU", "silu": "SiLU", "swish": "SiLU", "gelu": "GELU", "gelu_new": "GELU",
+             "gelu_pytorch_tanh": "GELU"}.get(act.lower(), act)
     threshold = float(threshold)
     if gated_product:
         if not arch.gated:
@@ -242,6 +339,8 @@ def neuron_definition(arch: Architecture, threshold: float, gated_product: bool 
         return sentence + " (ReLU output non-zero)"
     if threshold == 0.0 and shown == "SiLU":
         return sentence + " (SiLU(gate) > 0)"
+    if threshold == 0.0 and shown == "GELU" and arch.gated:   # GELU(g) > 0 iff g > 0, tanh form too
+        return sentence + " (GELU(gate) > 0)"
     return sentence + f" (pre-activation of {shown})"
 
 
@@ -285,12 +384,18 @@ def update_directions(model, arch: Architecture, layer: int, neurons=None) -> to
     """Columns of layer `layer`'s down projection in the residual stream, float32 [d_model, n].
 
     GPT-2's Conv1D stores [F, d] and is transposed; OPT with project_out maps each column into the
-    unembedding space, v <- project_out.weight @ v (SPEC §3, suppression).
+    unembedding space, v <- project_out.weight @ v (SPEC §3, suppression). Where an RMSNorm sits on
+    the FFN output (Gemma-2/3, OLMo-2) the residual receives its gain times the column, up to a
+    positive per-token factor 1/rms: v <- (offset + norm.weight) * v.
     """
     weight = down_module(model, arch, layer).weight.detach()
     weight = weight.T if arch.down_transposed else weight          # [d, F]
     index = _as_neuron_index(neurons, weight.shape[1])
     columns = weight.float() if index is None else weight.index_select(1, index.to(weight.device)).float()
+    if arch.ffn_output_norm is not None:
+        norm = _layer(model, arch, layer).get_submodule(arch.ffn_output_norm)
+        gain = norm.weight.detach().float().to(columns.device) + arch.ffn_output_norm_offset
+        columns = gain[:, None] * columns
     if arch.output_projection is not None:
         try:
             project = _submodule(model, arch, arch.output_projection)

@@ -26,6 +26,19 @@ def tiny(kind: str):
         "llama": lambda: T.LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **rotary),
         "mistral": lambda: T.MistralConfig(num_key_value_heads=2, **rotary),
         "qwen2": lambda: T.Qwen2Config(num_key_value_heads=2, **rotary),
+        "qwen3": lambda: T.Qwen3Config(num_key_value_heads=2, head_dim=D // 4, tie_word_embeddings=False,
+                                       **rotary),
+        "olmo": lambda: T.OlmoConfig(pad_token_id=None, bos_token_id=None, eos_token_id=None, **rotary),
+        "stablelm": lambda: T.StableLmConfig(num_key_value_heads=4, use_parallel_residual=True, **rotary),
+        "olmo2": lambda: T.Olmo2Config(pad_token_id=None, bos_token_id=None, eos_token_id=None, **rotary),
+        "gemma": lambda: T.GemmaConfig(num_key_value_heads=2, head_dim=D // 4, **rotary),
+        "gemma2": lambda: T.Gemma2Config(num_key_value_heads=2, head_dim=D // 4, query_pre_attn_scalar=D // 4,
+                                         **rotary),
+        "gemma3": lambda: T.Gemma3TextConfig(num_key_value_heads=2, head_dim=D // 4, query_pre_attn_scalar=D // 4,
+                                             **rotary),
+        "phi": lambda: T.PhiConfig(bos_token_id=None, eos_token_id=None, **rotary),
+        "gptj": lambda: T.GPTJConfig(vocab_size=V, n_embd=D, n_layer=L, n_head=4, n_positions=64, rotary_dim=4,
+                                     bos_token_id=None, eos_token_id=None),
     }
     config = configs[kind]()
     model = T.AutoModelForCausalLM.from_config(config).eval()
@@ -35,6 +48,8 @@ def tiny(kind: str):
                 module.weight.uniform_(0.5, 1.5)
                 if getattr(module, "bias", None) is not None:
                     module.bias.uniform_(-0.5, 0.5)
+            elif isinstance(module, torch.nn.Linear) and module.bias is not None:   # nor a missing bias
+                module.bias.uniform_(-0.1, 0.1)
     return model
 
 
@@ -46,9 +61,13 @@ def batch():
     return ids, mask
 
 
-KINDS = ["opt", "opt_post_ln", "gpt2", "gpt_neox", "llama", "mistral", "qwen2"]
+KINDS = ["opt", "opt_post_ln", "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "olmo", "stablelm",
+         "olmo2", "gemma", "gemma2", "gemma3", "phi", "gptj"]
 FAMILY = {"opt": "opt", "opt_post_ln": "opt", "gpt2": "gpt2", "gpt_neox": "gpt_neox", "llama": "llama",
-          "mistral": "llama", "qwen2": "llama"}
+          "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "olmo": "llama", "stablelm": "llama",
+          "olmo2": "olmo2", "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma2", "phi": "phi", "gptj": "gptj"}
+PARALLEL = {"gpt_neox", "stablelm", "phi", "gptj"}       # attention and FFN both read the layer input
+FFN_OUTPUT_NORM = {"olmo2", "gemma2", "gemma3"}          # post_feedforward_layernorm: an RMSNorm on the FFN output
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -57,12 +76,22 @@ def test_architecture_for_model_config_and_class_name(kind):
     assert A.architecture_for(model).name == FAMILY[kind]
     assert A.architecture_for(model.config).name == FAMILY[kind]
     assert A.architecture_for(type(model).__name__).name == FAMILY[kind]
-    assert A.num_layers(model, A.architecture_for(model)) == L
+    arch = A.architecture_for(model)
+    assert A.architecture_for(type(A.base_model(model, arch)).__name__) is arch   # the base model class too
+    assert A.num_layers(model, arch) == L
+
+
+def test_rows_do_not_share_classes_or_model_types():
+    classes = [c for arch in A.ARCHITECTURES for c in arch.hf_classes]
+    model_types = [t for arch in A.ARCHITECTURES for t in arch.model_types]
+    assert len(classes) == len(set(classes)) and len(model_types) == len(set(model_types))
+    assert len({arch.name for arch in A.ARCHITECTURES}) == len(A.ARCHITECTURES)
 
 
 def test_unknown_architecture_names_the_supported_ones_and_the_docs():
     config = T.BertConfig(vocab_size=V, hidden_size=D, num_hidden_layers=1, num_attention_heads=4, intermediate_size=FF)
-    with pytest.raises(A.UnsupportedArchitecture, match=r"'bert'.*OPTForCausalLM.*docs/architectures.md"):
+    with pytest.raises(A.UnsupportedArchitecture,
+                       match=r"'bert'.*OPTForCausalLM.*Gemma2ForCausalLM.*GPTJForCausalLM.*docs/architectures.md"):
         A.architecture_for(config)
     with pytest.raises(ValueError):    # it is a ValueError, so callers can catch bad input uniformly
         A.architecture_for("BertForMaskedLM")
@@ -74,6 +103,10 @@ def _layer_norm(module, x):
 
 def _rms_norm(module, x):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon) * module.weight
+
+
+def _gemma_rms_norm(module, x):     # Gemma's RMSNorm scales by (1 + weight)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.eps) * (1 + module.weight)
 
 
 def _ffn_reference(kind, layer, h):
@@ -91,15 +124,38 @@ def _ffn_reference(kind, layer, h):
         mlp = layer.mlp
         pre = F.linear(_layer_norm(layer.post_attention_layernorm, h), mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias)
         return pre, F.linear(mlp.act(pre), mlp.dense_4h_to_h.weight, mlp.dense_4h_to_h.bias)
-    mlp = layer.mlp                 # gated: neuron = gate_proj output
-    x = _rms_norm(layer.post_attention_layernorm, h)
+    if kind in ("phi", "gptj"):     # parallel: x = the one layer norm of the layer input; GELU (tanh form)
+        norm, fc_in, fc_out = ((layer.input_layernorm, layer.mlp.fc1, layer.mlp.fc2) if kind == "phi" else
+                               (layer.ln_1, layer.mlp.fc_in, layer.mlp.fc_out))
+        pre = F.linear(_layer_norm(norm, h), fc_in.weight, fc_in.bias)
+        return pre, F.linear(F.gelu(pre, approximate="tanh"), fc_out.weight, fc_out.bias)
+    mlp, act = layer.mlp, F.silu    # gated: neuron = gate_proj output
+    if kind == "gemma":
+        x, act = _gemma_rms_norm(layer.post_attention_layernorm, h), lambda g: F.gelu(g, approximate="tanh")
+    elif kind in ("gemma2", "gemma3"):
+        x, act = _gemma_rms_norm(layer.pre_feedforward_layernorm, h), lambda g: F.gelu(g, approximate="tanh")
+    elif kind == "olmo2":           # no norm before the FFN
+        x = h
+    elif kind == "olmo":            # LayerNorm without affine parameters
+        x = F.layer_norm(h, (h.shape[-1],), eps=1e-5)
+    elif kind == "stablelm":        # parallel residual: input_layernorm of the layer input
+        x = _layer_norm(layer.input_layernorm, h)
+    else:
+        x = _rms_norm(layer.post_attention_layernorm, h)
     pre = F.linear(x, mlp.gate_proj.weight)
-    return pre, F.linear(F.silu(pre) * F.linear(x, mlp.up_proj.weight), mlp.down_proj.weight)
+    out = F.linear(act(pre) * F.linear(x, mlp.up_proj.weight), mlp.down_proj.weight)
+    if kind == "olmo2":             # the norm sits on the FFN output
+        out = _rms_norm(layer.post_feedforward_layernorm, out)
+    elif kind in ("gemma2", "gemma3"):
+        out = _gemma_rms_norm(layer.post_feedforward_layernorm, out)
+    return pre, out
 
 
 def _residual_module(kind, layer):
     """The module whose input (or output, for post-LN OPT) is the FFN's residual input h."""
-    name = {"opt": "final_layer_norm", "gpt2": "ln_2"}.get(kind, "post_attention_layernorm")
+    name = {"opt": "final_layer_norm", "gpt2": "ln_2", "gptj": "ln_1", "phi": "input_layernorm",
+            "stablelm": "input_layernorm", "gemma2": "pre_feedforward_layernorm",
+            "gemma3": "pre_feedforward_layernorm", "olmo2": "mlp"}.get(kind, "post_attention_layernorm")
     return getattr(layer, name)
 
 
@@ -132,7 +188,7 @@ def test_neuron_hook_sees_the_pre_activation_of_spec_1(kind):
             out = seen["layer_out", index].reshape(-1, D)
             if kind == "opt_post_ln":
                 expected = _layer_norm(layer.final_layer_norm, h + ffn_out)
-            elif kind == "gpt_neox":    # parallel residual: h is the layer input, out = input + attn + ffn
+            elif kind in PARALLEL:      # parallel residual: h is the layer input, out = input + attn + ffn
                 torch.testing.assert_close(seen["layer_in", index].reshape(-1, D), h)
                 continue
             else:
@@ -163,7 +219,8 @@ def _record(model, arch, stop_at=None, gated_product=False):
     return seen
 
 
-@pytest.mark.parametrize("kind", ["opt", "gpt2", "gpt_neox", "llama"])
+@pytest.mark.parametrize("kind", ["opt", "gpt2", "gpt_neox", "llama", "qwen3", "olmo2", "gemma", "gemma2", "gemma3",
+                                  "phi", "gptj"])
 def test_run_until_matches_full_forward_and_stops(kind):
     model = tiny(kind)
     arch = A.architecture_for(model)
@@ -217,6 +274,11 @@ def test_sizes_from_config():
     assert A.max_positions(T.OPTConfig(), A.OPT) == 2048
     assert A.max_positions(tiny("gpt2").config, A.GPT2) == 64
     assert A.max_positions(tiny("gpt_neox").config, A.GPT_NEOX) == 64
+    assert A.num_neurons(tiny("gptj").config, A.GPTJ) == 4 * D          # n_inner None -> 4 * n_embd
+    assert A.num_neurons(T.GPTJConfig(n_embd=D, n_inner=40), A.GPTJ) == 40
+    assert A.max_positions(tiny("gptj").config, A.GPTJ) == 64            # GPTJConfig.n_positions
+    assert A.num_neurons(tiny("phi").config, A.PHI) == A.num_neurons(tiny("gemma2").config, A.GEMMA2) == FF
+    assert A.max_positions(tiny("gemma3").config, A.GEMMA2) == 64
 
 
 def test_neuron_definitions_are_readable():
@@ -224,6 +286,12 @@ def test_neuron_definitions_are_readable():
     assert A.neuron_definition(A.LLAMA, 0.0) == "llama: mlp.gate_proj(x)[n] > 0.0 (SiLU(gate) > 0)"
     assert "|SiLU(gate_proj(x)) * up_proj(x)|[n] > 0.0" in A.neuron_definition(A.LLAMA, 0.0, gated_product=True)
     assert "GELU" in A.neuron_definition(A.GPT2, 0.5, config=tiny("gpt2").config)
+    assert A.neuron_definition(A.GEMMA2, 0.0) == "gemma2: mlp.gate_proj(x)[n] > 0.0 (GELU(gate) > 0)"
+    assert A.neuron_definition(A.GEMMA, 0.0, config=tiny("gemma").config).endswith("(GELU(gate) > 0)")
+    assert A.activation_name(A.GEMMA2, tiny("gemma3").config) == "gelu_pytorch_tanh"
+    assert "|GELU(gate_proj(x)) * up_proj(x)|" in A.neuron_definition(A.GEMMA2, 0.1, gated_product=True)
+    assert A.neuron_definition(A.PHI, 0.0) == "phi: mlp.fc1(x)[n] > 0.0 (pre-activation of GELU)"
+    assert A.neuron_definition(A.GPTJ, 0.0).startswith("gptj: mlp.fc_in(x)[n] > 0.0")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -231,7 +299,7 @@ def test_update_directions_project_into_the_vocabulary_like_the_model(kind):
     """E @ v equals what the model's own head computes from the layer's FFN output direction."""
     model = tiny(kind)
     arch = A.architecture_for(model)
-    neurons = [0, 5, FF - 1] if kind not in ("gpt2",) else [0, 5, 4 * D - 1]
+    neurons = [0, 5, FF - 1] if kind not in ("gpt2", "gptj") else [0, 5, 4 * D - 1]
     v = A.update_directions(model, arch, 1, neurons)
     E = A.unembedding(model, arch)
     assert E.shape == (V, model.lm_head.in_features)
@@ -244,13 +312,21 @@ def test_update_directions_project_into_the_vocabulary_like_the_model(kind):
         direction = down(unit) - down(torch.zeros_like(unit))
         if kind == "opt_post_ln":
             direction = model.model.decoder.project_out(direction)
-        torch.testing.assert_close((E @ v).T, model.lm_head(direction), rtol=1e-5, atol=1e-5)
+        if kind in FFN_OUTPUT_NORM:  # the residual gets norm(out) = gain * out / rms(out): undo the positive 1/rms
+            norm = A.decoder_layers(model, arch)[1].post_feedforward_layernorm
+            eps = norm.eps if kind != "olmo2" else norm.variance_epsilon
+            direction = norm(direction) * torch.sqrt(direction.pow(2).mean(-1, keepdim=True) + eps)
+        logits = model.lm_head(direction) - model.lm_head(torch.zeros_like(direction))   # Phi, GPT-J: head bias
+        torch.testing.assert_close((E @ v).T, logits, rtol=1e-5, atol=1e-5)
     if kind == "gpt2":
         torch.testing.assert_close(v, down.weight[neurons, :].T)
     if kind == "opt":
         torch.testing.assert_close(v, down.weight[:, neurons])
     if kind == "opt_post_ln":
         assert v.shape[0] == 16 != D
+    if kind in ("gemma2", "gemma3"):   # Gemma's RMSNorm gain is 1 + weight
+        gain = 1 + A.decoder_layers(model, arch)[1].post_feedforward_layernorm.weight
+        torch.testing.assert_close(v, gain[:, None] * down.weight[:, neurons])
 
 
 def test_update_directions_reject_bad_neurons_and_default_to_all():

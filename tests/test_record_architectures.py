@@ -1,17 +1,20 @@
 """`record()` end to end on every non-OPT row of the architecture table, against the plain reference.
 
-Random-weight GPT-2, GPT-NeoX (Pythia) and Llama checkpoints, saved with save_pretrained like real
-ones, fp32 on the CPU: every dense counter and every n-gram table must equal, exactly, what the
-plain hooks-based way (fastneurons.bench.plain_way) counts on the same micro-batches. The reference
-names each family's hook module itself, so a wrong row in architectures.py fails here.
+Random-weight GPT-2, GPT-NeoX (Pythia), Llama, Qwen3, OLMo-2, Gemma, Gemma-2, Phi and GPT-J checkpoints,
+saved with save_pretrained like real ones, fp32 on the CPU: every dense counter and every n-gram table
+must equal, exactly, what the plain hooks-based way (fastneurons.bench.plain_way) counts on the same
+micro-batches. The reference names each family's hook module itself, so a wrong row in
+architectures.py fails here.
 """
 import json
 
 import numpy as np
 import pytest
 import torch
-from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
-                          LlamaForCausalLM)
+from transformers import (Gemma2Config, Gemma2ForCausalLM, GemmaConfig, GemmaForCausalLM, GPT2Config,
+                          GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM,
+                          LlamaConfig, LlamaForCausalLM, Olmo2Config, Olmo2ForCausalLM, PhiConfig, PhiForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 from fastneurons import runner
 from fastneurons.bench.plain_way import plain_record
@@ -56,8 +59,61 @@ def _llama():
     return LlamaForCausalLM(config)
 
 
+def _qwen3():
+    config = Qwen3Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=64,
+                         hidden_act="silu", bos_token_id=50256, eos_token_id=50256, tie_word_embeddings=False)
+    return Qwen3ForCausalLM(config)
+
+
+def _olmo2():
+    config = Olmo2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                         intermediate_size=56, max_position_embeddings=64, hidden_act="silu", pad_token_id=None,
+                         bos_token_id=50256, eos_token_id=50256, tie_word_embeddings=False)
+    return Olmo2ForCausalLM(config)
+
+
+def _gemma():
+    config = GemmaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=1, head_dim=8, intermediate_size=48, max_position_embeddings=64,
+                         hidden_act="gelu_pytorch_tanh", pad_token_id=None, bos_token_id=50256, eos_token_id=50256)
+    return GemmaForCausalLM(config)
+
+
+def _gemma2():  # tied embeddings, GELU-tanh gate, embedding scaling, logit soft-capping, sandwich norms
+    config = Gemma2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, intermediate_size=64,
+                          max_position_embeddings=64, sliding_window=16, hidden_activation="gelu_pytorch_tanh",
+                          pad_token_id=None, bos_token_id=50256, eos_token_id=50256)
+    return Gemma2ForCausalLM(config)
+
+
+def _phi():
+    config = PhiConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                       intermediate_size=88, max_position_embeddings=64, hidden_act="gelu_new",
+                       bos_token_id=50256, eos_token_id=50256)
+    model = PhiForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.fc1.bias.add_(torch.linspace(-0.5, 0.4, 88))
+    return model
+
+
+def _gptj():
+    config = GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64, rotary_dim=4,
+                        n_inner=None, activation_function="gelu_new", bos_token_id=50256, eos_token_id=50256)
+    model = GPTJForCausalLM(config)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.mlp.fc_in.bias.add_(torch.linspace(-0.5, 0.3, 128))  # n_inner None: 4 * n_embd neurons
+    return model
+
+
 FAMILIES = {"gpt2": (_gpt2, GPT2LMHeadModel), "gpt_neox": (_neox, GPTNeoXForCausalLM),
-            "llama": (_llama, LlamaForCausalLM)}
+            "llama": (_llama, LlamaForCausalLM), "qwen3": (_qwen3, Qwen3ForCausalLM),
+            "olmo2": (_olmo2, Olmo2ForCausalLM), "gemma": (_gemma, GemmaForCausalLM),
+            "gemma2": (_gemma2, Gemma2ForCausalLM), "phi": (_phi, PhiForCausalLM), "gptj": (_gptj, GPTJForCausalLM)}
+ROW = {"qwen3": "llama"}  # the architecture-table row a family records as, where the names differ
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +176,11 @@ def _hook_modules(family, model, gated_product=False):
         return {i: block.mlp.c_fc for i, block in enumerate(model.transformer.h)}
     if family == "gpt_neox":
         return {i: layer.mlp.dense_h_to_4h for i, layer in enumerate(model.gpt_neox.layers)}
-    return {i: layer.mlp.gate_proj for i, layer in enumerate(model.model.layers)}
+    if family == "phi":
+        return {i: layer.mlp.fc1 for i, layer in enumerate(model.model.layers)}
+    if family == "gptj":
+        return {i: block.mlp.fc_in for i, block in enumerate(model.transformer.h)}
+    return {i: layer.mlp.gate_proj for i, layer in enumerate(model.model.layers)}  # gated (Llama, Gemma, ...)
 
 
 def _assert_equal_counts(path, ref, orders, ngram_layers):
@@ -154,6 +214,13 @@ CASES = [  # (family, record settings): batch shapes, padding or full length, th
     ("gpt_neox", dict(batch_size=4, unit_batches=1, count_bos=True, ngram_layers=["1"], commit_seconds=0.001)),
     ("llama", dict()),
     ("llama", dict(batch_size=2, seq_len=32, threshold=0.02, orders=[2])),
+    ("qwen3", dict(threshold=0.02)),
+    ("olmo2", dict(batch_size=2, unit_batches=3, orders=[1, 2])),
+    ("gemma", dict(threshold=0.01, batch_size=2)),
+    ("gemma2", dict(threshold=0.01)),
+    ("gemma2", dict(batch_size=1, full_length=True, seq_len=32, count_bos=True, ngram_layers=["1"])),
+    ("phi", dict()),
+    ("gptj", dict(threshold=0.05, batch_size=4, unit_batches=1, orders=[1, 3])),
 ]
 
 
@@ -164,20 +231,21 @@ def test_record_equals_plain_reference(tmp_path, checkpoints, corpus, family, se
     ref = _reference(config, checkpoints[family], family)
     _assert_mixed(ref)
     meta = _assert_equal_counts(config.out, ref, config.orders, config.ngram_layer_list(3))
-    assert meta["architecture"] == family
+    assert meta["architecture"] == ROW.get(family, family)
     assert meta["threshold"] == config.threshold
 
 
-def test_llama_gated_product_equals_plain_reference(tmp_path, checkpoints, corpus):
-    """--gated-product: |SiLU(gate(x)) * up(x)| > threshold, the input of down_proj."""
-    config = _config(checkpoints["llama"], corpus, tmp_path / "counts.h5", gated_product=True, threshold=0.004)
+@pytest.mark.parametrize("family,act", [("llama", "SiLU"), ("gemma2", "GELU")])
+def test_gated_product_equals_plain_reference(tmp_path, checkpoints, corpus, family, act):
+    """--gated-product: |act(gate(x)) * up(x)| > threshold, the input of down_proj."""
+    config = _config(checkpoints[family], corpus, tmp_path / "counts.h5", gated_product=True, threshold=0.004)
     runner.record(config, log=QUIET)
-    ref = _reference(config, checkpoints["llama"], "llama", gated_product=True)
+    ref = _reference(config, checkpoints[family], family, gated_product=True)
     _assert_mixed(ref)
     meta = _assert_equal_counts(config.out, ref, config.orders, [0, 2])
-    assert "up_proj" in meta["neuron_definition"] and meta["gated_product"] is True
-    gate = _reference(_config(checkpoints["llama"], corpus, tmp_path / "g.h5", threshold=0.004),
-                      checkpoints["llama"], "llama")
+    assert f"|{act}(gate_proj(x)) * up_proj(x)|" in meta["neuron_definition"] and meta["gated_product"] is True
+    gate = _reference(_config(checkpoints[family], corpus, tmp_path / "g.h5", threshold=0.004),
+                      checkpoints[family], family)
     assert not np.array_equal(gate.active[0], ref.active[0])  # the two definitions really differ
 
 
