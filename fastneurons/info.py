@@ -59,7 +59,7 @@ def describe_store(path) -> dict:
             "neurons_per_layer": counts.num_neurons,
             "layers": _ranges(counts.layers),
             "ngram_layers": _ranges(counts.ngram_layers) or "none",
-            "orders": counts.ngram_orders,
+            "orders": counts.ngram_orders if counts.ngram_layers else "none",
             "positions": f"{counts.max_positions} (pos_active recorded)" if counts.has_positions
             else f"{counts.max_positions} (no pos_active)",
             "seq_len": meta.get("seq_len"),

@@ -278,9 +278,9 @@ def record(config: RecordConfig, log=print) -> Path:
     header = build_header(config, loaded, tokenizer, plan, layers, ngram_layers, seq_len, pack_bits, dtype, device)
     memory = parse_bytes(config.ngram_memory)
     if config.resume and Path(config.out).exists():
-        writer = CountsWriter.resume(config.out, header, memory)
+        writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs)
     else:
-        writer = CountsWriter.create(config.out, header, memory)
+        writer = CountsWriter.create(config.out, header, memory, compress_runs=config.compress_runs)
     shard, shards = config.shard_index
     todo = [u for u in plan.units_for_shard(shard, shards) if not writer.holds(0, u)]
     log(f"recording {len(layers)} layers of {arch.name} on {device} ({str(dtype).replace('torch.', '')}): "

@@ -278,7 +278,7 @@ def test_info_describes_stores(tmp_path, capsys):
 
     assert second["store"] == str(part) and second["state"].startswith("partial")
     assert "--resume" in second["state"] and second["units"] == "1/4" and second["tokens"] == "99"
-    assert second["layers"] == "0-2, 5, 7-8" and second["ngram_layers"] == "none"
+    assert second["layers"] == "0-2, 5, 7-8" and second["ngram_layers"] == "none" and second["orders"] == "none"
     assert second["positions"] == f"{POSITIONS} (no pos_active)"
     assert second["domains"] == "web (99 tokens)"
 

@@ -117,7 +117,8 @@ def test_record_equals_plain_reference(tmp_path, corpus, pre_ln):
 def test_full_length_small_batches_and_count_bos(tmp_path, corpus):
     model = _opt(tmp_path, "opt", layers=2, seed=1)
     config = _config(model, corpus, tmp_path / "c.h5", full_length=True, seq_len=32, batch_size=1,
-                     unit_batches=3, count_bos=True, ngram_layers=["1"], orders=[1, 3], commit_seconds=0.001)
+                     unit_batches=3, count_bos=True, ngram_layers=["1"], orders=[1, 3], commit_seconds=0.001,
+                     compress_runs=True)
     runner.record(config, log=lambda *a: None)
     ref = _reference(config, model)
     _assert_equal_counts(config.out, ref, [0, 1], [1], [1, 3])

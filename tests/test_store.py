@@ -13,7 +13,7 @@ import pytest
 
 from fastneurons.ngrams.accumulator import SeenTable, Table
 from fastneurons.store import (Corpus, CountsWriter, DenseCounts, Header, StoreError, add_stores,
-                               compatibility_problem, merge_stores, open_counts, runs_dir)
+                               compatibility_problem, merge_stores, open_counts, runs_dir, table_path)
 
 LAYERS = [3, 7]  # not 0..L-1: rows of the dense arrays must map to these layer numbers
 NEURONS, POSITIONS = 5, 6
@@ -191,9 +191,10 @@ def test_partial_store_holds_the_last_commit(tmp_path):
         CountsWriter.create(path, make_header(), MEMORY)
 
 
-def test_ngram_runs_read_while_pending_compacted_and_finalized(tmp_path):
+@pytest.mark.parametrize("compress_runs", [False, True])
+def test_ngram_runs_read_while_pending_compacted_and_finalized(tmp_path, compress_runs):
     path = tmp_path / "n.h5"
-    writer = CountsWriter.create(path, make_header(), MEMORY)
+    writer = CountsWriter.create(path, make_header(), MEMORY, compress_runs=compress_runs)
     parts = [random_tables(seed) for seed in range(18)]
     uncommitted = writer.write_run(*parts[0][:2])  # a run no commit lists is not part of the store
     runs = [writer.write_run(*part[:2]) for part in parts[1:3]]
@@ -204,6 +205,9 @@ def test_ngram_runs_read_while_pending_compacted_and_finalized(tmp_path):
     writer.commit(random_dense(8), 0, [1], runs)
     assert len(writer.pending) == 1 and uncommitted not in writer.pending
     assert sorted(p.name for p in runs_dir(path).glob("*")) == sorted(writer.pending + [uncommitted])
+    for name in (uncommitted, writer.pending[0]):  # a written run and the compacted one
+        with h5py.File(runs_dir(path) / name, "r") as run:
+            assert run["ngrams/" + table_path(7, 1) + "/key"].compression == ("gzip" if compress_runs else None)
     expected = summed(*(p[2] for p in parts[1:]))
     with open_counts(path) as counts:
         assert_tables(counts, expected)

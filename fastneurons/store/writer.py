@@ -20,8 +20,10 @@ from .format import (DenseCounts, Header, StoreError, _atomic_h5, _check_file, _
 class CountsWriter:
     """Owns an output store while recording: commits snapshots, spills runs, finalizes."""
 
-    def __init__(self, path, header: Header, dense: DenseCounts, pending: list, ngram_memory: int):
+    def __init__(self, path, header: Header, dense: DenseCounts, pending: list, ngram_memory: int,
+                 compress_runs: bool = False):
         self.path = Path(path)
+        self.compress_runs = compress_runs  # gzip the intermediate runs: ~10x less disk, slower commits
         self.header = header
         self.dense = dense
         self.pending = list(pending)
@@ -31,7 +33,8 @@ class CountsWriter:
 
     # -- opening
     @classmethod
-    def create(cls, path, header: Header, ngram_memory: int, overwrite: bool = False) -> "CountsWriter":
+    def create(cls, path, header: Header, ngram_memory: int, overwrite: bool = False,
+               compress_runs: bool = False) -> "CountsWriter":
         path = Path(path)
         if path.exists() and not overwrite:
             raise StoreError(f"{path} exists: pass --resume to continue it, or choose another --out")
@@ -40,12 +43,12 @@ class CountsWriter:
         meta = header.meta
         dense = DenseCounts.zeros(len(meta["layers"]), meta["num_neurons"], meta["max_positions"],
                                   len(header.domain_labels), positions=meta["positions"])
-        writer = cls(path, header, dense, [], ngram_memory)
+        writer = cls(path, header, dense, [], ngram_memory, compress_runs)
         writer._snapshot(complete=False, empty=True)
         return writer
 
     @classmethod
-    def resume(cls, path, header: Header, ngram_memory: int) -> "CountsWriter":
+    def resume(cls, path, header: Header, ngram_memory: int, compress_runs: bool = False) -> "CountsWriter":
         """Continue ``path``: its settings and corpus must equal ``header``'s; leftovers are removed."""
         path = Path(path)
         _check_file(path)
@@ -69,7 +72,7 @@ class CountsWriter:
         for leftover in directory.glob("*") if directory.exists() else []:
             if leftover.name not in pending:
                 leftover.unlink()
-        writer = cls(path, header, dense, pending, ngram_memory)
+        writer = cls(path, header, dense, pending, ngram_memory, compress_runs)
         if complete and has_tables:
             writer._tables_to_run()
         return writer
@@ -110,9 +113,9 @@ class CountsWriter:
         def write(f):
             group = _ngram_group(f, self.header, [])
             for (layer, k), table in tables.items():
-                ngram_runs.write_table(group.create_group(table_path(layer, k)), table, compress=False)
+                ngram_runs.write_table(group.create_group(table_path(layer, k)), table, self.compress_runs)
             for k, table in seen.items():
-                ngram_runs.write_table(group.create_group(seen_path(k)), table, compress=False)
+                ngram_runs.write_table(group.create_group(seen_path(k)), table, self.compress_runs)
 
         _atomic_h5(directory / name, write)
         return name
@@ -142,7 +145,7 @@ class CountsWriter:
         try:
             def write(f):
                 group = _ngram_group(f, self.header, [])
-                self._merge_into(group, [src["ngrams"] for src in files], compress=False)
+                self._merge_into(group, [src["ngrams"] for src in files], compress=self.compress_runs)
 
             _atomic_h5(directory / name, write)
         finally:
