@@ -8,7 +8,7 @@ special-cased per model class. docs/architectures.md explains how to add a row.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
 import numpy as np
@@ -123,61 +123,23 @@ LLAMA = Architecture(
     product_module="mlp.down_proj",
 )
 
-OLMO2 = Architecture(   # gated like llama, but the norm is on the FFN's output, not its input
-    name="olmo2",
-    hf_classes=("Olmo2ForCausalLM", "Olmo2Model"),
-    model_types=("olmo2",),
-    base_model="model",
-    layers="model.layers",
+# Gated families that differ from the llama row only where said (norms around the FFN, activation attribute)
+OLMO2 = replace(  # no norm before the FFN; its output is normalised instead
+    LLAMA, name="olmo2", hf_classes=("Olmo2ForCausalLM", "Olmo2Model"), model_types=("olmo2",),
     ffn_input="h itself (OLMo-2 normalises the FFN output, post_feedforward_layernorm, not its input)",
-    neuron_module="mlp.gate_proj",
-    down_module="mlp.down_proj",
-    unembedding="lm_head",
-    positions="rotary",
-    activation="SiLU",
-    activation_attr="hidden_act",
-    max_positions_attr="max_position_embeddings",
-    ffn_dim_attr="intermediate_size",
-    product_module="mlp.down_proj",
     ffn_output_norm="post_feedforward_layernorm",
 )
 
-GEMMA = Architecture(
-    name="gemma",
-    hf_classes=("GemmaForCausalLM", "GemmaModel"),
-    model_types=("gemma",),
-    base_model="model",
-    layers="model.layers",
-    ffn_input="post_attention_layernorm(h)",
-    neuron_module="mlp.gate_proj",
-    down_module="mlp.down_proj",
-    unembedding="lm_head",
-    positions="rotary",
-    activation="GELU",          # tanh approximation (gelu_pytorch_tanh)
-    activation_attr="hidden_act",
-    max_positions_attr="max_position_embeddings",
-    ffn_dim_attr="intermediate_size",
-    product_module="mlp.down_proj",
+GEMMA = replace(
+    LLAMA, name="gemma", hf_classes=("GemmaForCausalLM", "GemmaModel"), model_types=("gemma",),
+    ffn_input="post_attention_layernorm(h)", activation="GELU",  # tanh approximation (gelu_pytorch_tanh)
 )
 
-GEMMA2 = Architecture(  # Gemma-2 and Gemma-3 text: sandwich norms around the FFN
-    name="gemma2",
-    hf_classes=("Gemma2ForCausalLM", "Gemma2Model", "Gemma3ForCausalLM", "Gemma3TextModel"),
-    model_types=("gemma2", "gemma3_text"),
-    base_model="model",
-    layers="model.layers",
-    ffn_input="pre_feedforward_layernorm(h)",
-    neuron_module="mlp.gate_proj",
-    down_module="mlp.down_proj",
-    unembedding="lm_head",
-    positions="rotary",
-    activation="GELU",          # tanh approximation (gelu_pytorch_tanh)
-    activation_attr="hidden_activation",
-    max_positions_attr="max_position_embeddings",
-    ffn_dim_attr="intermediate_size",
-    product_module="mlp.down_proj",
-    ffn_output_norm="post_feedforward_layernorm",
-    ffn_output_norm_offset=1.0,
+GEMMA2 = replace(  # Gemma-2 and Gemma-3 text: sandwich norms around the FFN, RMSNorm scale 1 + weight
+    LLAMA, name="gemma2", hf_classes=("Gemma2ForCausalLM", "Gemma2Model", "Gemma3ForCausalLM", "Gemma3TextModel"),
+    model_types=("gemma2", "gemma3_text"), ffn_input="pre_feedforward_layernorm(h)",
+    activation="GELU", activation_attr="hidden_activation",
+    ffn_output_norm="post_feedforward_layernorm", ffn_output_norm_offset=1.0,
 )
 
 PHI = Architecture(

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dict_counts import DictCounts, pack
+from dict_counts import DictCounts
 from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
 
 LAYERS, NGRAM_LAYERS, ORDERS, F, T, VOCAB_SIZE = [0, 1, 2], [0, 1], [1, 3], 8, 16, 12
@@ -25,42 +25,13 @@ class MemoryCounts(DictCounts):
 
     def __init__(self, seed=0, sequences=30):
         rng = np.random.default_rng(seed)
-        self.layers, self.ngram_layers, self.ngram_orders = LAYERS, NGRAM_LAYERS, ORDERS
-        self.num_neurons, self.pack_bits, self.tokens = F, 16, 0
+        self.start(LAYERS, NGRAM_LAYERS, ORDERS, F, T, ["web", "code"])
         self.vocab = [f"tok{i}" for i in range(VOCAB_SIZE)]
-        self.domains = ["web", "code"]
-        self.domain_tokens = np.zeros(2, np.int64)
         self.metadata = {"neuron_definition": "fc1 pre-activation > threshold", "threshold": 0.0,
                          "model": {"name": "toy", "sizes": (1, 2)}}
-        self.pos_seen = np.zeros(T, np.int64)
-        self._active = {layer: np.zeros(F, np.int64) for layer in LAYERS}
-        self._pos_active = {layer: np.zeros((T, F), np.int64) for layer in LAYERS}
-        self._domain_active = {layer: np.zeros((2, F), np.int64) for layer in LAYERS}
-        self._seen = {k: {} for k in ORDERS}
-        self._ngram = {(layer, k): {} for layer in NGRAM_LAYERS for k in ORDERS}
         for s in range(sequences):
-            domain = s % 2
             sequence = [2] + rng.integers(3, VOCAB_SIZE, size=T - 1 - s % 3).tolist()
-            for p in range(len(sequence)):
-                self.pos_seen[p] += 1
-                counted = p >= 1
-                self.tokens += counted
-                self.domain_tokens[domain] += counted
-                grams = {k: pack(sequence[p - k + 1:p + 1]) for k in ORDERS if p - k + 1 >= 1}
-                for k, key in grams.items():
-                    self._seen[k][key] = self._seen[k].get(key, 0) + 1
-                for layer in LAYERS:
-                    for n in range(F):
-                        if not fires(layer, n, sequence, p, rng):
-                            continue
-                        self._pos_active[layer][p, n] += 1
-                        if counted:
-                            self._active[layer][n] += 1
-                            self._domain_active[layer][domain, n] += 1
-                            for k, key in grams.items():
-                                if layer in NGRAM_LAYERS:
-                                    table = self._ngram[layer, k]
-                                    table[key, n] = table.get((key, n), 0) + 1
+            self.count_sequence(sequence, s % 2, lambda layer, n, p: fires(layer, n, sequence, p, rng))
 
 
 class Weights:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.axes import Axes
 
-from dict_counts import DictCounts, pack
+from dict_counts import DictCounts
 from fastneurons import figures
 from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
 from fastneurons.analyze import positional_curves, projection_examples
@@ -35,42 +35,14 @@ class FakeCounts(DictCounts):
 
     def __init__(self, sequences=30, seed=0, domains=("web", "code")):
         rng = np.random.default_rng(seed)
-        self.layers, self.ngram_layers, self.ngram_orders = LAYERS, NGRAM_LAYERS, ORDERS
-        self.num_neurons, self.pack_bits, self.tokens, self.vocab = F, 16, 0, VOCAB
-        self.domains = list(domains)
-        self.domain_tokens = np.zeros(len(domains), np.int64)
+        self.start(LAYERS, NGRAM_LAYERS, ORDERS, F, T, domains)
+        self.vocab = VOCAB
         self.metadata = {"neuron_definition": "opt: fc1(x)[n] > 0.0 (ReLU output non-zero)", "threshold": 0.0,
                          "architecture": "opt", "model": {"spec": "toy/opt-fake"},
                          "model_config": {"hidden_size": 8, "num_hidden_layers": 3, "ffn_dim": F}}
-        self.pos_seen = np.zeros(T, np.int64)
-        self._active = {layer: np.zeros(F, np.int64) for layer in LAYERS}
-        self._pos_active = {layer: np.zeros((T, F), np.int64) for layer in LAYERS}
-        self._domain_active = {layer: np.zeros((len(domains), F), np.int64) for layer in LAYERS}
-        self._seen = {k: {} for k in ORDERS}
-        self._ngram = {(layer, k): {} for layer in NGRAM_LAYERS for k in ORDERS}
         for s in range(sequences):
-            domain = s % len(domains)
             sequence = [2] + rng.integers(3, V, size=T - 1).tolist()
-            for p in range(T):
-                self.pos_seen[p] += 1
-                counted = p >= 1
-                self.tokens += counted
-                self.domain_tokens[domain] += counted
-                grams = {k: pack(sequence[p - k + 1:p + 1]) for k in ORDERS if p - k + 1 >= 1}
-                for k, key in grams.items():
-                    self._seen[k][key] = self._seen[k].get(key, 0) + 1
-                for layer in LAYERS:
-                    for n in range(F):
-                        if not fires(n, sequence, p, rng):
-                            continue
-                        self._pos_active[layer][p, n] += 1
-                        if counted:
-                            self._active[layer][n] += 1
-                            self._domain_active[layer][domain, n] += 1
-                            if layer in NGRAM_LAYERS:
-                                for k, key in grams.items():
-                                    table = self._ngram[layer, k]
-                                    table[key, n] = table.get((key, n), 0) + 1
+            self.count_sequence(sequence, s % len(domains), lambda layer, n, p: fires(n, sequence, p, rng))
 
 
 class FakeWeights:
