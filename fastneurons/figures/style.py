@@ -55,10 +55,11 @@ def axes_or_new(ax, width: float = 7.0, height: float = 4.0):
 
 
 def layer_axis(ax, layers=None, label: str = "layer") -> None:
-    """Integer ticks on the x axis (layers): every layer when there are few, else evenly spaced ones."""
-    layers = list(layers) if layers is not None else []
-    if 0 < len(layers) <= 16:
-        ax.set_xticks(layers)
+    """Ticks on the x axis at recorded layers: every one when there are few, else every step-th one
+    (never a tick past the last layer, and the same ticks on every panel of a figure)."""
+    layers = sorted(layers) if layers is not None else []
+    if layers:
+        ax.set_xticks(layers[::-(-len(layers) // 16)])
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=16))
     ax.set_xlabel(label)
