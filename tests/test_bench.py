@@ -11,8 +11,8 @@ import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 from fastneurons.bench import plain_way
-from fastneurons.bench.end_to_end import OPT_SIZES, opt_config
 from fastneurons.bench.report import check_target, derive_end_to_end
+from fastneurons.bench.workloads import OPT_SIZES, opt_config
 
 import fastneurons
 

@@ -19,7 +19,7 @@ SECTIONS = ("kernel", "ngrams", "end_to_end", "scaling", "smollm2", "offload")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from fastneurons.bench.end_to_end import DENSITIES, OPT_SIZES
+    from fastneurons.bench.workloads import DENSITIES, OPT_SIZES
 
     parser = argparse.ArgumentParser(prog="python -m fastneurons.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CI smoke run (about a minute)")
@@ -84,7 +84,7 @@ class Bench:
         print(f"\n### {title}\n\n{text}\n", flush=True)
 
     def corpus(self):
-        from fastneurons.bench.end_to_end import corpus_files
+        from fastneurons.bench.workloads import corpus_files
 
         if self._corpus is None:
             most = max(self.args.tokens * max(self.args.scaling_factors) // 4, self.args.tokens,
@@ -129,7 +129,7 @@ class Bench:
         self.table("ngram_scaling", "N-gram tables scaling with tokens (5% density)", ngram_scaling_table(scaling))
 
     def _job(self, model_path: str, tokens: int, **extra):
-        from fastneurons.bench.end_to_end import Job
+        from fastneurons.bench.workloads import Job
 
         return Job(model=model_path, corpus=self.corpus(), tokens=tokens, work_dir=str(self.work / "stores"),
                    seq_len=self.args.seq_len, batch_size=self.args.batch_size, device=self.args.device,
@@ -149,7 +149,7 @@ class Bench:
         return result
 
     def end_to_end(self) -> None:
-        from fastneurons.bench.end_to_end import prepare_opt
+        from fastneurons.bench.workloads import prepare_opt
 
         size, results, models = self.args.model_config, [], {}
         for density in self.args.densities:
@@ -179,8 +179,8 @@ class Bench:
             self.table("targets", "Targets", targets_table(results))
 
     def scaling(self) -> None:
-        from fastneurons.bench.end_to_end import prepare_opt
         from fastneurons.bench.scaling import end_to_end_scaling, end_to_end_scaling_table
+        from fastneurons.bench.workloads import prepare_opt
 
         base = self.args.tokens // 4
         seq_len = min(self.args.seq_len, base // 2)  # two domains of full-length sequences at the x1 size
@@ -218,7 +218,7 @@ class Bench:
         self._print_end_to_end()
 
     def offload(self) -> None:
-        from fastneurons.bench.end_to_end import prepare_opt
+        from fastneurons.bench.workloads import prepare_opt
 
         if not self.args.device.startswith("cuda"):
             print("\n(offload: needs --device cuda)")

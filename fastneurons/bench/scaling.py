@@ -4,10 +4,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from fastneurons.bench.end_to_end import Job, bench_end_to_end
+from fastneurons.bench.end_to_end import bench_end_to_end
 from fastneurons.bench.kernel import bench_kernel
 from fastneurons.bench.ngrams import bench_ngrams
 from fastneurons.bench.report import derive_end_to_end, markdown_table
+from fastneurons.bench.workloads import Job
 
 FACTORS = (1, 4, 16)
 
