@@ -375,3 +375,11 @@ def test_metadata_is_json_on_disk(tmp_path):
         assert json.loads(f["meta"].attrs["layers"]) == LAYERS
         assert f["vocab/offsets"][()].tolist() == [0, 2, 2, 3]
         assert f["vocab/bytes"][()].tobytes() == "éx".encode()
+
+
+def test_missing_output_folders_are_created(tmp_path):
+    a = finished_store(tmp_path / "new" / "deeper" / "a.h5", make_header(), random_dense(30), [0])
+    b = finished_store(tmp_path / "b.h5", make_header(), random_dense(31), [1])
+    merged = merge_stores([a, b], tmp_path / "out" / "all.h5", ngram_memory=MEMORY)
+    with open_counts(merged) as counts:
+        assert counts.complete and counts.units_held == 2

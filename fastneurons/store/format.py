@@ -5,6 +5,7 @@ Everything here is shared by the reader, the writer and merge; it knows nothing 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -114,8 +115,7 @@ def _atomic_h5(path: Path, write) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # h5py reports some failed writes (disk full) as RuntimeError
         tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {path}: {_write_failure(err, path)}; nothing committed was lost: "
-                         "free space and run the command again (a recording: with --resume)") from err
+        raise StoreError(f"cannot write {path}: {_write_failure(err, path)}") from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -123,18 +123,20 @@ def _atomic_h5(path: Path, write) -> None:
 
 
 def _write_failure(err: Exception, path: Path) -> str:
-    """Why a write failed, in words: the OS reason (disk full, file too large, ...) and the free space."""
+    """Why a write failed, in words (the OS reason), and what to do; for a full disk, the free space."""
     text = getattr(err, "strerror", None) or str(err)
     match = re.search(r"errno = (\d+)", str(err))
     code = getattr(err, "errno", None) or (int(match.group(1)) if match else None)
     if code:
         text = os.strerror(code) + ("" if os.strerror(code) in text else f" ({text})")
+    if code not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return text + "; nothing committed was lost"
     try:
-        free = shutil.disk_usage(path.parent).free
-        text += f"; {free / 2**20:.0f} MiB free on that disk"
+        text += f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on that disk"
     except OSError:
         pass
-    return text
+    return text + ("; nothing committed was lost: free space and run the command again "
+                   "(a recording: with --resume)")
 
 
 def _write_json_attr(obj, name, value) -> None:

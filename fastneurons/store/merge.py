@@ -85,6 +85,7 @@ def merge_stores(inputs, out, ngram_memory: int) -> Path:
         if problem:
             raise StoreError(f"cannot merge {paths[0]} and {path}: {problem}")
         merged, dense = add_stores(merged, dense, header, other)
+    out.parent.mkdir(parents=True, exist_ok=True)
     files = [h5py.File(path, "r") for path in paths]
     try:
         def write(f):

@@ -40,6 +40,7 @@ class CountsWriter:
             raise StoreError(f"{path} exists: pass --resume to continue it, or choose another --out")
         if runs_dir(path).exists():
             shutil.rmtree(runs_dir(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
         meta = header.meta
         dense = DenseCounts.zeros(len(meta["layers"]), meta["num_neurons"], meta["max_positions"],
                                   len(header.domain_labels), positions=meta["positions"])
