@@ -82,7 +82,7 @@ class RecordConfig:
     ngram_layers: Optional[list] = _list("layers for n-gram tables (default: first half of the model; 'none' for no tables)")
     orders: list = field(default_factory=lambda: [1, 2, 3], metadata={"help": "n-gram orders", "nargs": "+", "type": int})
     ngram_memory: str = _opt("2G", "RAM for in-memory n-gram tables before sorted runs spill to disk")
-    compress_runs: bool = _opt(False, "gzip the intermediate n-gram runs on disk: about 10x less temporary "
+    compress_runs: bool = _opt(False, "gzip the intermediate n-gram runs on disk: about 13x less temporary "
                                       "disk for long recordings, slower commits (the final store is always compressed)")
     threshold: float = _opt(0.0, "a neuron is active iff its pre-activation > threshold")
     gated_product: bool = _opt(False, "gated FFNs: threshold |act(gate)*up| instead of gate_proj(x)")

@@ -23,7 +23,7 @@ class CountsWriter:
     def __init__(self, path, header: Header, dense: DenseCounts, pending: list, ngram_memory: int,
                  compress_runs: bool = False):
         self.path = Path(path)
-        self.compress_runs = compress_runs  # gzip the intermediate runs: ~10x less disk, slower commits
+        self.compress_runs = compress_runs  # gzip the intermediate runs: ~13x less disk, slower commits
         self.header = header
         self.dense = dense
         self.pending = list(pending)
