@@ -26,7 +26,7 @@ from .loading import load_model, load_tokenizer
 from .ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from .ngrams.keys import pack_bits_for_vocab
 from .offload import LayerStreamer
-from .store import Corpus, CountsWriter, DenseCounts, Header, StoreError
+from .store import Corpus, CountsWriter, DenseCounts, Header, StoreError, open_counts
 
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "torch_dtype", "dtype", "use_cache", "output_hidden_states",
                          "output_attentions", "return_dict", "name_or_path"}
@@ -193,6 +193,7 @@ def build_header(config: RecordConfig, loaded, tokenizer, plan, layers, ngram_la
         "model": {key: value for key, value in loaded.source.items() if key != "config"},
         "compute_dtype": str(dtype).replace("torch.", ""),
         "device": str(device),
+        "torch_threads": torch.get_num_threads(),
         "tokenizer": getattr(tokenizer, "name_or_path", "") or "",
         "neuron_definition": archs.neuron_definition(arch, config.threshold, config.gated_product),
         "threshold": float(config.threshold),
@@ -254,6 +255,25 @@ def _pin_threads(threads) -> None:
     numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
+FLOAT_SETUP = ("device", "torch_threads")  # not settings (resume allows them) but they can move float sums
+
+
+def _warn_if_float_setup_differs(path, meta: dict, log) -> None:
+    """Say so when a resumed run computes on another device or thread count than the store's last run:
+    its units' pre-activations may then differ in the last bits, and a neuron within rounding of the
+    threshold can flip (docs/store-schema.md, "Compatibility rules")."""
+    try:
+        with open_counts(path) as counts:
+            before = counts.metadata
+    except StoreError:
+        return  # CountsWriter.resume says what is wrong with the file
+    changed = [f"{key} {before[key]} -> {meta[key]}" for key in FLOAT_SETUP
+               if key in before and before[key] != meta.get(key)]
+    if changed:
+        log(f"warning: resuming with another {', '.join(changed)}: the units recorded now may differ from "
+            "an uninterrupted run's for pre-activations within float rounding of the threshold")
+
+
 def record(config: RecordConfig, log=print) -> Path:
     """Run a recording described by ``config``; returns the path of the finished store."""
     config = apply_torchrun(config.validate())
@@ -278,6 +298,7 @@ def record(config: RecordConfig, log=print) -> Path:
     header = build_header(config, loaded, tokenizer, plan, layers, ngram_layers, seq_len, pack_bits, dtype, device)
     memory = parse_bytes(config.ngram_memory)
     if config.resume and Path(config.out).exists():
+        _warn_if_float_setup_differs(config.out, header.meta, log)
         writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs)
     else:
         writer = CountsWriter.create(config.out, header, memory, compress_runs=config.compress_runs)

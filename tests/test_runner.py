@@ -216,6 +216,16 @@ def test_resume_refuses_other_settings_and_corrupt_files(tmp_path, corpus):
     changed = _config(model, corpus, config.out, resume=True, batch_size=2)
     with pytest.raises(StoreError, match="batch_size"):
         runner.record(changed, log=lambda *a: None)
+    with open_counts(config.out) as counts:
+        threads = counts.metadata["torch_threads"]
+    said = []
+    runner.record(_config(model, corpus, config.out, resume=True, threads=threads), log=said.append)
+    assert not any("warning" in line for line in said)
+    try:
+        runner.record(_config(model, corpus, config.out, resume=True, threads=threads + 1), log=said.append)
+    finally:
+        torch.set_num_threads(threads)  # record() pins the count for the rest of the process
+    assert any(f"torch_threads {threads} -> {threads + 1}" in line for line in said)
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
     with pytest.raises(StoreError, match="not an HDF5"):
