@@ -13,7 +13,7 @@ from dict_counts import DictCounts
 from fastneurons import figures
 from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
 from fastneurons.analyze import positional_curves, projection_examples
-from fastneurons.figures.style import TITLE_CHARS_PER_INCH, new_figure, suptitle
+from fastneurons.figures.style import TITLE_CHARS_PER_INCH, layer_axis, new_figure, suptitle
 
 LAYERS, NGRAM_LAYERS, ORDERS, F, T, V = [0, 1, 2], [0, 1], [1, 2, 3], 12, 64, 16
 VOCAB = [f"w{i}" for i in range(V)]
@@ -155,6 +155,13 @@ def test_titles_wrap_to_the_figure_width(results):
     lines = figure.get_suptitle().split("\n")
     assert len(lines) > 2 and all(len(line) <= 4 * TITLE_CHARS_PER_INCH for line in lines)
     assert " ".join(" ".join(lines).split()).count("gate_proj(x)[n] > 1.0") == 2  # nothing cut off
+
+
+def test_layer_ticks_are_recorded_layers_only():
+    for layers, expected in ((range(30), list(range(0, 30, 2))), ([3, 7, 9], [3, 7, 9]), (range(64), list(range(0, 64, 4)))):
+        _, ax = new_figure()
+        layer_axis(ax, layers)
+        assert ax.get_xticks().tolist() == expected and ax.get_xlabel() == "layer"
 
 
 def test_build_figures_captions_and_skips(results, counts):
