@@ -26,7 +26,7 @@ from .loading import load_model, load_tokenizer
 from .ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from .ngrams.keys import pack_bits_for_vocab
 from .offload import LayerStreamer
-from .store import Corpus, CountsWriter, DenseCounts, Header, StoreError, open_counts
+from .store import Corpus, CountsWriter, DenseCounts, Header, StoreError
 
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "torch_dtype", "dtype", "use_cache", "output_hidden_states",
                          "output_attentions", "return_dict", "name_or_path"}
@@ -258,15 +258,10 @@ def _pin_threads(threads) -> None:
 FLOAT_SETUP = ("device", "torch_threads")  # not settings (resume allows them) but they can move float sums
 
 
-def _warn_if_float_setup_differs(path, meta: dict, log) -> None:
+def _warn_if_float_setup_differs(before: dict, meta: dict, log) -> None:
     """Say so when a resumed run computes on another device or thread count than the store's last run:
     its units' pre-activations may then differ in the last bits, and a neuron within rounding of the
     threshold can flip (docs/store-schema.md, "Compatibility rules")."""
-    try:
-        with open_counts(path) as counts:
-            before = counts.metadata
-    except StoreError:
-        return  # CountsWriter.resume says what is wrong with the file
     changed = [f"{key} {before[key]} -> {meta[key]}" for key in FLOAT_SETUP
                if key in before and before[key] != meta.get(key)]
     if changed:
@@ -298,8 +293,8 @@ def record(config: RecordConfig, log=print) -> Path:
     header = build_header(config, loaded, tokenizer, plan, layers, ngram_layers, seq_len, pack_bits, dtype, device)
     memory = parse_bytes(config.ngram_memory)
     if config.resume and Path(config.out).exists():
-        _warn_if_float_setup_differs(config.out, header.meta, log)
         writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs)
+        _warn_if_float_setup_differs(writer.previous_meta, header.meta, log)
     else:
         writer = CountsWriter.create(config.out, header, memory, compress_runs=config.compress_runs)
     shard, shards = config.shard_index

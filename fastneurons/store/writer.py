@@ -24,6 +24,7 @@ class CountsWriter:
                  compress_runs: bool = False):
         self.path = Path(path)
         self.compress_runs = compress_runs  # gzip the intermediate runs: ~13x less disk, slower commits
+        self.previous_meta = None  # set by resume: the metadata the store held before
         self.header = header
         self.dense = dense
         self.pending = list(pending)
@@ -74,6 +75,7 @@ class CountsWriter:
             if leftover.name not in pending:
                 leftover.unlink()
         writer = cls(path, header, dense, pending, ngram_memory, compress_runs)
+        writer.previous_meta = old.meta  # the last run's metadata, for the caller's checks
         if complete and has_tables:
             writer._tables_to_run()
         return writer
@@ -132,13 +134,15 @@ class CountsWriter:
         self.pending.extend(new_runs)
         if final:
             self.finalize()
-            return
-        self._snapshot(complete=False)
-        if len(self.pending) > 16:
-            self.compact()
+        elif len(self.pending) > 16:
+            self.compact()  # its one snapshot also commits the above
+        else:
+            self._snapshot(complete=False)
 
     def compact(self) -> None:
-        """Merge all pending runs into one (bounded memory), so the folder does not grow without end."""
+        """Merge all pending runs into one (bounded memory), so the folder does not grow without end.
+
+        Crash-safe: the merged run belongs to the store only once the snapshot lists it instead of the old ones."""
         old = list(self.pending)
         name = self._new_run_name()
         directory = runs_dir(self.path)
