@@ -18,7 +18,7 @@ from .analysis.positional import TYPES
 from .analysis.suppression import vocab_projection
 from .config import AnalyzeConfig
 from .figures import PositionalCurve, ProjectionExample, build_cross_figures, build_figures
-from .outputs import decode, model_name, write_results_json, write_tables
+from .outputs import decode, detector_rows, model_name, write_results_json, write_tables
 from .report import ModelSection, ReportFigure, write_report
 from .store import open_counts
 
@@ -162,14 +162,15 @@ def analyze_store(path, folder, config: AnalyzeConfig, log=print, anchor: str = 
         examples = projection_examples(results, weights, vocab) if weights is not None and results.suppression else []
 
     written = [write_results_json(results, folder / "results.json", source, per_neuron=config.per_neuron)]
-    written += write_tables(results, folder, vocab)
+    detectors = detector_rows(results, vocab)  # for detectors.csv and the report alike
+    written += write_tables(results, folder, vocab, detectors)
     for file in written:
         log(f"wrote {file}")
     items, skipped = build_figures(results, examples, curves)
     figures = save_figures(items, folder / "figures", config.formats, log)
     files = [f.name for f in written] + [f"figures/{f.name}.{fmt}" for f in figures for fmt in config.formats]
     return ModelSection(results=results, source=source, figures=figures, skipped=skipped, notes=notes,
-                        vocab=vocab, files=files, anchor=anchor)
+                        vocab=vocab, files=files, anchor=anchor, detectors=detectors)
 
 
 def _folder_names(paths) -> list:

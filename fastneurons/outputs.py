@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .analysis.detectors import token_texts
 from .analysis.positional import TYPES
 
 TOP_TOKENS_SHOWN = 5  # promoted / suppressed tokens listed per detector in the tables
@@ -30,7 +31,7 @@ def decode(ids, vocab) -> str:
     ids = [int(i) for i in ids]
     if vocab is None:
         return " ".join(f"<{i}>" for i in ids)
-    return show_text("".join(vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in ids))
+    return show_text("".join(token_texts(ids, vocab)))
 
 
 def model_name(metadata: dict) -> str:
@@ -183,10 +184,13 @@ def write_results_json(results, path, source: dict, per_neuron: bool = False) ->
     return path
 
 
-def write_tables(results, folder, vocab=None) -> list:
-    """Write layers.csv, detectors.csv, positional.csv, coverage.csv and domains.csv (those with rows)."""
+def write_tables(results, folder, vocab=None, detectors=None) -> list:
+    """Write layers.csv, detectors.csv, positional.csv, coverage.csv and domains.csv (those with rows).
+
+    `detectors`: the rows of `detector_rows(results, vocab)` when the caller already has them."""
     folder = Path(folder)
-    tables = {"layers": headline_rows(results), "detectors": detector_rows(results, vocab),
+    detectors = detector_rows(results, vocab) if detectors is None else detectors
+    tables = {"layers": headline_rows(results), "detectors": detectors,
               "positional": positional_rows(results), "coverage": coverage_rows(results),
               "domains": domain_rows(results)}
     return [write_csv(rows, folder / f"{name}.csv") for name, rows in tables.items() if rows or name == "layers"]

@@ -43,6 +43,7 @@ class ModelSection:
     vocab: list | None = None
     files: list = field(default_factory=list)  # output files, relative to the report's folder
     anchor: str = "model"
+    detectors: list | None = None  # detector_rows(results, vocab), when already built for detectors.csv
 
 
 def _e(value) -> str:
@@ -180,7 +181,7 @@ def _ngram_cell(text: str) -> str:
 
 def _detector_lists(section: ModelSection) -> str:
     results = section.results
-    all_rows = detector_rows(results, section.vocab)
+    all_rows = section.detectors if section.detectors is not None else detector_rows(results, section.vocab)
     out = []
     for k in results.orders:
         rows = [row for row in all_rows if row["k"] == k]

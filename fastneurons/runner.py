@@ -21,7 +21,7 @@ import torch
 from . import architectures as archs
 from .config import RecordConfig, parse_bytes
 from .corpus import parse_corpus_arg, plan_corpus
-from .kernels import count_activations
+from .kernels import count_activations, words_for
 from .loading import load_model, load_tokenizer
 from .ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from .ngrams.keys import pack_bits_for_vocab
@@ -152,8 +152,7 @@ class LayerTaps:
 
 
 def _bits_buffer(pre: torch.Tensor) -> torch.Tensor:
-    words = (pre.shape[-1] + 63) // 64
-    return torch.empty((*pre.shape[:-1], words), dtype=torch.int64, device=pre.device)
+    return torch.empty((*pre.shape[:-1], words_for(pre.shape[-1])), dtype=torch.int64, device=pre.device)
 
 
 def _batch_tensors(micro, domain, count_bos, device):

@@ -18,7 +18,8 @@ def unpack_key(key: int, k: int, pack_bits: int) -> list:
     return [(int(key) >> (pack_bits * (k - 1 - i))) & mask for i in range(k)]
 
 
-def _decode(ids: list, vocab) -> list:
+def token_texts(ids, vocab) -> list:
+    """The vocabulary text of each id (ids outside the vocabulary as '<id>')."""
     return [vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in ids]
 
 
@@ -141,7 +142,7 @@ def find_detectors(table, seen, num_neurons: int, k: int, max_coverage: int | No
     ngram_keys = key[rows]
     tokens = None
     if vocab is not None:
-        tokens = [_decode(unpack_key(g, k, pack_bits), vocab) for g in ngram_keys.tolist()]
+        tokens = [token_texts(unpack_key(g, k, pack_bits), vocab) for g in ngram_keys.tolist()]
     return Detectors(
         layer=layer, k=int(k), pack_bits=int(pack_bits), max_coverage=int(max_coverage),
         cover_rate=float(cover_rate), min_count=int(min_count), coverage=float(coverage),
@@ -212,7 +213,7 @@ def detected_ngrams_by_layer(detectors_per_layer, vocab=None) -> DetectedNgrams:
         layer_ids = [unpack_key(g, k, detectors.pack_bits) for g in layer_keys.tolist()]
         keys.append(layer_keys)
         ids.append(layer_ids)
-        tokens.append([_decode(i, vocab) for i in layer_ids] if vocab is not None else None)
+        tokens.append([token_texts(i, vocab) for i in layer_ids] if vocab is not None else None)
     return DetectedNgrams(k=k, layers=[d.layer for d in detectors_per_layer],
                           num_detectors=[d.num_detectors for d in detectors_per_layer], set_size=sizes,
                           cumulative_size=cumulative, new_overall=new_overall, new_vs_previous=new_previous,

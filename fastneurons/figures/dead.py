@@ -33,49 +33,39 @@ def plot_alive_frequency(results, ax=None):
     return ax
 
 
-def _domain_series(results, field: str):
-    layers = sorted(results.domains)
-    labels = results.domains[layers[0]].domains
-    values = np.array([[getattr(results.domains[layer], field)[d] for layer in layers]
-                       for d in range(len(labels))], float)
-    return layers, labels, values
-
-
 def _domain_colors(count: int):
     cmap = matplotlib.colormaps["tab10"]
     return [cmap(i % 10) for i in range(count)]
 
 
-@styled
-def plot_domain_dead_percent(results, ax=None):
-    """Dead neurons (%) per layer computed on each corpus domain alone, one line per domain."""
+def _per_domain(results, ax, field: str, ylabel: str, title: str):
+    """One line per corpus domain of the per-domain statistic `field` (a DomainBreakdown attribute)."""
     ax = axes_or_new(ax)
     if not results.domains:
         return empty_note(ax, "one domain only")
-    layers, labels, values = _domain_series(results, "dead_percent")
-    for label, row, color in zip(labels, values, _domain_colors(len(labels))):
+    layers = sorted(results.domains)
+    labels = results.domains[layers[0]].domains
+    for d, (label, color) in enumerate(zip(labels, _domain_colors(len(labels)))):
+        row = np.array([getattr(results.domains[layer], field)[d] for layer in layers], float)
         ax.plot(layers, row, marker="o", ms=3.5, label=label, color=color)
-    ax.set_ylabel("dead neurons (%)")
-    ax.set_title("Dead neurons per domain")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(title="domain")
     layer_axis(ax, layers)
     return ax
+
+
+@styled
+def plot_domain_dead_percent(results, ax=None):
+    """Dead neurons (%) per layer computed on each corpus domain alone, one line per domain."""
+    return _per_domain(results, ax, "dead_percent", "dead neurons (%)", "Dead neurons per domain")
 
 
 @styled
 def plot_domain_frequency(results, ax=None):
     """Mean activation frequency of the alive neurons per layer on each domain, one line per domain."""
-    ax = axes_or_new(ax)
-    if not results.domains:
-        return empty_note(ax, "one domain only")
-    layers, labels, values = _domain_series(results, "mean_alive_frequency")
-    for label, row, color in zip(labels, values, _domain_colors(len(labels))):
-        ax.plot(layers, row, marker="o", ms=3.5, label=label, color=color)
-    ax.set_ylabel("mean frequency of alive neurons")
-    ax.set_title("Activation frequency per domain")
-    ax.legend(title="domain")
-    layer_axis(ax, layers)
-    return ax
+    return _per_domain(results, ax, "mean_alive_frequency", "mean frequency of alive neurons",
+                       "Activation frequency per domain")
 
 
 def relative_depth(results) -> np.ndarray:

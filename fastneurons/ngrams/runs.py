@@ -63,13 +63,15 @@ def check_sorted(table) -> None:
                          "duplicates; build it with NgramAccumulator or merge_many")
 
 
-def write_table(group: h5py.Group, table, compress: bool = True) -> None:
+def write_table(group: h5py.Group, table, compress: bool = True, check: bool = True) -> None:
     """Write a ``Table`` or ``SeenTable`` into an empty h5py group (datasets + attrs).
 
-    ``compress=False`` suits intermediate runs that are read back once (no gzip round trip).
+    ``compress=False`` suits intermediate runs that are read back once (no gzip round trip);
+    ``check=False`` skips the sort check for tables sorted by construction (the accumulators' output).
     """
     kind = _kind_of(table)
-    check_sorted(table)
+    if check:
+        check_sorted(table)
     _create_columns(group, kind, table.order, table.rows, growing=False, compress=compress)
     if table.rows:
         for name in _columns(kind):

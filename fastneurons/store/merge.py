@@ -10,7 +10,7 @@ import numpy as np
 
 from .format import (Corpus, DenseCounts, Header, StoreError, _atomic_h5, _check_file, _ngram_group, _write_dense,
                      _write_header, compatibility_problem, read_dense, read_header)
-from .writer import CountsWriter
+from .writer import merge_ngram_groups
 
 
 def add_stores(a: Header, a_dense: DenseCounts, b: Header, b_dense: DenseCounts):
@@ -92,8 +92,7 @@ def merge_stores(inputs, out, ngram_memory: int) -> Path:
             _write_header(f, merged, complete=True)
             _write_dense(f, merged, dense)
             group = _ngram_group(f, merged, [])
-            writer = CountsWriter(out, merged, dense, [], ngram_memory)
-            writer._merge_into(group, [src["ngrams"] for src in files if "ngrams" in src])
+            merge_ngram_groups(group, [src["ngrams"] for src in files if "ngrams" in src], merged, ngram_memory)
 
         _atomic_h5(out, write)
     finally:

@@ -17,6 +17,22 @@ from .format import (DenseCounts, Header, StoreError, _atomic_h5, _check_file, _
                      seen_path, table_path)
 
 
+def merge_ngram_groups(dest: h5py.Group, sources: list, header: Header, ngram_memory: int,
+                       compress: bool = True) -> None:
+    """Every table the header asks for, merged from the `ngrams` groups `sources` into `dest` (bounded memory);
+    a table no source holds (e.g. an empty shard) is written empty, of the right kind."""
+    subs = [table_path(layer, k) for layer in header.ngram_layers for k in header.orders]
+    subs += [seen_path(k) for k in header.orders] if header.ngram_layers else []
+    for sub in subs:
+        groups = [src[sub] for src in sources if sub in src]
+        if groups:
+            ngram_runs.merge_tables(groups, dest.create_group(sub), ngram_memory, compress=compress)
+        else:
+            k = int(sub[-1])
+            empty = SeenTable.empty(k) if sub.startswith("seen") else Table.empty(k)
+            ngram_runs.write_table(dest.create_group(sub), empty)
+
+
 class CountsWriter:
     """Owns an output store while recording: commits snapshots, spills runs, finalizes."""
 
@@ -116,9 +132,10 @@ class CountsWriter:
         def write(f):
             group = _ngram_group(f, self.header, [])
             for (layer, k), table in tables.items():
-                ngram_runs.write_table(group.create_group(table_path(layer, k)), table, self.compress_runs)
+                ngram_runs.write_table(group.create_group(table_path(layer, k)), table, self.compress_runs,
+                                       check=False)
             for k, table in seen.items():
-                ngram_runs.write_table(group.create_group(seen_path(k)), table, self.compress_runs)
+                ngram_runs.write_table(group.create_group(seen_path(k)), table, self.compress_runs, check=False)
 
         _atomic_h5(directory / name, write)
         return name
@@ -150,7 +167,8 @@ class CountsWriter:
         try:
             def write(f):
                 group = _ngram_group(f, self.header, [])
-                self._merge_into(group, [src["ngrams"] for src in files], compress=self.compress_runs)
+                merge_ngram_groups(group, [src["ngrams"] for src in files], self.header, self.ngram_memory,
+                                   compress=self.compress_runs)
 
             _atomic_h5(directory / name, write)
         finally:
@@ -160,18 +178,6 @@ class CountsWriter:
         self._snapshot(complete=False)
         for run in old:
             (directory / run).unlink(missing_ok=True)
-
-    def _merge_into(self, dest: h5py.Group, sources: list, compress: bool = True) -> None:
-        subs = [table_path(layer, k) for layer in self.header.ngram_layers for k in self.header.orders]
-        subs += [seen_path(k) for k in self.header.orders] if self.header.ngram_layers else []
-        for sub in subs:
-            groups = [src[sub] for src in sources if sub in src]
-            if groups:
-                ngram_runs.merge_tables(groups, dest.create_group(sub), self.ngram_memory, compress=compress)
-            else:  # nothing recorded yet (e.g. an empty shard): an empty table of the right kind
-                k = int(sub[-1])
-                empty = SeenTable.empty(k) if sub.startswith("seen") else Table.empty(k)
-                ngram_runs.write_table(dest.create_group(sub), empty)
 
     def _snapshot(self, complete: bool, empty: bool = False) -> None:
         def write(f):
@@ -190,7 +196,7 @@ class CountsWriter:
                 _write_header(f, self.header, complete=True)
                 _write_dense(f, self.header, self.dense)
                 group = _ngram_group(f, self.header, [])
-                self._merge_into(group, [src["ngrams"] for src in files])
+                merge_ngram_groups(group, [src["ngrams"] for src in files], self.header, self.ngram_memory)
 
             _atomic_h5(self.path, write)
         finally:
