@@ -26,12 +26,12 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from fastneurons import runner
+from fastneurons.recording import runner
 from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
-from fastneurons.architectures import ModelWeights
+from fastneurons.models.architectures import ModelWeights
 from fastneurons.config import RecordConfig
-from fastneurons.loading import load_model
-from fastneurons.stdlib_text import CODE_FILE, DOCSTRINGS_FILE, stdlib_text
+from fastneurons.models.loading import load_model
+from fastneurons.demo.stdlib_text import CODE_FILE, DOCSTRINGS_FILE, stdlib_text
 from fastneurons.store import open_counts
 
 ROBUST_MIN_COUNT = 5  # the stricter analysis setting: covered n-grams need ngram_seen >= 5

@@ -1,7 +1,7 @@
-"""`fastneurons.analyze.analyze` end to end on small real stores.
+"""`fastneurons.reporting.analyze.analyze` end to end on small real stores.
 
 The stores are counted the plain way (forward hooks, `fastneurons.bench.plain_way`) on tiny OPTs (the
-planted OPT of `fastneurons.planted`, and a random one) and written with `fastneurons.store.CountsWriter`,
+planted OPT of `fastneurons.demo.planted`, and a random one) and written with `fastneurons.store.CountsWriter`,
 so these tests need neither the compiled kernels nor any download; each model is saved next to its
 store so suppression can load its weights.
 """
@@ -13,11 +13,11 @@ import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 from fastneurons.analysis.pipeline import AnalysisSettings
-from fastneurons.analyze import analyze, choose_positional_examples, load_weights
+from fastneurons.reporting.analyze import analyze, choose_positional_examples, load_weights
 from fastneurons.bench.plain_way import plain_record
 from fastneurons.config import AnalyzeConfig
 from fastneurons.ngrams.accumulator import SeenTable, Table
-from fastneurons.planted import build_planted_opt, default_spec
+from fastneurons.demo.planted import build_planted_opt, default_spec
 from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, open_counts
 
 VOCAB = 64

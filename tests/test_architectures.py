@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 
-from fastneurons import architectures as A
+from fastneurons.models import architectures as A
 
 V, D, FF, L = 97, 32, 48, 3
 

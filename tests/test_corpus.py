@@ -1,4 +1,4 @@
-"""Tests for fastneurons.corpus and fastneurons.stdlib_text (planning, units, errors, stdlib text)."""
+"""Tests for fastneurons.recording.corpus and fastneurons.demo.stdlib_text (planning, units, errors, stdlib text)."""
 
 import gzip
 import hashlib
@@ -12,9 +12,9 @@ import pytest
 from tokenizers import ByteLevelBPETokenizer, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from fastneurons import corpus
-from fastneurons.corpus import CorpusSource, parse_corpus_arg, plan_corpus
-from fastneurons.stdlib_text import split_module, stdlib_text
+from fastneurons.recording import corpus
+from fastneurons.recording.corpus import CorpusSource, parse_corpus_arg, plan_corpus
+from fastneurons.demo.stdlib_text import split_module, stdlib_text
 
 PAD, BOS, EOS = 0, 1, 2
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
-from fastneurons.counter import NeuronCounter, attach_counters, positions_from_mask
+from fastneurons.recording.counter import NeuronCounter, attach_counters, positions_from_mask
 from fastneurons.kernels import pack_bits
 
 

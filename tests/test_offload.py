@@ -7,8 +7,8 @@ import pytest
 import torch
 import transformers as T
 
-from fastneurons import architectures as A
-from fastneurons.offload import COMFORT, LayerStreamer, plan_offload
+from fastneurons.models import architectures as A
+from fastneurons.models.offload import COMFORT, LayerStreamer, plan_offload
 
 L = 5
 

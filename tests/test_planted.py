@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastneurons.planted import (
+from fastneurons.demo.planted import (
     PlantSpec,
     build_planted_opt,
     default_spec,

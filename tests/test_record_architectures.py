@@ -16,11 +16,11 @@ from transformers import (Gemma2Config, Gemma2ForCausalLM, GemmaConfig, GemmaFor
                           LlamaConfig, LlamaForCausalLM, Olmo2Config, Olmo2ForCausalLM, PhiConfig, PhiForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
 
-from fastneurons import runner
+from fastneurons.recording import runner
 from fastneurons.bench.plain_way import plain_record
 from fastneurons.config import RecordConfig
-from fastneurons.corpus import parse_corpus_arg, plan_corpus
-from fastneurons.loading import gpt2_tokenizer
+from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
+from fastneurons.models.loading import gpt2_tokenizer
 from fastneurons.store import open_counts
 
 VOCAB = 50257  # GPT-2 BPE, so gpt2_tokenizer() is each checkpoint's tokenizer

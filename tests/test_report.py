@@ -1,5 +1,5 @@
-"""The written outputs: results.json and CSV tables (fastneurons.outputs), the paper's OPT figures
-(fastneurons.paper) and the single-file HTML report (fastneurons.report)."""
+"""The written outputs: results.json and CSV tables (fastneurons.reporting.outputs), the paper's OPT figures
+(fastneurons.reporting.paper) and the single-file HTML report (fastneurons.reporting.html_report)."""
 import csv
 import io
 import json
@@ -10,11 +10,13 @@ import pytest
 import test_figures
 from test_figures import SETTINGS, VOCAB, FakeWeights
 
-from fastneurons import paper, report
-from fastneurons.analyze import positional_curves, projection_examples
-from fastneurons.figures import build_figures
-from fastneurons.outputs import decode, headline_rows, show_text, write_results_json, write_tables
-from fastneurons.report import ModelSection, ReportFigure, write_report
+from fastneurons.reporting import paper
+
+from fastneurons.reporting import html_report as report
+from fastneurons.reporting.analyze import positional_curves, projection_examples
+from fastneurons.reporting.figures import build_figures
+from fastneurons.reporting.outputs import decode, headline_rows, show_text, write_results_json, write_tables
+from fastneurons.reporting.html_report import ModelSection, ReportFigure, write_report
 
 
 counts, results = test_figures.counts, test_figures.results  # the figure tests' fixtures, shared

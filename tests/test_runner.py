@@ -19,11 +19,11 @@ import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 import fastneurons
-from fastneurons import runner
+from fastneurons.recording import runner
 from fastneurons.bench.plain_way import plain_record
 from fastneurons.config import RecordConfig
-from fastneurons.corpus import parse_corpus_arg, plan_corpus
-from fastneurons.loading import gpt2_tokenizer
+from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
+from fastneurons.models.loading import gpt2_tokenizer
 from fastneurons.store import StoreError, merge_stores, open_counts
 from same_counts import assert_same_store
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 import fastneurons
-from fastneurons import runner
+from fastneurons.recording import runner
 from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
-from fastneurons.architectures import ModelWeights
+from fastneurons.models.architectures import ModelWeights
 from fastneurons.bench.plain_way import plain_record
 from fastneurons.config import RecordConfig
-from fastneurons.corpus import parse_corpus_arg, plan_corpus
-from fastneurons.loading import load_model, package_dir
-from fastneurons.stdlib_text import stdlib_text
+from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
+from fastneurons.models.loading import load_model, package_dir
+from fastneurons.demo.stdlib_text import stdlib_text
 from fastneurons.store import open_counts
 from same_counts import assert_same_store
 

@@ -1,0 +1,153 @@
+"""Coverage C_k(n): how many n-grams explain 95% of a neuron's activations (SPEC §3, Fig. 2, 12, 13)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from fastneurons.analysis._json import PER_NEURON, Result
+
+# lower bounds of the paper's bins: 1-5, 6-10, 11-20, 21-50, 51-200, 201-1000, 1001-2000, 2001+
+PAPER_BINS = (1, 6, 11, 21, 51, 201, 1001, 2001)
+
+_NEURON_SHIFT = 40  # composite sort key: neuron << 40 | (max_count - count)
+
+
+def exact_fraction(value: float, name: str = "fraction") -> Fraction:
+    """The decimal a rate parameter is written as (0.95 -> 19/20), so thresholds compare integers exactly."""
+    value = float(value)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
+    return Fraction(repr(value)).limit_denominator(10**6)
+
+
+def ceil_fraction(values: np.ndarray, fraction: Fraction) -> np.ndarray:
+    """ceil(values * fraction) in exact integer arithmetic, for int64 `values >= 0` and fraction <= 1."""
+    num, den = fraction.numerator, fraction.denominator
+    values = np.asarray(values, dtype=np.int64)
+    quotient, remainder = np.divmod(values, den)
+    return quotient * num + (remainder * num + den - 1) // den
+
+
+def check_table(neuron, count, num_neurons: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an n-gram table's `neuron`/`count` columns; return them as int64."""
+    neuron, count = np.asarray(neuron), np.asarray(count)
+    if neuron.ndim != 1 or neuron.shape != count.shape:
+        raise ValueError(f"neuron and count must be 1-D of one length, got {neuron.shape} and {count.shape}")
+    if neuron.dtype.kind not in "iu" or count.dtype.kind not in "iu":
+        raise TypeError(f"neuron and count must be integer arrays, got {neuron.dtype} and {count.dtype}")
+    neuron, count = neuron.astype(np.int64, copy=False), count.astype(np.int64, copy=False)
+    if neuron.size and (neuron.min() < 0 or neuron.max() >= num_neurons):
+        raise ValueError(f"neuron ids must be in [0, {num_neurons}); is num_neurons the layer's FFN width?")
+    if count.size and count.min() < 0:
+        raise ValueError("count holds negative values; n-gram counts are never negative")
+    return neuron, count
+
+
+def _sorted_by_neuron_count_desc(neuron: np.ndarray, count: np.ndarray, num_neurons: int) -> np.ndarray:
+    """The counts reordered by (neuron ascending, count descending); one uint64 sort when keys fit."""
+    max_count = int(count.max()) if count.size else 0
+    if num_neurons < 2**23 and max_count < 2**_NEURON_SHIFT:
+        composite = (neuron.astype(np.uint64) << np.uint64(_NEURON_SHIFT)) | (max_count - count).astype(np.uint64)
+        composite.sort()
+        composite &= np.uint64(2**_NEURON_SHIFT - 1)
+        return max_count - composite.astype(np.int64)
+    return count[np.lexsort((-count, neuron))]
+
+
+def coverage_and_mass(neuron, count, num_neurons: int, coverage: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """C_k(n) and A_k(n) for every neuron of one (layer, k) table; C = 0 where A = 0 (no mass, undefined).
+
+    C_k(n) is the smallest m whose top-m count sum is >= coverage * A_k(n), compared in integers
+    (sum >= ceil(A * coverage) with coverage read as its decimal fraction).
+    """
+    neuron, count = check_table(neuron, count, num_neurons)
+    fraction = exact_fraction(coverage, "coverage")
+    sorted_count = _sorted_by_neuron_count_desc(neuron, count, num_neurons)
+    rows = np.bincount(neuron, minlength=num_neurons)
+    ends = np.cumsum(rows)
+    starts = ends - rows
+    cumulative = np.concatenate(([0], np.cumsum(sorted_count)))  # cumulative[i] = sum of the first i rows
+    before = cumulative[starts]
+    mass = cumulative[ends] - before
+    need = ceil_fraction(mass, fraction)
+    first_enough = np.searchsorted(cumulative, before + need, side="left")
+    sizes = np.where(mass > 0, first_enough - starts, 0).astype(np.int64)
+    return sizes, mass
+
+
+def coverage_sizes(neuron, count, num_neurons: int, coverage: float = 0.95) -> np.ndarray:
+    """C_k(n) for every neuron (int64 [F]); 0 for neurons with A_k(n) = 0."""
+    return coverage_and_mass(neuron, count, num_neurons, coverage)[0]
+
+
+def coverage_sizes_naive(neuron, count, num_neurons: int, coverage: float = 0.95) -> np.ndarray:
+    """Slow reference for `coverage_sizes`: per neuron, sort and add counts one by one."""
+    fraction = exact_fraction(coverage, "coverage")
+    per_neuron = [[] for _ in range(num_neurons)]
+    for n, c in zip(np.asarray(neuron).tolist(), np.asarray(count).tolist()):
+        per_neuron[n].append(c)
+    sizes = np.zeros(num_neurons, dtype=np.int64)
+    for n, counts in enumerate(per_neuron):
+        mass = sum(counts)
+        running = 0
+        for m, c in enumerate(sorted(counts, reverse=True), start=1):
+            running += c
+            if mass > 0 and running >= mass * fraction:
+                sizes[n] = m
+                break
+    return sizes
+
+
+@dataclass(frozen=True, eq=False)
+class CoverageHistogram(Result):
+    """Counts of neurons per coverage bin; `fractions` are over `neurons` (those with C >= 1)."""
+
+    labels: list
+    lower: list
+    counts: np.ndarray
+    fractions: np.ndarray
+    neurons: int
+
+
+def _bin_labels(lower: tuple) -> list:
+    labels = [f"{lo}-{hi - 1}" if hi - 1 > lo else str(lo) for lo, hi in zip(lower[:-1], lower[1:])]
+    return labels + [f"{lower[-1]}+"]
+
+
+def coverage_histogram(sizes, bins=PAPER_BINS) -> CoverageHistogram:
+    """Histogram of coverage sizes over bins given by their lower bounds (first must be 1, last open)."""
+    lower = tuple(int(b) for b in bins)
+    if not lower or lower[0] != 1 or any(b >= a for a, b in zip(lower[1:], lower[:-1])):
+        raise ValueError(f"bins must be strictly increasing lower bounds starting at 1, got {bins}")
+    sizes = np.asarray(sizes)
+    sizes = sizes[sizes > 0]
+    index = np.searchsorted(np.asarray(lower), sizes, side="right") - 1
+    counts = np.bincount(index, minlength=len(lower)).astype(np.int64)
+    total = int(sizes.size)
+    fractions = counts / total if total else np.zeros(len(lower))
+    return CoverageHistogram(labels=_bin_labels(lower), lower=list(lower), counts=counts,
+                             fractions=fractions, neurons=total)
+
+
+@dataclass(frozen=True, eq=False)
+class Coverage(Result):
+    """One (layer, k): coverage histogram, plus C_k(n) and A_k(n) per neuron."""
+
+    layer: int | None
+    k: int
+    coverage: float
+    neurons_with_mass: int
+    histogram: CoverageHistogram
+    sizes: np.ndarray = field(metadata=PER_NEURON)
+    mass: np.ndarray = field(metadata=PER_NEURON)
+
+
+def neuron_coverage(neuron, count, num_neurons: int, k: int, coverage: float = 0.95,
+                    bins=PAPER_BINS, layer: int | None = None) -> Coverage:
+    """Coverage sizes, masses and their histogram for one (layer, k) n-gram table."""
+    sizes, mass = coverage_and_mass(neuron, count, num_neurons, coverage)
+    return Coverage(layer=layer, k=int(k), coverage=float(coverage), neurons_with_mass=int((mass > 0).sum()),
+                    histogram=coverage_histogram(sizes, bins), sizes=sizes, mass=mass)

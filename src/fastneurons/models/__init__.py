@@ -1,0 +1,1 @@
+"""Model access: the architecture table, checkpoint loading, layer offloading."""

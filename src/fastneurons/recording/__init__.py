@@ -1,0 +1,1 @@
+"""Recording: corpus planning, the counters and the runner behind `fastneurons record`."""

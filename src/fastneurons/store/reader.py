@@ -1,0 +1,156 @@
+"""Reading a store: ``open_counts(path) -> Counts``, a read-only view of a finished or partial store.
+
+Analyses need nothing else from the store; pending n-gram runs of a partial store are merged on read.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import h5py
+import numpy as np
+
+from fastneurons.ngrams import runs as ngram_runs
+from fastneurons.ngrams.accumulator import merge_many
+from fastneurons.store.format import DenseCounts, StoreError, _check_file, read_dense, read_header, runs_dir, seen_path, table_path
+
+
+class Counts:
+    """Read-only view of a store (finished or partial): the arrays the analyses need.
+
+    Dense arrays are read on demand; n-gram tables of a partial store are merged from its
+    pending run files on the fly.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        _check_file(self.path)
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise StoreError(f"{self.path}: cannot open ({err})") from err
+        self.header = read_header(self._file, self.path)
+        self.complete = bool(self._file.attrs["complete"])
+        self._pending = json.loads(self._file["ngrams"].attrs.get("pending_runs", "[]")) if "ngrams" in self._file else []
+        self._layer_index = {layer: i for i, layer in enumerate(self.header.layers)}
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- settings
+    @property
+    def metadata(self) -> dict:
+        return dict(self.header.meta)
+
+    @property
+    def layers(self) -> list:
+        return self.header.layers
+
+    @property
+    def num_neurons(self) -> int:
+        return int(self.header.meta["num_neurons"])
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.header.meta["max_positions"])
+
+    @property
+    def vocab(self) -> Optional[list]:
+        return self.header.vocab
+
+    @property
+    def pack_bits(self) -> int:
+        return int(self.header.meta["pack_bits"])
+
+    @property
+    def ngram_layers(self) -> list:
+        return self.header.ngram_layers
+
+    @property
+    def ngram_orders(self) -> list:
+        return self.header.orders if self.header.ngram_layers else []
+
+    @property
+    def domains(self) -> list:
+        return list(self.header.domain_labels)
+
+    @property
+    def units_held(self) -> int:
+        return int(sum(c.units.sum() for c in self.header.corpora))
+
+    # -- dense counters
+    @property
+    def tokens(self) -> int:
+        return int(self._file["dense/tokens"][()])
+
+    @property
+    def pos_seen(self) -> np.ndarray:
+        return self._file["dense/pos_seen"][()].astype(np.int64)
+
+    def _row(self, layer: int) -> int:
+        if layer not in self._layer_index:
+            raise KeyError(f"layer {layer} was not recorded (recorded: {self.layers})")
+        return self._layer_index[layer]
+
+    def active(self, layer: int) -> np.ndarray:
+        return self._file["dense/active"][self._row(layer)].astype(np.int64)
+
+    def pos_active(self, layer: int) -> np.ndarray:
+        if "pos_active" not in self._file["dense"]:
+            raise KeyError("this store was recorded with --no-positions")
+        return self._file["dense/pos_active"][self._row(layer)].astype(np.int64)
+
+    @property
+    def has_positions(self) -> bool:
+        return "pos_active" in self._file["dense"]
+
+    @property
+    def domain_tokens(self) -> np.ndarray:
+        return self._file["domains/tokens"][()].astype(np.int64)
+
+    def domain_active(self, layer: int) -> np.ndarray:
+        return self._file["domains/active"][:, self._row(layer)].astype(np.int64)
+
+    def dense(self) -> DenseCounts:
+        return read_dense(self._file, self.path)
+
+    # -- n-gram tables
+    def _merged(self, sub: str):
+        """The table ``sub`` of the store plus those of its pending runs (a partial store), added up."""
+        tables = []
+        if "ngrams" in self._file and sub in self._file["ngrams"]:
+            tables.append(ngram_runs.read_table(self._file["ngrams"][sub]))
+        for name in self._pending:
+            with h5py.File(runs_dir(self.path) / name, "r") as run:
+                if sub in run["ngrams"]:
+                    tables.append(ngram_runs.read_table(run["ngrams"][sub]))
+        if not tables:
+            raise KeyError(f"no n-gram table {sub} in {self.path}")
+        return merge_many(tables)
+
+    def ngram_active(self, layer: int, k: int):
+        """(key uint64, neuron uint32, count int64) sorted by (key, neuron): SPEC ngram_active[k]."""
+        if layer not in self.ngram_layers or k not in self.ngram_orders:
+            raise KeyError(f"no n-gram table for layer {layer}, order {k} "
+                           f"(layers {self.ngram_layers}, orders {self.ngram_orders})")
+        table = self._merged(table_path(layer, k))
+        return table.key, table.neuron, table.count
+
+    def ngram_seen(self, k: int):
+        """(key uint64, count int64) sorted by key: SPEC ngram_seen[k]."""
+        if k not in self.ngram_orders:
+            raise KeyError(f"no n-gram order {k} (orders {self.ngram_orders})")
+        table = self._merged(seen_path(k))
+        return table.key, table.count
+
+
+def open_counts(path) -> Counts:
+    """Open a counts file for reading (no model or corpus needed)."""
+    return Counts(path)
