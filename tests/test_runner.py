@@ -20,6 +20,7 @@ from transformers import OPTConfig, OPTForCausalLM
 
 import fastneurons
 from fastneurons.recording import runner
+from fastneurons.bench.compare import plain_differences
 from fastneurons.bench.plain_way import plain_record
 from fastneurons.config import RecordConfig
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
@@ -83,23 +84,10 @@ def _reference(config, model_dir):
 
 
 def _assert_equal_counts(path, ref, layers, ngram_layers, orders):
+    assert plain_differences(path, ref) == []
     with open_counts(path) as counts:
         assert counts.complete
-        assert counts.tokens == ref.tokens
-        np.testing.assert_array_equal(counts.pos_seen, ref.pos_seen)
-        for layer in layers:
-            np.testing.assert_array_equal(counts.active(layer), ref.active[layer])
-            np.testing.assert_array_equal(counts.pos_active(layer), ref.pos_active[layer])
-        for k in orders:
-            key, count = counts.ngram_seen(k)
-            np.testing.assert_array_equal(key, ref.ngram_seen[k][0])
-            np.testing.assert_array_equal(count, ref.ngram_seen[k][1])
-            for layer in ngram_layers:
-                key, neuron, count = counts.ngram_active(layer, k)
-                rk, rn, rc = ref.ngram_active[(layer, k)]
-                np.testing.assert_array_equal(key, rk)
-                np.testing.assert_array_equal(neuron, rn)
-                np.testing.assert_array_equal(count, rc)
+        assert counts.layers == layers and counts.ngram_layers == ngram_layers and counts.ngram_orders == orders
         assert counts.domain_tokens.sum() == ref.tokens
         assert counts.domain_active(layers[0]).sum(axis=0).tolist() == ref.active[layers[0]].tolist()
 
@@ -112,6 +100,9 @@ def test_record_equals_plain_reference(tmp_path, corpus, pre_ln):
     ref = _reference(config, model)
     assert ref.tokens > 0 and any(ref.active[0] == 0) and any(ref.active[0] > 0)
     _assert_equal_counts(config.out, ref, [0, 1, 2], [0, 1], [1, 2, 3])
+    ref.active[1][3] += 1  # the comparison names what differs
+    ref.ngram_active[(0, 2)][2][0] += 1
+    assert plain_differences(config.out, ref) == ["active[1]", "ngram_active[0,2].count"]
 
 
 def test_full_length_small_batches_and_count_bos(tmp_path, corpus):

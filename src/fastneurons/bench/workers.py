@@ -244,6 +244,8 @@ class _Worker:
 
     def check(self, store: str) -> dict:
         """Compare this plain worker's last counts with a fastneurons store, counter by counter."""
+        from fastneurons.bench.compare import compare_counts
+
         return compare_counts(store, self.last_counts)
 
     def close(self) -> None:
@@ -329,32 +331,3 @@ class MethodWorker:
             self.process.join(10)
         if self.process.is_alive():
             self.process.kill()
-
-
-def compare_counts(store, plain) -> dict:
-    """Whether a fastneurons store and plain-way counts are equal in every counter (first difference named)."""
-    from fastneurons.store import open_counts
-
-    def differs(name, a, b):
-        a, b = np.asarray(a), np.asarray(b)
-        return None if a.shape == b.shape and np.array_equal(a, b) else name
-
-    checked = 0
-    with open_counts(store) as counts:
-        pairs = [("tokens", counts.tokens, plain.tokens), ("pos_seen", counts.pos_seen, plain.pos_seen)]
-        for layer in counts.layers:
-            pairs += [(f"active[{layer}]", counts.active(layer), plain.active[layer]),
-                      (f"pos_active[{layer}]", counts.pos_active(layer), plain.pos_active[layer])]
-        for k in counts.ngram_orders:
-            pairs += [(f"ngram_seen[{k}].{part}", ours, theirs)
-                      for part, ours, theirs in zip(("key", "count"), counts.ngram_seen(k), plain.ngram_seen[k])]
-            for layer in counts.ngram_layers:
-                pairs += [(f"ngram_active[{layer},{k}].{part}", ours, theirs) for part, ours, theirs in
-                          zip(("key", "neuron", "count"), counts.ngram_active(layer, k), plain.ngram_active[(layer, k)])]
-        for name, ours, theirs in pairs:
-            checked += 1
-            problem = differs(name, ours, theirs)
-            if problem:
-                return {"identical": False, "arrays_checked": checked, "first_difference": problem}
-        rows = sum(len(counts.ngram_active(layer, k)[0]) for layer in counts.ngram_layers for k in counts.ngram_orders)
-    return {"identical": True, "arrays_checked": checked, "first_difference": None, "ngram_rows": int(rows)}
