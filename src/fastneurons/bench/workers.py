@@ -93,15 +93,15 @@ class _Phases:
 def _instrument_runner(cuda: bool) -> _Phases:
     """Time record()'s parts: setup, forward (with the hooks inside), per-chunk work, store writes."""
     from fastneurons.models import architectures
-    from fastneurons.recording import runner
+    from fastneurons.recording import counter, runner
 
     phases = _Phases(cuda)
     phases.wrap(runner, "load_model", "load_model")
     phases.wrap(runner, "plan_corpus", "plan_corpus")
     phases.wrap(runner, "build_header", "header")
     phases.wrap(architectures, "run_until", "forward")
-    phases.wrap(runner.LayerTaps, "_count", "forward.hooks")
-    phases.wrap(runner, "count_activations", "forward.hooks.kernel")
+    phases.wrap(counter.CounterHandle, "_count", "forward.hooks")
+    phases.wrap(counter, "count_activations", "forward.hooks.kernel")
     phases.wrap(runner.NgramAccumulator, "add", "forward.hooks.ngram_add")
     phases.wrap(runner.LayerTaps, "set_batch", "set_batch")
     phases.wrap(runner.LayerTaps, "take_tables", "ngram_tables")

@@ -7,12 +7,22 @@ one fused pass per call (``fastneurons.kernels.count_activations``) without a ho
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from fastneurons.kernels import count_activations, words_for
+
+_STORED = ("domain_tokens", "domain_active", "pos_seen", "pos_active", "nan_count")
+_SCRATCH = weakref.WeakValueDictionary()  # (device, T, F) -> the shared, never read pos_active scratch
+
+
+def _resolved(device) -> torch.device:
+    """``device`` as tensors report it ('cuda' -> 'cuda:0'), so device checks compare like with like."""
+    return torch.empty(0, device=device).device
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -26,31 +36,47 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class NeuronCounter:
-    """Integer activation counts of one layer's ``num_neurons`` neurons (SPEC §2), updated batch by batch."""
+    """Integer activation counts of one layer's ``num_neurons`` neurons (SPEC §2), updated batch by batch.
 
-    def __init__(self, num_neurons: int, max_positions: int = 2048, threshold: float = 0.0,
-                 device="cpu", keep_bits: bool = False):
-        if int(num_neurons) < 1:
-            raise ValueError(f"num_neurons must be >= 1, got {num_neurons}")
-        if int(max_positions) < 1:
-            raise ValueError(f"max_positions must be >= 1, got {max_positions}")
+    ``domains > 1`` keeps ``tokens`` and ``active`` per domain too (``domain_tokens`` [D],
+    ``domain_active`` [D, F]; ``update(..., domain=d)``); ``count_positions=False`` keeps no
+    ``pos_active`` (the kernel then writes a shared scratch table nobody reads).
+    """
+
+    def __init__(self, num_neurons: int, *, max_positions: int = 2048, threshold: float = 0.0,
+                 device="cpu", keep_bits: bool = False, domains: int = 1, count_positions: bool = True):
+        for name, value in (("num_neurons", num_neurons), ("max_positions", max_positions), ("domains", domains)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.num_neurons = int(num_neurons)
         self.max_positions = int(max_positions)
         self.threshold = float(threshold)
-        self.device = torch.device(device)
+        self.device = _resolved(device)
         self.keep_bits = bool(keep_bits)
+        self.domains = int(domains)
+        self.count_positions = bool(count_positions)
         self.reset()
 
     def reset(self) -> None:
         """Set every count back to zero."""
         zeros = dict(dtype=torch.int64, device=self.device)
-        self.tokens = torch.zeros((), **zeros)
-        self.active = torch.zeros(self.num_neurons, **zeros)
+        self.domain_tokens = torch.zeros(self.domains, **zeros)
+        self.domain_active = torch.zeros(self.domains, self.num_neurons, **zeros)
         self.pos_seen = torch.zeros(self.max_positions, **zeros)
-        self.pos_active = torch.zeros(self.max_positions, self.num_neurons, **zeros)
+        self.pos_active = torch.zeros(self.max_positions, self.num_neurons, **zeros) if self.count_positions else None
         self.nan_count = torch.zeros(1, **zeros)
 
-    def update(self, pre_activations: torch.Tensor, positions, counted_mask=None):
+    @property
+    def tokens(self) -> torch.Tensor:
+        """Counted tokens (int64 0-d tensor), all domains together."""
+        return self.domain_tokens[0] if self.domains == 1 else self.domain_tokens.sum()
+
+    @property
+    def active(self) -> torch.Tensor:
+        """Counted tokens on which each neuron was active (int64 [F]), all domains together."""
+        return self.domain_active[0] if self.domains == 1 else self.domain_active.sum(dim=0)
+
+    def update(self, pre_activations: torch.Tensor, positions, counted_mask=None, *, domain: int = 0):
         """Add one batch: ``pre_activations`` [B, S, F] or [N, F], ``positions`` [B, S] or [N] (-1 = pad).
 
         ``counted_mask`` (bool, same shape as positions) selects the tokens counted in ``tokens`` and
@@ -64,6 +90,8 @@ class NeuronCounter:
         if pre.dim() not in (2, 3) or pre.shape[-1] != self.num_neurons:
             raise ValueError(f"pre_activations must be [B, S, {self.num_neurons}] or [N, {self.num_neurons}], "
                              f"got shape {tuple(pre.shape)}")
+        if not 0 <= domain < self.domains:
+            raise ValueError(f"domain {domain} is not among this counter's {self.domains} domains")
         if pre.stride(-1) != 1:
             pre = pre.contiguous()
         rows = tuple(pre.shape[:-1])
@@ -77,13 +105,33 @@ class NeuronCounter:
         bits = None
         if self.keep_bits:
             bits = torch.empty(rows + (words_for(self.num_neurons),), dtype=torch.int64, device=self.device)
-        count_activations(pre, positions, counted, self.threshold, self.active, self.pos_active,
+        pos_active = self.pos_active if self.pos_active is not None else self._scratch()
+        count_activations(pre, positions, counted, self.threshold, self.domain_active[domain], pos_active,
                           bits=bits, nan_count=self.nan_count)
-        self.tokens += counted.sum()
+        self.domain_tokens[domain] += counted.sum()
         in_table = nonpad & (positions < self.max_positions)
         index = positions.clamp(0, self.max_positions - 1).reshape(-1).long()
         self.pos_seen.scatter_add_(0, index, in_table.reshape(-1).long())
         return bits
+
+    def _scratch(self) -> torch.Tensor:
+        """The [T, F] table the kernel needs when positions are not kept: one per shape and device."""
+        key = (str(self.device), self.max_positions, self.num_neurons)
+        scratch = _SCRATCH.get(key)
+        if scratch is None:
+            scratch = torch.zeros((self.max_positions, self.num_neurons), dtype=torch.int64, device=self.device)
+            _SCRATCH[key] = scratch
+        self._scratch_ref = scratch  # held while this counter lives
+        return scratch
+
+    def load_state(self, state: dict) -> None:
+        """Start from earlier counts: numpy or torch arrays for any of domain_tokens, domain_active,
+        pos_seen, pos_active, nan_count (e.g. a store's, when a recording resumes)."""
+        for name, value in state.items():
+            if name not in _STORED or getattr(self, name) is None:
+                raise ValueError(f"a counter has no {name!r} to load (it keeps {', '.join(_STORED)})")
+            target = getattr(self, name)
+            target.copy_(torch.as_tensor(np.asarray(value)).reshape(target.shape))
 
     def _rows(self, values, rows, name) -> torch.Tensor:
         """``values`` as a tensor on the counter's device with shape ``rows`` ([B, S] flattens to [N])."""
@@ -102,49 +150,78 @@ class NeuronCounter:
                              "inactive; the model overflows in this dtype: run it in float32 or bfloat16")
 
     def state_dict(self) -> dict:
-        """The counts as numpy int64 arrays: tokens (0-d), active, pos_seen, pos_active, nan_count."""
+        """The counts as numpy int64 arrays: tokens (0-d), active, pos_seen, pos_active (if kept), nan_count."""
+        names = ("tokens", "active", "pos_seen", "pos_active", "nan_count")
         return {name: getattr(self, name).cpu().numpy().astype(np.int64)
-                for name in ("tokens", "active", "pos_seen", "pos_active", "nan_count")}
+                for name in names if getattr(self, name) is not None}
 
     def __repr__(self) -> str:
         return (f"NeuronCounter(num_neurons={self.num_neurons}, max_positions={self.max_positions}, "
                 f"threshold={self.threshold}, device={str(self.device)!r})")
 
 
+@dataclass(frozen=True)
+class CounterSettings:
+    """How `attach_counters` counts: the counters' shape and definition and where activations come from."""
+
+    max_positions: int = 2048
+    threshold: float = 0.0
+    positions: Callable | None = None  # tensor -> positions | (positions, counted); None: from the batch
+    use_input: bool = False  # count the module's first input instead of its output
+    transform: Callable | None = None  # applied to the hooked tensor first (e.g. torch.abs)
+    keep_bits: bool | frozenset = False  # True, or the names of the modules whose bits are kept
+    count_bos: bool = False
+    device: object = None  # where the counters live (None: the activations' device)
+    num_neurons: int | None = None  # known up front: counters are created at once, on device (default cpu)
+    domains: int = 1
+    count_positions: bool = True
+    on_bits: Callable | None = None  # on_bits(name, bits) after each counted call of a bits-keeping module
+
+    def keeps_bits(self, name: str) -> bool:
+        return self.keep_bits is True or (bool(self.keep_bits) and name in self.keep_bits)
+
+
 class CounterHandle:
     """Hooks that feed one ``NeuronCounter`` per hooked module; a context manager that removes them."""
 
-    def __init__(self, model: torch.nn.Module, module_names: list[str], max_positions: int, threshold: float,
-                 positions: Callable | None, use_input: bool, transform: Callable | None,
-                 keep_bits: bool, count_bos: bool, device):
+    def __init__(self, model: torch.nn.Module, module_names: list[str], settings: CounterSettings):
+        self.settings = settings
         self.counters: dict[str, NeuronCounter] = {}
         self.bits: dict[str, torch.Tensor] = {}
-        self.max_positions, self.threshold = max_positions, threshold
-        self.use_input, self.transform, self.keep_bits = use_input, transform, keep_bits
-        self.count_bos, self.device = count_bos, device
-        self._positions_fn = positions
+        self.device = None if settings.device is None else _resolved(settings.device)
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._domain = 0
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._manual = False
         self._hooks = []
-        if positions is None:
+        modules = {name: _submodule(model, name) for name in module_names}
+        if settings.num_neurons is not None:
+            for name in module_names:
+                self.counters[name] = self._new_counter(name, settings.num_neurons, self.device or "cpu")
+        if settings.positions is None:
             self._hooks.append(model.register_forward_pre_hook(self._capture_batch, with_kwargs=True))
-        for name in module_names:
-            module = _submodule(model, name)
-            if use_input:
+        for name, module in modules.items():
+            if settings.use_input:
                 hook = module.register_forward_pre_hook(lambda m, args, name=name: self._count(name, args[0]))
             else:
                 hook = module.register_forward_hook(lambda m, args, out, name=name: self._count(name, out))
             self._hooks.append(hook)
 
-    def set_batch(self, attention_mask: torch.Tensor, count_bos: bool | None = None) -> None:
+    def _new_counter(self, name: str, num_neurons: int, device) -> NeuronCounter:
+        settings = self.settings
+        return NeuronCounter(num_neurons, max_positions=settings.max_positions, threshold=settings.threshold,
+                             device=device, keep_bits=settings.keeps_bits(name), domains=settings.domains,
+                             count_positions=settings.count_positions)
+
+    def set_batch(self, attention_mask: torch.Tensor, count_bos: bool | None = None, *, domain: int = 0) -> None:
         """Use this attention mask [B, S] for the following forward passes (instead of the model's own)."""
-        self._manual = True
+        self._manual, self._domain = True, domain
         self._set(positions_from_mask(attention_mask), count_bos)
 
-    def set_positions(self, positions: torch.Tensor, counted: torch.Tensor | None = None) -> None:
-        """Use explicit positions [B, S] (-1 = pad) and optional counted mask for the following forwards."""
-        self._manual = True
+    def set_positions(self, positions: torch.Tensor, counted: torch.Tensor | None = None, *, domain: int = 0) -> None:
+        """Use explicit positions [B, S] (-1 = pad), optional counted mask and the domain they add to
+        for the following forward passes."""
+        self._manual, self._domain = True, domain
         positions = torch.as_tensor(positions).to(torch.int32)
         if counted is None:
             self._set(positions, None)
@@ -153,7 +230,7 @@ class CounterHandle:
             self._on_device = {}
 
     def _set(self, positions: torch.Tensor, count_bos: bool | None) -> None:
-        first = 0 if (self.count_bos if count_bos is None else count_bos) else 1
+        first = 0 if (self.settings.count_bos if count_bos is None else count_bos) else 1
         self._batch = (positions, positions >= first)
         self._on_device = {}
 
@@ -174,12 +251,12 @@ class CounterHandle:
         self._set(positions_from_mask(mask), None)
 
     def _batch_for(self, tensor: torch.Tensor):
-        if self._positions_fn is not None:
-            result = self._positions_fn(tensor)
+        if self.settings.positions is not None:
+            result = self.settings.positions(tensor)
             positions, counted = result if isinstance(result, tuple) else (result, None)
             positions = torch.as_tensor(positions, device=tensor.device)
             if counted is None:
-                counted = positions >= (0 if self.count_bos else 1)
+                counted = positions >= (0 if self.settings.count_bos else 1)
             return positions, counted
         if self._batch is None:
             raise ValueError("no batch positions: call handle.set_batch(attention_mask) before the forward pass")
@@ -193,17 +270,17 @@ class CounterHandle:
         tensor = tensor.detach()
         if self.device is not None:
             tensor = tensor.to(self.device)
-        if self.transform is not None:
-            tensor = self.transform(tensor)
+        if self.settings.transform is not None:
+            tensor = self.settings.transform(tensor)
         counter = self.counters.get(name)
         if counter is None:
-            counter = NeuronCounter(tensor.shape[-1], self.max_positions, self.threshold,
-                                    device=tensor.device, keep_bits=self.keep_bits)
-            self.counters[name] = counter
+            counter = self.counters[name] = self._new_counter(name, tensor.shape[-1], tensor.device)
         positions, counted = self._batch_for(tensor)
-        bits = counter.update(tensor, positions, counted)
-        if self.keep_bits:
+        bits = counter.update(tensor, positions, counted, domain=self._domain)
+        if bits is not None:
             self.bits[name] = bits
+            if self.settings.on_bits is not None:
+                self.settings.on_bits(name, bits)
 
     def remove(self) -> None:
         """Detach every hook (the counters stay readable)."""
@@ -226,20 +303,22 @@ def _submodule(model: torch.nn.Module, name: str) -> torch.nn.Module:
         raise ValueError(f"model has no module named {name!r} (module names look like {examples})") from None
 
 
-def attach_counters(model: torch.nn.Module, module_names: str | Iterable[str], max_positions: int = 2048,
-                    threshold: float = 0.0, positions: Callable | None = None, use_input: bool = False,
-                    transform: Callable | None = None, keep_bits: bool = False, count_bos: bool = False,
-                    device=None) -> CounterHandle:
+def attach_counters(model: torch.nn.Module, module_names: str | Iterable[str], **settings) -> CounterHandle:
     """Count the neurons of the named modules of any HF model on every forward pass; returns the handle.
 
     Each module's output [B, S, F] (or [B*S, F]) is the pre-activation, or its first input with
     ``use_input=True`` (e.g. ``down_proj`` with ``transform=torch.abs`` for ``|act(gate) * up|``).
     Positions come from the ``attention_mask`` the model is called with (no mask: no padding), from
     ``handle.set_batch(mask)``, or from ``positions(tensor) -> positions | (positions, counted)``.
-    Counters are created on the first forward, on the activations' device (or ``device``).
+    Counters are created on the first forward, on the activations' device (or ``device``), or at
+    once given ``num_neurons``. The keyword settings are `CounterSettings`'s fields.
     """
     names = [module_names] if isinstance(module_names, str) else list(module_names)
     if not names:
         raise ValueError("module_names is empty: name at least one module, e.g. 'model.decoder.layers.0.fc1'")
-    return CounterHandle(model, names, int(max_positions), float(threshold), positions, use_input,
-                         transform, keep_bits, count_bos, device)
+    keep_bits = settings.get("keep_bits", False)
+    if not isinstance(keep_bits, bool):
+        settings["keep_bits"] = frozenset(keep_bits)
+    settings.update(max_positions=int(settings.get("max_positions", 2048)),
+                    threshold=float(settings.get("threshold", 0.0)))
+    return CounterHandle(model, names, CounterSettings(**settings))

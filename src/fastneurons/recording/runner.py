@@ -13,16 +13,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
 import numpy as np
 import torch
 
 from fastneurons.models import architectures as archs
 from fastneurons.config import RecordConfig, parse_bytes
-from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
-from fastneurons.kernels import count_activations, words_for
-from fastneurons.models.loading import load_model, load_tokenizer
+from fastneurons.recording.corpus import CorpusPlan, parse_corpus_arg, plan_corpus
+from fastneurons.recording.counter import attach_counters
+from fastneurons.models.loading import LoadedModel, load_model, load_tokenizer
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams.keys import pack_bits_for_vocab
 from fastneurons.models.offload import LayerStreamer
@@ -62,97 +60,130 @@ class MicroBatchTensors:
     domain: int
 
 
-class LayerTaps:
-    """Forward hooks on the recorded layers' neuron modules, feeding the kernel and n-gram tables."""
+@dataclass(frozen=True)
+class Recording:
+    """What one recording runs: its settings, the loaded model, the corpus plan, the layers and the device."""
 
-    def __init__(self, model, arch, layers, ngram_layers, orders, pack_bits, dense: DenseCounts,
-                 device, threshold, gated_product):
-        self.layers, self.ngram_layers = list(layers), set(ngram_layers)
-        self.threshold, self.gated_product = float(threshold), gated_product
-        self.device = device
-        to = lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(device)  # noqa: E731
-        self.domain_active = to(dense.domain_active)
-        self.pos_active = to(dense.pos_active) if dense.pos_active is not None else None
-        self.nan_count = to(dense.nan_count)
-        self.scratch_pos = None if self.pos_active is not None else torch.zeros(
-            (dense.pos_seen.shape[0], dense.active.shape[1]), dtype=torch.int64, device=device)
-        self.pos_seen = to(dense.pos_seen)
-        self.domain_tokens = to(dense.domain_tokens)
-        self.ngrams = {layer: NgramAccumulator(dense.active.shape[1], orders=orders, pack_bits=pack_bits)
-                       for layer in self.ngram_layers}
-        self.seen = SeenAccumulator(orders=orders, pack_bits=pack_bits) if self.ngram_layers else None
-        self.batch: Optional[MicroBatchTensors] = None
-        self._cpu_batch = None
-        self._handles = []
-        for row, layer in enumerate(self.layers):
-            module = archs.neuron_module(model, arch, layer, gated_product=gated_product)
-            if gated_product:
-                hook = lambda mod, args, row=row, layer=layer: self._count(row, layer, args[0].abs())  # noqa: E731
-                self._handles.append(module.register_forward_pre_hook(hook))
-            else:
-                hook = lambda mod, args, out, row=row, layer=layer: self._count(row, layer, out)  # noqa: E731
-                self._handles.append(module.register_forward_hook(hook))
+    config: RecordConfig
+    loaded: LoadedModel
+    tokenizer: object  # None: pre-tokenized id corpora only
+    plan: CorpusPlan
+    layers: list
+    ngram_layers: list
+    seq_len: int
+    pack_bits: int
+    device: torch.device
+    dtype: torch.dtype
 
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    @property
+    def model(self):
+        return self.loaded.model
 
-    def set_batch(self, batch: MicroBatchTensors, cpu_arrays) -> None:
-        """Make ``batch`` the current micro-batch and add its token-level counts."""
-        self.batch, self._cpu_batch = batch, cpu_arrays
-        positions = batch.positions.reshape(-1)  # scatter, not boolean indexing: no GPU sync
-        self.pos_seen.scatter_add_(0, positions.clamp(min=0).long(), (positions >= 0).long())
-        self.domain_tokens[batch.domain] += batch.counted.sum()
+    @property
+    def arch(self):
+        return self.loaded.arch
+
+
+class NgramFeed:
+    """The n-gram state of a recording: one accumulator per n-gram layer fed with its activation bits,
+    and the layer-independent seen counts fed with each micro-batch's token ids."""
+
+    def __init__(self, ngram_layers, *, num_neurons: int, orders, pack_bits: int):
+        self.layers = {layer: NgramAccumulator(num_neurons, orders=orders, pack_bits=pack_bits)
+                       for layer in ngram_layers}
+        self.seen = SeenAccumulator(orders=orders, pack_bits=pack_bits) if self.layers else None
+        self._tokens = None
+
+    def add_tokens(self, cpu_arrays) -> None:
+        """A new micro-batch: its flat (ids, positions, counted) CPU arrays, counted in the seen tables."""
+        self._tokens = cpu_arrays
         if self.seen is not None:
-            ids, pos, counted = cpu_arrays
-            self.seen.add(ids, pos, counted)
+            self.seen.add(*cpu_arrays)
 
-    def _count(self, row: int, layer: int, pre: torch.Tensor) -> None:
-        batch = self.batch
-        pre = pre.view(*batch.positions.shape, pre.shape[-1])  # OPT flattens tokens before fc1
-        want_bits = layer in self.ngram_layers
-        pos_active = self.pos_active[row] if self.pos_active is not None else self.scratch_pos
-        bits = count_activations(pre, batch.positions, batch.counted, self.threshold,
-                                 self.domain_active[batch.domain, row], pos_active,
-                                 bits=None if not want_bits else _bits_buffer(pre),
-                                 nan_count=self.nan_count[row:row + 1])
-        if want_bits:
-            ids, pos, counted = self._cpu_batch
-            words = bits.reshape(-1, bits.shape[-1]).cpu().numpy().view(np.uint64)
-            self.ngrams[layer].add(words, ids, pos, counted)
+    def add_bits(self, layer: int, bits: torch.Tensor) -> None:
+        """One n-gram layer's activation bits [..., W] on the current micro-batch."""
+        ids, pos, counted = self._tokens
+        words = bits.reshape(-1, bits.shape[-1]).cpu().numpy().view(np.uint64)
+        self.layers[layer].add(words, ids, pos, counted)
 
-    def ngram_bytes(self) -> int:
-        total = sum(acc.nbytes for acc in self.ngrams.values())
-        return total + (self.seen.nbytes if self.seen is not None else 0)
+    @property
+    def nbytes(self) -> int:
+        return sum(acc.nbytes for acc in self.layers.values()) + (self.seen.nbytes if self.seen is not None else 0)
 
     def take_tables(self):
         """The n-gram tables built since the last call, {(layer, k): Table} and {k: SeenTable}."""
-        tables = {(layer, k): table for layer, acc in self.ngrams.items() for k, table in acc.tables().items()}
+        tables = {(layer, k): table for layer, acc in self.layers.items() for k, table in acc.tables().items()}
         seen = self.seen.tables() if self.seen is not None else {}
-        for acc in self.ngrams.values():
+        for acc in self.layers.values():
             acc.clear()
         if self.seen is not None:
             self.seen.clear()
         return tables, seen
 
+
+class LayerTaps:
+    """The recorded layers' counters: `attach_counters` on each layer's neuron module (the public path),
+    started from the store's totals, with the n-gram layers' bits handed to an `NgramFeed`."""
+
+    def __init__(self, recording: Recording, dense: DenseCounts):
+        model, arch, config = recording.model, recording.arch, recording.config
+        gated = config.gated_product
+        self.layers = list(recording.layers)
+        module_names = {id(module): name for name, module in model.named_modules()}
+        self.names = [module_names[id(archs.neuron_module(model, arch, layer, gated_product=gated))]
+                      for layer in self.layers]
+        num_neurons = dense.active.shape[1]
+        self.ngrams = NgramFeed(recording.ngram_layers, num_neurons=num_neurons, orders=config.orders,
+                                pack_bits=recording.pack_bits)
+        layer_of = dict(zip(self.names, self.layers))
+        self.handle = attach_counters(
+            model, self.names, max_positions=dense.pos_seen.shape[0], threshold=config.threshold,
+            use_input=gated, transform=torch.abs if gated else None, count_bos=config.count_bos,
+            device=recording.device, num_neurons=num_neurons, domains=len(dense.domain_tokens),
+            count_positions=dense.pos_active is not None,
+            keep_bits=[name for name in self.names if layer_of[name] in self.ngrams.layers],
+            on_bits=lambda name, bits: self.ngrams.add_bits(layer_of[name], bits))
+        for row, name in enumerate(self.names):
+            self.handle.counters[name].load_state(_layer_state(dense, row))
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+    def set_batch(self, batch: MicroBatchTensors, cpu_arrays) -> None:
+        """Make ``batch`` the micro-batch the following forward counts."""
+        self.handle.set_positions(batch.positions, batch.counted, domain=batch.domain)
+        self.ngrams.add_tokens(cpu_arrays)
+
+    def ngram_bytes(self) -> int:
+        return self.ngrams.nbytes
+
+    def take_tables(self):
+        return self.ngrams.take_tables()
+
     def totals(self) -> DenseCounts:
-        """Copy the device totals to the host (one sync per chunk)."""
-        domain_active = self.domain_active.cpu().numpy()
-        domain_tokens = self.domain_tokens.cpu().numpy()
+        """Copy the counters to the host (once per chunk), stacked as the store lays them out."""
+        counters = [self.handle.counters[name] for name in self.names]
+        host = lambda name: np.stack([getattr(c, name).cpu().numpy() for c in counters])  # noqa: E731
+        domain_tokens = counters[0].domain_tokens.cpu().numpy()  # every layer saw the same tokens
+        domain_active = host("domain_active").transpose(1, 0, 2).copy()  # [D, L, F]
         return DenseCounts(
             tokens=int(domain_tokens.sum()),
-            pos_seen=self.pos_seen.cpu().numpy(),
+            pos_seen=counters[0].pos_seen.cpu().numpy(),
             active=domain_active.sum(axis=0),
-            pos_active=None if self.pos_active is None else self.pos_active.cpu().numpy(),
-            nan_count=self.nan_count.cpu().numpy(),
+            pos_active=host("pos_active") if counters[0].pos_active is not None else None,
+            nan_count=host("nan_count").reshape(-1),
             domain_tokens=domain_tokens,
             domain_active=domain_active,
         )
 
 
-def _bits_buffer(pre: torch.Tensor) -> torch.Tensor:
-    return torch.empty((*pre.shape[:-1], words_for(pre.shape[-1])), dtype=torch.int64, device=pre.device)
+def _layer_state(dense: DenseCounts, row: int) -> dict:
+    """Row ``row`` of a store's dense totals, as one layer's counter state."""
+    state = {"domain_tokens": dense.domain_tokens, "domain_active": dense.domain_active[:, row],
+             "pos_seen": dense.pos_seen, "nan_count": dense.nan_count[row:row + 1]}
+    if dense.pos_active is not None:
+        state["pos_active"] = dense.pos_active[row]
+    return state
 
 
 def _batch_tensors(micro, domain, count_bos, device):
@@ -181,27 +212,27 @@ def _vocab_strings(tokenizer, size: int) -> list:
     return tokenizer.batch_decode([[i] for i in range(known)]) + [""] * (size - known)
 
 
-def build_header(config: RecordConfig, loaded, tokenizer, plan, layers, ngram_layers, seq_len, pack_bits,
-                 dtype, device) -> Header:
+def build_header(recording: Recording) -> Header:
     """The store's metadata for this recording (settings, model, definition, corpus)."""
-    arch, model = loaded.arch, loaded.model
+    config, loaded, tokenizer, plan = recording.config, recording.loaded, recording.tokenizer, recording.plan
+    arch, model, seq_len = loaded.arch, loaded.model, recording.seq_len
     meta = {
         "record_config": config.to_metadata(),
         "architecture": arch.name,
         "model_config": _model_config(model),
         "model": {key: value for key, value in loaded.source.items() if key != "config"},
-        "compute_dtype": str(dtype).replace("torch.", ""),
-        "device": str(device),
+        "compute_dtype": str(recording.dtype).replace("torch.", ""),
+        "device": str(recording.device),
         "torch_threads": torch.get_num_threads(),
         "tokenizer": getattr(tokenizer, "name_or_path", "") or "",
         "neuron_definition": archs.neuron_definition(arch, config.threshold, config.gated_product),
         "threshold": float(config.threshold),
         "count_bos": bool(config.count_bos),
-        "pack_bits": int(pack_bits),
+        "pack_bits": int(recording.pack_bits),
         "num_neurons": int(archs.num_neurons(model.config, arch)),
         "max_positions": int(seq_len),
-        "layers": list(layers),
-        "ngram_layers": list(ngram_layers),
+        "layers": list(recording.layers),
+        "ngram_layers": list(recording.ngram_layers),
         "orders": list(config.orders),
         "positions": bool(config.positions),
         "seq_len": int(seq_len),
@@ -289,23 +320,25 @@ def record(config: RecordConfig, log=print) -> Path:
     plan = plan_corpus(sources, tokenizer, seq_len=seq_len, batch_size=config.batch_size,
                        unit_batches=config.unit_batches, max_tokens=config.max_tokens,
                        full_length=config.full_length, bos_id=config.bos_id, vocab_size=vocab_size)
-    header = build_header(config, loaded, tokenizer, plan, layers, ngram_layers, seq_len, pack_bits, dtype, device)
+    recording = Recording(config=config, loaded=loaded, tokenizer=tokenizer, plan=plan, layers=layers,
+                          ngram_layers=ngram_layers, seq_len=seq_len, pack_bits=pack_bits, device=device, dtype=dtype)
+    header = build_header(recording)
     memory = parse_bytes(config.ngram_memory)
     if config.resume and Path(config.out).exists():
         writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs)
         _warn_if_float_setup_differs(writer.previous_meta, header.meta, log)
     else:
         writer = CountsWriter.create(config.out, header, memory, compress_runs=config.compress_runs)
+    writer.progress = _merge_progress(config)
     shard, shards = config.shard_index
     todo = [u for u in plan.units_for_shard(shard, shards) if not writer.holds(0, u)]
     log(f"recording {len(layers)} layers of {arch.name} on {device} ({str(dtype).replace('torch.', '')}): "
         f"{len(todo)} units to go of {plan.num_units} in the plan -> {config.out}")
-    taps = LayerTaps(model, arch, layers, ngram_layers, config.orders, pack_bits, writer.dense, device,
-                     config.threshold, config.gated_product)
+    taps = LayerTaps(recording, writer.dense)
     budget = None if config.gpu_memory is None else parse_bytes(config.gpu_memory)
     try:
         with LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget), torch.inference_mode():
-            _run_units(config, plan, todo, taps, writer, model, arch, layers[-1], device, memory)
+            _run_units(recording, todo, taps, writer)
     finally:
         taps.remove()
     if not writer.complete:  # nothing was left to record (e.g. resuming a finished store)
@@ -314,6 +347,7 @@ def record(config: RecordConfig, log=print) -> Path:
 
 
 def _progress(config, total_tokens):
+    """record's bar: ticks per micro-batch, tokens/s and the ETA from the first micro-batch on."""
     if not config.progress:
         return contextlib.nullcontext(None)
     from tqdm.auto import tqdm
@@ -321,28 +355,41 @@ def _progress(config, total_tokens):
     return tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="record", smoothing=0.1)
 
 
-def _run_units(config, plan, todo, taps, writer, model, arch, last_layer, device, memory) -> None:
+def _merge_progress(config):
+    """How the store shows its n-gram merges (one tick per table), or None without --progress."""
+    if not config.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda tables, desc: tqdm(tables, desc=desc, unit="table", leave=False)
+
+
+def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter) -> None:
     """Run the units in ``todo``; commit at most every ``commit_seconds``; the last commit finalizes."""
+    config, plan, model, arch = recording.config, recording.plan, recording.model, recording.arch
+    memory, last_layer = parse_bytes(config.ngram_memory), recording.layers[-1]
     total = sum(_unit_tokens(plan, u) for u in todo)
     last_commit, done, new_runs = time.monotonic(), [], []
     with _progress(config, total) as bar:
         for position, index in enumerate(todo):
             unit = plan.unit(index)
             for micro in unit.batches:
-                batch, cpu = _batch_tensors(micro, unit.domain, config.count_bos, device)
+                batch, cpu = _batch_tensors(micro, unit.domain, config.count_bos, recording.device)
                 taps.set_batch(batch, cpu)
                 archs.run_until(model, arch, batch.input_ids, batch.attention_mask, last_layer)
                 if taps.ngram_bytes() > memory:
                     new_runs.append(writer.write_run(*taps.take_tables()))
+                if bar is not None:
+                    bar.update(micro.num_tokens)
             done.append(index)
-            if bar is not None:
-                bar.update(_unit_tokens(plan, index))
             final = position == len(todo) - 1
             if final or time.monotonic() - last_commit >= config.commit_seconds:
                 totals = taps.totals()
                 _check_nans(totals, writer.header.layers)
-                if taps.ngrams:
+                if taps.ngrams.layers:
                     new_runs.append(writer.write_run(*taps.take_tables()))
+                if final and bar is not None:
+                    bar.set_postfix_str("merging n-gram tables")
                 writer.commit(totals, 0, done, new_runs, final=final)
                 last_commit, done, new_runs = time.monotonic(), [], []
 

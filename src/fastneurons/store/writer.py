@@ -18,12 +18,13 @@ from fastneurons.store.format import (DenseCounts, Header, StoreError, _atomic_h
 
 
 def merge_ngram_groups(dest: h5py.Group, sources: list, header: Header, ngram_memory: int,
-                       compress: bool = True) -> None:
+                       compress: bool = True, progress=None) -> None:
     """Every table the header asks for, merged from the `ngrams` groups `sources` into `dest` (bounded memory);
-    a table no source holds (e.g. an empty shard) is written empty, of the right kind."""
+    a table no source holds (e.g. an empty shard) is written empty, of the right kind.
+    ``progress(tables, desc)``, when given, wraps the list of tables (e.g. a tqdm bar)."""
     subs = [table_path(layer, k) for layer in header.ngram_layers for k in header.orders]
     subs += [seen_path(k) for k in header.orders] if header.ngram_layers else []
-    for sub in subs:
+    for sub in (subs if progress is None else progress(subs, "merge n-grams")):
         groups = [src[sub] for src in sources if sub in src]
         if groups:
             ngram_runs.merge_tables(groups, dest.create_group(sub), ngram_memory, compress=compress)
@@ -46,6 +47,7 @@ class CountsWriter:
         self.pending = list(pending)
         self.ngram_memory = ngram_memory
         self.complete = False
+        self.progress = None  # progress(tables, desc) -> iterable: how merges show progress (None: silently)
         self._next_run = 1 + max((int(name[4:10]) for name in self.pending if name[4:10].isdigit()), default=0)
 
     # -- opening
@@ -168,7 +170,7 @@ class CountsWriter:
             def write(f):
                 group = _ngram_group(f, self.header, [])
                 merge_ngram_groups(group, [src["ngrams"] for src in files], self.header, self.ngram_memory,
-                                   compress=self.compress_runs)
+                                   compress=self.compress_runs, progress=self.progress)
 
             _atomic_h5(directory / name, write)
         finally:
@@ -196,7 +198,8 @@ class CountsWriter:
                 _write_header(f, self.header, complete=True)
                 _write_dense(f, self.header, self.dense)
                 group = _ngram_group(f, self.header, [])
-                merge_ngram_groups(group, [src["ngrams"] for src in files], self.header, self.ngram_memory)
+                merge_ngram_groups(group, [src["ngrams"] for src in files], self.header, self.ngram_memory,
+                                   progress=self.progress)
 
             _atomic_h5(self.path, write)
         finally:
