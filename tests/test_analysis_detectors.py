@@ -78,7 +78,8 @@ def test_matches_naive_on_random_tables(seed):
     for cover_rate, min_count in [(0.95, 1), (0.8, 3)]:
         fast = find_detectors(table, seen_columns, num_neurons, 1, max_coverage=5, cover_rate=cover_rate,
                               min_count=min_count)
-        naive = find_detectors_naive(table, seen_columns, num_neurons, 1, 5, cover_rate, min_count)
+        naive = find_detectors_naive(table, seen_columns, num_neurons, 1, max_coverage=5, cover_rate=cover_rate,
+                                     min_count=min_count)
         assert fast.neurons.tolist() == sorted(naive)
         found += len(naive)
         for i, n in enumerate(fast.neurons.tolist()):

@@ -94,8 +94,8 @@ def _seen_of_rows(keys: np.ndarray, seen_key: np.ndarray, seen_count: np.ndarray
     return seen_count[where]
 
 
-def find_detectors(table, seen, num_neurons: int, k: int, max_coverage: int | None = None,
-                   cover_rate: float = 0.95, min_count: int = 1, coverage: float = 0.95, *,
+def find_detectors(table, seen, num_neurons: int, k: int, *, max_coverage: int | None = None,
+                   cover_rate: float = 0.95, min_count: int = 1, coverage: float = 0.95,
                    pack_bits: int = 16, vocab=None, layer: int | None = None,
                    sizes=None, mass=None) -> Detectors:
     """Detectors of order k (SPEC §3): candidates with 0 < A_k(n), C_k(n) <= m_k whose covered n-grams
@@ -154,7 +154,7 @@ def find_detectors(table, seen, num_neurons: int, k: int, max_coverage: int | No
     )
 
 
-def find_detectors_naive(table, seen, num_neurons: int, k: int, max_coverage: int, cover_rate: float = 0.95,
+def find_detectors_naive(table, seen, num_neurons: int, k: int, *, max_coverage: int, cover_rate: float = 0.95,
                          min_count: int = 1, coverage: float = 0.95) -> dict:
     """Slow reference: {detector neuron: sorted list of covered keys}, straight from the SPEC's definition."""
     from fastneurons.analysis.coverage import coverage_sizes_naive

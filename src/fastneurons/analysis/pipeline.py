@@ -151,9 +151,10 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
         dead[layer] = dead_neurons(active_of(layer), tokens, layer=layer)
         if has_positions:
             positional[layer] = positional_neurons(
-                counts.pos_active(layer), counts.pos_seen, settings.mi_threshold, settings.log_base,
-                settings.min_run, settings.eps_strong, settings.eps_weak, settings.smooth, settings.null_samples,
-                settings.null_quantile, settings.seed, layer=layer)
+                counts.pos_active(layer), counts.pos_seen, mi_threshold=settings.mi_threshold,
+                log_base=settings.log_base, min_run=settings.min_run, eps_strong=settings.eps_strong,
+                eps_weak=settings.eps_weak, smooth=settings.smooth, null_samples=settings.null_samples,
+                null_quantile=settings.null_quantile, seed=settings.seed, layer=layer)
         if domain_labels:
             domains[layer] = domain_breakdown(counts.domain_active(layer), counts.domain_tokens, domain_labels, layer)
 
@@ -168,8 +169,9 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
             key, neuron, count = counts.ngram_active(layer, k)
             coverage[k][layer] = neuron_coverage(neuron, count, num_neurons, k, settings.coverage, settings.bins, layer)
             detectors[k][layer] = find_detectors(
-                (key, neuron, count), seen, num_neurons, k, settings.max_coverage[k], settings.cover_rate,
-                settings.min_count, settings.coverage, pack_bits=int(counts.pack_bits), vocab=vocab, layer=layer,
+                (key, neuron, count), seen, num_neurons, k, max_coverage=settings.max_coverage[k],
+                cover_rate=settings.cover_rate, min_count=settings.min_count, coverage=settings.coverage,
+                pack_bits=int(counts.pack_bits), vocab=vocab, layer=layer,
                 sizes=coverage[k][layer].sizes, mass=coverage[k][layer].mass)
         detected[k] = detected_ngrams_by_layer([detectors[k][layer] for layer in ngram_layers], vocab)
 

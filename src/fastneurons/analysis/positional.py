@@ -268,7 +268,7 @@ class Positional(Result):
     positional_corrected: np.ndarray = field(metadata=PER_NEURON)
 
 
-def positional_neurons(pos_active, pos_seen, mi_threshold: float = 0.05, log_base: float = math.e,
+def positional_neurons(pos_active, pos_seen, *, mi_threshold: float = 0.05, log_base: float = math.e,
                        min_run: int = 16, eps_strong: float = 0.0, eps_weak: float = 0.05, smooth: float = 0.02,
                        null_samples: int = 200, null_quantile: float = 0.99, seed: int = 0,
                        layer: int | None = None) -> Positional:
