@@ -145,7 +145,7 @@ class Coverage(Result):
     mass: np.ndarray = field(metadata=PER_NEURON)
 
 
-def neuron_coverage(neuron, count, num_neurons: int, k: int, coverage: float = 0.95,
+def neuron_coverage(neuron, count, num_neurons: int, k: int, *, coverage: float = 0.95,
                     bins=PAPER_BINS, layer: int | None = None) -> Coverage:
     """Coverage sizes, masses and their histogram for one (layer, k) n-gram table."""
     sizes, mass = coverage_and_mass(neuron, count, num_neurons, coverage)

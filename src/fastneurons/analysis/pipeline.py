@@ -167,7 +167,8 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
         coverage[k], detectors[k] = {}, {}
         for layer in ngram_layers:
             key, neuron, count = counts.ngram_active(layer, k)
-            coverage[k][layer] = neuron_coverage(neuron, count, num_neurons, k, settings.coverage, settings.bins, layer)
+            coverage[k][layer] = neuron_coverage(neuron, count, num_neurons, k, coverage=settings.coverage,
+                                                bins=settings.bins, layer=layer)
             detectors[k][layer] = find_detectors(
                 (key, neuron, count), seen, num_neurons, k, max_coverage=settings.max_coverage[k],
                 cover_rate=settings.cover_rate, min_count=settings.min_count, coverage=settings.coverage,
