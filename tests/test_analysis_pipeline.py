@@ -122,3 +122,18 @@ def test_store_without_positions(counts):
     results = analyze_counts(NoPositions(sequences=4), AnalysisSettings(orders=(1,)))
     assert results.positional == {} and "without position counts" in results.positional_skipped
     assert results.summary["num_positional"] == []
+
+
+def test_progress_sees_every_per_layer_loop(counts):
+    shown = []
+
+    def progress(items, desc):
+        items = list(items)
+        shown.append((desc, len(items)))
+        return items
+
+    quiet = analyze_counts(counts, AnalysisSettings(null_samples=20), weights=Weights())
+    results = analyze_counts(counts, AnalysisSettings(null_samples=20), weights=Weights(), progress=progress)
+    assert shown == [("dead, positional", len(LAYERS)), ("n-gram detectors", len(ORDERS)),
+                     ("suppression", len(results.suppression))]
+    assert json.dumps(results.to_dict()) == json.dumps(quiet.to_dict())  # progress changes nothing

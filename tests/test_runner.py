@@ -67,14 +67,17 @@ def _config(model, corpus, out, **overrides):
     return RecordConfig(**values)
 
 
+def _plan(config):
+    """The recording's corpus plan, made again from its settings."""
+    return plan_corpus([parse_corpus_arg(c) for c in config.corpus], gpt2_tokenizer(), seq_len=config.seq_len,
+                       batch_size=config.batch_size, unit_batches=config.unit_batches,
+                       max_tokens=config.max_tokens, full_length=config.full_length, vocab_size=50272)
+
+
 def _reference(config, model_dir):
     """Counts of the plain way on exactly the micro-batches of the recording's plan."""
     model = OPTForCausalLM.from_pretrained(model_dir).eval()
-    tokenizer = gpt2_tokenizer()
-    plan = plan_corpus([parse_corpus_arg(c) for c in config.corpus], tokenizer, seq_len=config.seq_len,
-                       batch_size=config.batch_size, unit_batches=config.unit_batches,
-                       max_tokens=config.max_tokens, full_length=config.full_length,
-                       vocab_size=model.config.vocab_size)
+    plan = _plan(config)
     batches = [(mb.input_ids, mb.attention_mask) for u in range(plan.num_units) for mb in plan.unit(u).batches]
     layers = model.model.decoder.layers
     ngram_layers = [int(x) for x in config.ngram_layers]
@@ -336,3 +339,50 @@ def test_torchrun_ranks_become_shards_with_their_own_files():
     assert runner.apply_torchrun(config, {}) is config
     with pytest.raises(ValueError, match="rank"):
         runner.apply_torchrun(RecordConfig(model="m", corpus=["c.txt"], out="c.h5"), {"WORLD_SIZE": "2"})
+
+
+class _Bars:
+    """Stands in for tqdm: records what each bar was given (totals, ticks, wrapped items)."""
+
+    made = []
+
+    def __init__(self, items=None, total=None, desc=None, **kwargs):
+        self.items, self.total, self.desc, self.ticks = items, total, desc, []
+        _Bars.made.append(self)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def update(self, n):
+        self.ticks.append(n)
+
+    def set_postfix_str(self, text):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_progress_ticks_per_micro_batch_and_the_merge_shows_its_tables(tmp_path, corpus, monkeypatch, shown):
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bars)
+    _Bars.made = []
+    model = _opt(tmp_path, "opt", layers=2)
+    config = _config(model, corpus, tmp_path / "c.h5", commit_seconds=60, progress=shown)
+    runner.record(config, log=lambda *a: None)
+    ours = [bar for bar in _Bars.made if bar.desc in ("record", "merge n-grams")]  # not transformers' own bars
+    if not shown:
+        assert ours == []
+        return
+    record_bar, merge_bar = ours
+    plan = _plan(config)
+    batches = [mb for u in range(plan.num_units) for mb in plan.unit(u).batches]
+    assert record_bar.desc == "record" and merge_bar.desc == "merge n-grams"
+    assert record_bar.ticks == [mb.num_tokens for mb in batches]
+    assert sum(record_bar.ticks) == record_bar.total and len(batches) > plan.num_units
+    assert len(merge_bar.items) == 2 * 3 + 3  # (layer, k) tables and seen

@@ -190,6 +190,7 @@ class AnalyzeConfig:
     per_neuron: bool = _opt(False, "include per-neuron arrays in results.json (large for big models)")
     formats: list = field(default_factory=lambda: ["png", "svg"],
                           metadata={"help": "figure formats", "nargs": "+"})
+    progress: bool = _opt(True, "show progress bars (analyses per layer, figures)")
     settings: Optional[object] = field(default=None, metadata={"nested": "AnalysisSettings"})
 
     def validate(self) -> "AnalyzeConfig":

@@ -14,6 +14,7 @@ from fastneurons.analysis.detectors import DEFAULT_MAX_COVERAGE, detected_ngrams
 from fastneurons.analysis.domains import domain_breakdown
 from fastneurons.analysis.positional import positional_neurons
 from fastneurons.analysis.suppression import as_float_matrix, select_controls, summarize_suppression, suppression
+from fastneurons.progress import each
 
 RESULTS_FORMAT = "fastneurons.analysis/1"
 
@@ -111,11 +112,11 @@ def _plain(value):
         return str(value)
 
 
-def _suppression_per_layer(counts, settings, weights, detectors_k1, active_of) -> dict:
+def _suppression_per_layer(counts, settings, weights, detectors_k1, active_of, progress) -> dict:
     unembedding = as_float_matrix(weights.unembedding(), "unembedding")
     d = unembedding.shape[1]
     results = {}
-    for layer, detectors in detectors_k1.items():
+    for layer, detectors in each(progress, list(detectors_k1.items()), "suppression"):
         offsets = detectors.ngram_offsets
         triggers = [detectors.ngram_keys[offsets[i]:offsets[i + 1]].astype(np.int64)
                     for i in range(detectors.num_detectors)]
@@ -129,10 +130,11 @@ def _suppression_per_layer(counts, settings, weights, detectors_k1, active_of) -
     return results
 
 
-def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=None) -> AnalysisResults:
+def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=None, *, progress=None) -> AnalysisResults:
     """Run every analysis on a counts reader (see docs/analysis.md for the interface it must offer).
 
-    `weights` (update_directions(layer, neurons) -> [d, n], unembedding() -> [V, d]) enables suppression.
+    `weights` (update_directions(layer, neurons) -> [d, n], unembedding() -> [V, d]) enables suppression;
+    `progress` (fastneurons.progress.bars) shows the per-layer loops.
     """
     settings = (settings or AnalysisSettings()).validate()
     metadata = dict(counts.metadata or {})
@@ -147,7 +149,7 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
     dead, positional, domains = {}, {}, {}
     domain_labels = list(getattr(counts, "domains", None) or [])
     has_positions = bool(getattr(counts, "has_positions", True))
-    for layer in layers:
+    for layer in each(progress, layers, "dead, positional"):
         dead[layer] = dead_neurons(active_of(layer), tokens, layer=layer)
         if has_positions:
             positional[layer] = positional_neurons(
@@ -162,7 +164,7 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
     orders = [k for k in settings.orders if k in set(counts.ngram_orders or [])]
     vocab = getattr(counts, "vocab", None)
     coverage, detectors, detected = {}, {}, {}
-    for k in orders:
+    for k in each(progress, orders, "n-gram detectors"):
         seen = counts.ngram_seen(k)
         coverage[k], detectors[k] = {}, {}
         for layer in ngram_layers:
@@ -182,7 +184,7 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
     elif 1 not in orders or not ngram_layers:
         skipped = "no order-1 n-gram tables (token detectors) in this store"
     else:
-        per_layer_suppression = _suppression_per_layer(counts, settings, weights, detectors[1], active_of)
+        per_layer_suppression = _suppression_per_layer(counts, settings, weights, detectors[1], active_of, progress)
         overall = summarize_suppression(per_layer_suppression.values())
 
     summary = {

@@ -126,7 +126,8 @@ def run_demo(config: DemoConfig, log=print) -> Path:
                         seq_len=config.seq_len, full_length=True, batch_size=config.batch_size,
                         threads=config.threads, progress=config.progress), log=log)
     report_dir = out / "report"
-    section = analyze_and_report(counts, report_dir, AnalyzeConfig(counts=[str(counts)], out=str(report_dir)), log)
+    section = analyze_and_report(counts, report_dir, AnalyzeConfig(counts=[str(counts)], out=str(report_dir),
+                                                                 progress=config.progress), log)
     if spec is not None:
         checks = check_planted(section.results, spec, config.seq_len)
         table = format_checks(checks)

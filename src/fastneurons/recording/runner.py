@@ -23,6 +23,7 @@ from fastneurons.recording.counter import attach_counters
 from fastneurons.models.loading import LoadedModel, load_model, load_tokenizer
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams.keys import pack_bits_for_vocab
+from fastneurons.progress import bars
 from fastneurons.models.offload import LayerStreamer
 from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreError
 
@@ -329,7 +330,7 @@ def record(config: RecordConfig, log=print) -> Path:
         _warn_if_float_setup_differs(writer.previous_meta, header.meta, log)
     else:
         writer = CountsWriter.create(config.out, header, memory, compress_runs=config.compress_runs)
-    writer.progress = _merge_progress(config)
+    writer.progress = bars(config.progress, unit="table")
     shard, shards = config.shard_index
     todo = [u for u in plan.units_for_shard(shard, shards) if not writer.holds(0, u)]
     log(f"recording {len(layers)} layers of {arch.name} on {device} ({str(dtype).replace('torch.', '')}): "
@@ -353,15 +354,6 @@ def _progress(config, total_tokens):
     from tqdm.auto import tqdm
 
     return tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="record", smoothing=0.1)
-
-
-def _merge_progress(config):
-    """How the store shows its n-gram merges (one tick per table), or None without --progress."""
-    if not config.progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return lambda tables, desc: tqdm(tables, desc=desc, unit="table", leave=False)
 
 
 def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fastneurons.analysis.pipeline import AnalysisSettings, analyze_counts
+from fastneurons.progress import bars
 from fastneurons.analysis.positional import TYPES
 from fastneurons.analysis.suppression import vocab_projection
 from fastneurons.config import AnalyzeConfig
@@ -146,7 +147,8 @@ def analyze_store(path, folder, config: AnalyzeConfig, log=print, anchor: str = 
             weights, loaded_spec, why_not = load_weights(counts, config)
             if weights is None:
                 log(f"warning: {path}: {why_not}")
-        results = analyze_counts(counts, config.settings or AnalysisSettings(), weights)
+        results = analyze_counts(counts, config.settings or AnalysisSettings(), weights,
+                                 progress=bars(config.progress, unit="layer"))
         if weights is None:
             results = replace(results, suppression_skipped=why_not)
             if config.suppression:

@@ -12,6 +12,7 @@ import numpy as np
 
 from fastneurons.ngrams import runs as ngram_runs
 from fastneurons.ngrams.accumulator import SeenTable, Table
+from fastneurons.progress import each
 from fastneurons.store.format import (DenseCounts, Header, StoreError, _atomic_h5, _check_file, _ngram_group, _write_dense,
                      _write_header, _write_json_attr, compatibility_problem, read_dense, read_header, runs_dir,
                      seen_path, table_path)
@@ -24,7 +25,7 @@ def merge_ngram_groups(dest: h5py.Group, sources: list, header: Header, ngram_me
     ``progress(tables, desc)``, when given, wraps the list of tables (e.g. a tqdm bar)."""
     subs = [table_path(layer, k) for layer in header.ngram_layers for k in header.orders]
     subs += [seen_path(k) for k in header.orders] if header.ngram_layers else []
-    for sub in (subs if progress is None else progress(subs, "merge n-grams")):
+    for sub in each(progress, subs, "merge n-grams"):
         groups = [src[sub] for src in sources if sub in src]
         if groups:
             ngram_runs.merge_tables(groups, dest.create_group(sub), ngram_memory, compress=compress)
