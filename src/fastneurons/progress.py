@@ -5,6 +5,8 @@ show progress without knowing about tqdm or the command's flags.
 """
 from __future__ import annotations
 
+import contextlib
+
 
 def bars(enabled: bool, unit: str = "it"):
     """A wrapper that shows a tqdm bar over the items it is given, or None when not ``enabled``."""
@@ -13,6 +15,16 @@ def bars(enabled: bool, unit: str = "it"):
     from tqdm.auto import tqdm
 
     return lambda items, desc: tqdm(items, desc=desc, unit=unit, leave=False)
+
+
+def counting_bar(enabled: bool, *, total: int, desc: str, unit: str):
+    """A bar to ``update(n)`` as work is done (rate and ETA from the first update), or None when not ``enabled``;
+    a context manager either way."""
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, unit_scale=True, desc=desc, smoothing=0.1)
 
 
 def each(progress, items, desc: str):

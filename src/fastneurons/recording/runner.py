@@ -7,7 +7,6 @@ store, so an interrupted run resumes to exactly the counts of an uninterrupted o
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -23,7 +22,7 @@ from fastneurons.recording.counter import attach_counters
 from fastneurons.models.loading import LoadedModel, load_model, load_tokenizer
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams.keys import pack_bits_for_vocab
-from fastneurons.progress import bars
+from fastneurons.progress import bars, counting_bar
 from fastneurons.models.offload import LayerStreamer
 from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreError
 
@@ -347,22 +346,13 @@ def record(config: RecordConfig, log=print) -> Path:
     return Path(config.out)
 
 
-def _progress(config, total_tokens):
-    """record's bar: ticks per micro-batch, tokens/s and the ETA from the first micro-batch on."""
-    if not config.progress:
-        return contextlib.nullcontext(None)
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="record", smoothing=0.1)
-
-
 def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter) -> None:
     """Run the units in ``todo``; commit at most every ``commit_seconds``; the last commit finalizes."""
     config, plan, model, arch = recording.config, recording.plan, recording.model, recording.arch
     memory, last_layer = parse_bytes(config.ngram_memory), recording.layers[-1]
     total = sum(_unit_tokens(plan, u) for u in todo)
     last_commit, done, new_runs = time.monotonic(), [], []
-    with _progress(config, total) as bar:
+    with counting_bar(config.progress, total=total, desc="record", unit="tok") as bar:
         for position, index in enumerate(todo):
             unit = plan.unit(index)
             for micro in unit.batches:
