@@ -16,12 +16,12 @@ import fastneurons
 from fastneurons.analysis.detectors import DEFAULT_MAX_COVERAGE
 from fastneurons.analysis.pipeline import AnalysisSettings
 from fastneurons.cli import _COMMANDS, _config_from, build_parser, main
-from fastneurons.config import AnalyzeConfig, DemoConfig, InfoConfig, MergeConfig, RecordConfig
+from fastneurons.config import AnalyzeConfig, BenchConfig, DemoConfig, InfoConfig, MergeConfig, RecordConfig
 from fastneurons.info import _ranges
 from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header
 
 CLASSES = {"record": RecordConfig, "merge": MergeConfig, "analyze": AnalyzeConfig, "demo": DemoConfig,
-           "info": InfoConfig}
+           "bench": BenchConfig, "info": InfoConfig}
 # the least each command needs, and the config it must give (built directly in Python)
 MINIMAL = {
     "record": (["--model", "m", "--corpus", "c.txt", "--out", "o.h5"],
@@ -29,6 +29,7 @@ MINIMAL = {
     "merge": (["a.h5", "b.h5", "-o", "m.h5"], MergeConfig(inputs=["a.h5", "b.h5"], out="m.h5")),
     "analyze": (["c.h5"], AnalyzeConfig(counts=["c.h5"], settings=AnalysisSettings())),
     "demo": ([], DemoConfig()),
+    "bench": ([], BenchConfig()),
     "info": ([], InfoConfig()),
 }
 
@@ -296,3 +297,16 @@ def test_info_on_a_store_and_a_missing_file_returns_2(tmp_path, capsys):
 ])
 def test_ranges(values, text):
     assert _ranges(values) == text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--skip", "nope"], "--skip ['nope']: choose from"),
+    (["--tokens", "100"], "must be a multiple of 2 x --seq-len"),
+    (["--densities", "dense"], "--densities ['dense']: choose from"),
+    (["--model-config", "7b"], "--model-config 7b: choose from"),
+])
+def test_bench_flags_are_parsed_here_and_bad_ones_exit_2(capsys, argv, message):
+    from fastneurons.bench.__main__ import main as bench_main
+
+    assert bench_main(argv) == 2  # python -m fastneurons.bench goes through cli.main
+    assert message in capsys.readouterr().err

@@ -152,6 +152,13 @@ def _demo(config):
     print(f"report: {path}")
 
 
+@command("bench", cfg.BenchConfig, "measure fastneurons against the plain way (also: python -m fastneurons.bench)")
+def _bench(config):
+    from fastneurons.bench.__main__ import run_bench
+
+    run_bench(config)
+
+
 @command("info", cfg.InfoConfig, "print version, compiled backends, threads and GPUs, or what counts stores hold")
 def _info(config):
     from fastneurons.info import describe_store, format_info, format_lines

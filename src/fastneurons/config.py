@@ -216,6 +216,52 @@ class InfoConfig:
         return self
 
 
+BENCH_SECTIONS = ("kernel", "ngrams", "end_to_end", "scaling", "smollm2", "offload")
+
+
+@dataclass
+class BenchConfig:
+    """`python -m fastneurons.bench` (= `fastneurons bench`): fastneurons against the plain way, measured."""
+
+    quick: bool = _opt(False, "tiny sizes for a CI smoke run (about a minute)")
+    device: str = _opt("cpu", "cpu or cuda[:N] (GPU figures are unverified without one)")
+    model_config: Optional[str] = _opt(None, "OPT size whose real config (random weights) is recorded end to end "
+                                             "(default 125m; tiny with --quick)")
+    tokens: Optional[int] = _opt(None, "tokens per end-to-end run (default 2048; 512 with --quick)")
+    seq_len: Optional[int] = _opt(None, "sequence length (default 512; 64 with --quick)")
+    batch_size: int = _opt(2, "sequences per micro-batch")
+    repeats: Optional[int] = _opt(None, "interleaved rounds per measurement (default 3; 1 with --quick)")
+    densities: Optional[list] = _list("activation densities of the OPT runs: random, sparse (default: both)")
+    smollm2_tokens: int = _opt(1024, "tokens for the SmolLM2 run")
+    scaling_factors: list = field(default_factory=lambda: [1, 4, 16],
+                                  metadata={"help": "token multiples of the scaling runs", "nargs": "+", "type": int})
+    skip: list = field(default_factory=list, metadata={"help": f"sections to leave out: {', '.join(BENCH_SECTIONS)}",
+                                                       "nargs": "+"})
+    threads: Optional[int] = _opt(None, "CPU threads (default: all cores)")
+    gpu_memory: str = _opt("4G", "GPU weight budget of the offloaded run (cuda only)")
+    offload_config: str = _opt("6.7b", "OPT size recorded offloaded vs in memory (cuda only)")
+    json: str = _opt("bench-results.json", "where to write all results")
+    work_dir: Optional[str] = _opt(None, "folder for models and stores (default: a temporary one)")
+
+    def validate(self) -> "BenchConfig":
+        """Fill the defaults that depend on --quick; refuse unknown sections and uneven token counts."""
+        quick = self.quick
+        defaults = {"model_config": "tiny" if quick else "125m", "tokens": 512 if quick else 2048,
+                    "seq_len": 64 if quick else 512, "repeats": 1 if quick else 3}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        unknown = sorted(set(self.skip) - set(BENCH_SECTIONS))
+        if unknown:
+            raise ValueError(f"--skip {unknown}: choose from {', '.join(BENCH_SECTIONS)}")
+        if quick and "smollm2" not in self.skip:
+            self.skip = [*self.skip, "smollm2"]  # decoding the GGUF alone takes ~15 s per worker
+        if self.tokens % (2 * self.seq_len):
+            raise ValueError(f"--tokens {self.tokens} must be a multiple of 2 x --seq-len ({2 * self.seq_len}): "
+                             "the corpus has two domains of full-length sequences")
+        return self
+
+
 @dataclass
 class DemoConfig:
     """`fastneurons demo`: record + analyze + report on an embedded default that downloads nothing.

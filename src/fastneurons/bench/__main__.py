@@ -7,7 +7,6 @@ fastneurons and the plain way count identically, prints ratio tables and writes 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 import sys
@@ -15,44 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ("kernel", "ngrams", "end_to_end", "scaling", "smollm2", "offload")
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    from fastneurons.bench.workloads import DENSITIES, OPT_SIZES
-
-    parser = argparse.ArgumentParser(prog="python -m fastneurons.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes for a CI smoke run (about a minute)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (GPU figures are unverified without one)")
-    parser.add_argument("--model-config", default=None, choices=sorted(OPT_SIZES),
-                        help="OPT size whose real config (random weights) is recorded end to end (default 125m)")
-    parser.add_argument("--tokens", type=int, default=None, help="tokens per end-to-end run (default 2048)")
-    parser.add_argument("--seq-len", type=int, default=None, help="sequence length (default 512)")
-    parser.add_argument("--batch-size", type=int, default=2, help="sequences per micro-batch")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds per measurement (default 3)")
-    parser.add_argument("--densities", nargs="+", default=list(DENSITIES), choices=DENSITIES)
-    parser.add_argument("--smollm2-tokens", type=int, default=None, help="tokens for the SmolLM2 run (default 1024)")
-    parser.add_argument("--scaling-factors", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--skip", nargs="+", default=[], choices=SECTIONS, help="sections to leave out")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    parser.add_argument("--gpu-memory", default="4G", help="GPU weight budget of the offloaded run (cuda only)")
-    parser.add_argument("--offload-config", default="6.7b", choices=sorted(OPT_SIZES),
-                        help="OPT size recorded offloaded vs in memory (cuda only)")
-    parser.add_argument("--json", default="bench-results.json", help="where to write all results")
-    parser.add_argument("--work-dir", default=None, help="folder for models and stores (default: a temporary one)")
-    args = parser.parse_args(argv)
-    quick = args.quick
-    defaults = {"model_config": "tiny" if quick else "125m", "tokens": 512 if quick else 2048,
-                "seq_len": 64 if quick else 512, "repeats": 1 if quick else 3, "smollm2_tokens": 1024}
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if quick and "smollm2" not in args.skip:
-        args.skip.append("smollm2")  # decoding the GGUF alone takes ~15 s per worker
-    if args.tokens % (2 * args.seq_len):
-        parser.error(f"--tokens {args.tokens} must be a multiple of 2 x --seq-len ({2 * args.seq_len}): "
-                     "the corpus has two domains of full-length sequences")
-    return args
+from fastneurons.config import BENCH_SECTIONS as SECTIONS, BenchConfig
 
 
 def check_device(device: str) -> None:
@@ -60,21 +22,35 @@ def check_device(device: str) -> None:
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
+        raise ValueError(f"--device {device}: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
                          "run on a machine with a GPU, or use --device cpu")
     if device != "cpu" and not device.startswith("cuda"):
-        raise SystemExit(f"--device {device!r}: choose cpu or cuda[:N]")
+        raise ValueError(f"--device {device!r}: choose cpu or cuda[:N]")
+
+
+def check_choices(config: BenchConfig) -> BenchConfig:
+    """Refuse OPT sizes and densities the workloads do not know; no --densities means both."""
+    from fastneurons.bench.workloads import DENSITIES, OPT_SIZES
+
+    for flag, value in (("--model-config", config.model_config), ("--offload-config", config.offload_config)):
+        if value not in OPT_SIZES:
+            raise ValueError(f"{flag} {value}: choose from {', '.join(OPT_SIZES)}")
+    densities = config.densities or list(DENSITIES)
+    unknown = sorted(set(densities) - set(DENSITIES))
+    if unknown:
+        raise ValueError(f"--densities {unknown}: choose from {', '.join(DENSITIES)}")
+    return dataclasses.replace(config, densities=densities)
 
 
 class Bench:
     """Runs the sections in order, printing each table as it is done and collecting the results."""
 
-    def __init__(self, args):
+    def __init__(self, args: BenchConfig):
         from fastneurons.bench.report import machine_info
 
         self.args = args
         self.results = {"command": "python -m fastneurons.bench " + " ".join(sys.argv[1:]),
-                        "machine": machine_info(args.device), "settings": vars(args).copy(), "tables": {}}
+                        "machine": machine_info(args.device), "settings": dataclasses.asdict(args), "tables": {}}
         self.work = Path(args.work_dir or tempfile.mkdtemp(prefix="fastneurons-bench-"))
         self.work.mkdir(parents=True, exist_ok=True)
         self._corpus = None
@@ -252,21 +228,28 @@ class Bench:
         return self.results
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    check_device(args.device)
+def run_bench(config: BenchConfig) -> dict:
+    """Run the bench the validated ``config`` describes: print its tables, write its JSON."""
+    check_device(config.device)
+    config = check_choices(config)
     import torch
 
     from fastneurons.bench.report import write_json
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    bench = Bench(args)
-    results = bench.run()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    results = Bench(config).run()
     print("\n" + "\n\n".join(f"### {t['title']}\n\n{t['markdown']}" for t in results["tables"].values()))
-    write_json(args.json, results)
-    print(f"\nwall time {results['wall_s']:.0f} s; results written to {args.json}")
-    return 0
+    write_json(config.json, results)
+    print(f"\nwall time {results['wall_s']:.0f} s; results written to {config.json}")
+    return results
+
+
+def main(argv=None) -> int:
+    """`python -m fastneurons.bench ...` is `fastneurons bench ...` (cli.py parses the flags)."""
+    from fastneurons.cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
