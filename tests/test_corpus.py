@@ -12,7 +12,7 @@ import pytest
 from tokenizers import ByteLevelBPETokenizer, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from fastneurons.recording import corpus
+from fastneurons.recording import documents
 from fastneurons.recording.corpus import CorpusSource, parse_corpus_arg, plan_corpus
 from fastneurons.demo.stdlib_text import split_module, stdlib_text
 
@@ -245,7 +245,7 @@ def test_budget_stops_reading_early(tmp_path, monkeypatch):
     monkeypatch.setattr(type(tok), "__call__", counting_call)
     plan = plan_corpus([big], tok, seq_len=16, batch_size=4, unit_batches=1, max_tokens=1000)
     assert plan.num_tokens == 1000
-    assert sum(seen) <= 2 * corpus.FIRST_BATCH_CHARS + corpus.PIECE_CHARS
+    assert sum(seen) <= 2 * documents.FIRST_BATCH_CHARS + documents.PIECE_CHARS
     assert plan.domains[0].size == big.stat().st_size
 
 
@@ -397,14 +397,14 @@ def test_settings_validation(tmp_path, kwargs, name):
 
 def test_pieces_do_not_depend_on_chunking():
     text = "".join(f"line {i}\n" + ("  indented\n" if i % 3 else "\n") for i in range(400))
-    whole = list(corpus._pieces([text], 97))
+    whole = list(documents._pieces([text], 97))
     assert "".join(whole) == text and all(len(p) <= 97 for p in whole)
     assert all(not p[-1].isspace() and nxt[0] == "\n" for p, nxt in zip(whole, whole[1:]))  # cut at line ends
     for size in (1, 13, 500):
         chunks = [text[i:i + size] for i in range(0, len(text), size)]
-        assert list(corpus._pieces(chunks, 97)) == whole
-    assert list(corpus._pieces(["x" * 25], 10)) == ["x" * 10, "x" * 10, "x" * 5]
-    assert list(corpus._pieces(["ab cd  ef\r\ngh"], 7)) == ["ab cd", "  ef", "\r\ngh"]
+        assert list(documents._pieces(chunks, 97)) == whole
+    assert list(documents._pieces(["x" * 25], 10)) == ["x" * 10, "x" * 10, "x" * 5]
+    assert list(documents._pieces(["ab cd  ef\r\ngh"], 7)) == ["ab cd", "  ef", "\r\ngh"]
 
 
 def test_preferred_split_point_is_exact_for_byte_level_bpe(gpt2):
@@ -413,8 +413,8 @@ def test_preferred_split_point_is_exact_for_byte_level_bpe(gpt2):
     rng, tested = random.Random(0), 0
     for _ in range(400):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(10, 80)))
-        cut = corpus._split_point(text, rng.randint(2, len(text) - 1))
-        if text[cut] in corpus.CUT_BEFORE and not text[cut - 1].isspace():  # not a forced cut
+        cut = documents._split_point(text, rng.randint(2, len(text) - 1))
+        if text[cut] in documents.CUT_BEFORE and not text[cut - 1].isspace():  # not a forced cut
             tested += 1
             whole, left, right = gpt2([text, text[:cut], text[cut:]], add_special_tokens=False)["input_ids"]
             assert whole == left + right, (text[:cut], text[cut:])
@@ -428,8 +428,8 @@ def test_piece_splitting_is_exact_for_byte_level_bpe(tmp_path, gpt2, monkeypatch
     paths.append(crlf)
     for path in paths:
         whole = plan_corpus([path], gpt2, seq_len=64, batch_size=4, unit_batches=1)
-        monkeypatch.setattr(corpus, "PIECE_CHARS", 1000)
-        monkeypatch.setattr(corpus, "FIRST_BATCH_CHARS", 3000)
+        monkeypatch.setattr(documents, "PIECE_CHARS", 1000)
+        monkeypatch.setattr(documents, "FIRST_BATCH_CHARS", 3000)
         pieces = plan_corpus([path], gpt2, seq_len=64, batch_size=4, unit_batches=1)
         monkeypatch.undo()
         assert np.array_equal(whole.tokens, pieces.tokens)
