@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 from fastneurons.recording.counter import NeuronCounter, attach_counters, positions_from_mask
-from fastneurons.kernels import pack_bits
+from fastneurons.kernels import pack_bits, unpack_bits
 
 
 def reference_counts(batches, num_neurons, max_positions, threshold=0.0, count_bos=False):
@@ -197,3 +197,52 @@ def test_attach_counters_set_positions_with_counted_mask():
     handle.remove()
     state = handle.counters[name].state_dict()
     assert state["tokens"] == 2 and state["pos_seen"][:4].tolist() == [1, 1, 1, 0]
+
+
+def test_domains_without_positions_and_load_state():
+    """Per-domain counts add up to the totals; without positions there is no pos_active; a counter
+    started from another's state continues exactly where that one is."""
+    generator = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(2, 6, 70, generator=generator), padded_mask(lengths, 6)) for lengths in ([6, 3], [2, 6], [5, 5])]
+    counter = NeuronCounter(70, max_positions=8, threshold=0.25, domains=2, count_positions=False)
+    for (pre, mask), domain in zip(batches[:2], (1, 0)):
+        counter.update(pre, positions_from_mask(mask), domain=domain)
+    for (pre, mask), domain in zip(batches[:2], (1, 0)):
+        ref = reference_counts([(pre, mask)], 70, 8, threshold=0.25)
+        np.testing.assert_array_equal(counter.domain_active[domain].numpy(), ref["active"])
+        assert int(counter.domain_tokens[domain]) == int(ref["tokens"])
+    both = reference_counts(batches[:2], 70, 8, threshold=0.25)
+    del both["pos_active"]
+    assert counter.pos_active is None
+    assert_counts_equal(counter.state_dict(), both)
+    resumed = NeuronCounter(70, max_positions=8, threshold=0.25, domains=2, count_positions=False)
+    resumed.load_state({name: getattr(counter, name).numpy()
+                        for name in ("domain_tokens", "domain_active", "pos_seen", "nan_count")})
+    for each in (counter, resumed):
+        each.update(batches[2][0], positions_from_mask(batches[2][1]), domain=1)
+    assert_counts_equal(resumed.state_dict(), counter.state_dict())
+    with pytest.raises(ValueError, match="no 'pos_active'"):
+        resumed.load_state({"pos_active": np.zeros((8, 70), np.int64)})
+    with pytest.raises(ValueError, match="domain 2"):
+        counter.update(batches[0][0], positions_from_mask(batches[0][1]), domain=2)
+
+
+def test_attach_counters_made_up_front_with_bits_of_some_modules_to_on_bits():
+    model = tiny_opt()
+    names = ["model.decoder.layers.0.fc1", "model.decoder.layers.1.fc1"]
+    seen, hooks = capture(model, names)
+    given = []
+    handle = attach_counters(model, names, max_positions=8, num_neurons=40, keep_bits=[names[1]],
+                             on_bits=lambda name, bits: given.append((name, tuple(bits.shape))))
+    assert set(handle.counters) == set(names)  # made before any forward
+    mask = padded_mask([5, 2], 5)
+    with torch.no_grad(), handle:
+        model(torch.randint(2, 64, (2, 5)), attention_mask=mask.long())
+    for hook in hooks:
+        hook.remove()
+    assert given == [(names[1], (10, 1))] and set(handle.bits) == {names[1]}
+    for name in names:
+        pre = seen[name][0].reshape(2, 5, 40)
+        assert_counts_equal(handle.counters[name].state_dict(), reference_counts([(pre, mask)], 40, 8))
+    on = pre > 0
+    assert torch.equal(unpack_bits(handle.bits[names[1]], 40).bool().reshape(2, 5, 40) & mask[..., None], on & mask[..., None])

@@ -1,8 +1,8 @@
 """`record()`: stream a corpus through a model's layers and commit SPEC §2 counts unit by unit.
 
-The model's own forward runs on fixed micro-batches; a hook on each recorded layer's neuron module
-hands the pre-activation to the fused kernel (counts stay on the device), and n-gram tables are
-built from the packed bits on the CPU. After each chunk of units the totals are committed to the
+The model's own forward runs on fixed micro-batches; the public counters (`attach_counters`, one per
+recorded layer's neuron module) hand each pre-activation to the fused kernel (counts stay on the
+device), and n-gram tables are built from the packed bits on the CPU (`NgramFeed`). After each chunk of units the totals are committed to the
 store, so an interrupted run resumes to exactly the counts of an uninterrupted one.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 
