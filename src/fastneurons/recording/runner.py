@@ -2,8 +2,9 @@
 
 The model's own forward runs on fixed micro-batches; the public counters (`attach_counters`, one per
 recorded layer's neuron module) hand each pre-activation to the fused kernel (counts stay on the
-device), and n-gram tables are built from the packed bits on the CPU (`NgramFeed`). After each chunk of units the totals are committed to the
-store, so an interrupted run resumes to exactly the counts of an uninterrupted one.
+device), and n-gram tables are built from the packed bits on the CPU (`NgramFeed`). After each chunk
+of units the totals are committed to the store, so an interrupted run resumes to exactly the counts
+of an uninterrupted one.
 """
 from __future__ import annotations
 
