@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from fastneurons.devices import canonical_device
 from fastneurons.kernels import count_activations, words_for
 
 
@@ -37,7 +38,7 @@ class NeuronCounter:
         self.num_neurons = int(num_neurons)
         self.max_positions = int(max_positions)
         self.threshold = float(threshold)
-        self.device = torch.device(device)
+        self.device = canonical_device(device)  # "cuda" -> "cuda:N", to compare with tensor.device
         self.keep_bits = bool(keep_bits)
         self.reset()
 
