@@ -22,7 +22,7 @@ import torch
 from fastneurons.models import architectures as archs
 from fastneurons.config import RecordConfig, parse_bytes
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
-from fastneurons.kernels import count_activations, words_for
+from fastneurons.kernels import PinnedHostCopies, count_activations, require_cuda_build, words_for
 from fastneurons.devices import canonical_device, dtype_from_config, rank_device, resolve_dtype
 from fastneurons.models.loading import load_model, load_tokenizer, resolve as resolve_checkpoint
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
@@ -94,6 +94,7 @@ class LayerTaps:
                        for layer in self.ngram_layers}
         self.seen = SeenAccumulator(orders=orders, pack_bits=pack_bits) if self.ngram_layers else None
         self.batch: Optional[MicroBatchTensors] = None
+        self.host_copies = PinnedHostCopies()  # bits to the n-gram tables via pinned buffers
         self._cpu_batch = None
         self._handles = []
         for row, layer in enumerate(self.layers):
@@ -131,7 +132,7 @@ class LayerTaps:
                                  nan_count=self.nan_count[row:row + 1])
         if want_bits:
             ids, pos, counted = self._cpu_batch
-            words = bits.reshape(-1, bits.shape[-1]).cpu().numpy().view(np.uint64)
+            words = self.host_copies.copy(layer, bits).reshape(-1, bits.shape[-1]).numpy().view(np.uint64)
             self.ngrams[layer].add(words, ids, pos, counted)
 
     def ngram_bytes(self) -> int:
@@ -287,6 +288,7 @@ def record(config: RecordConfig, log=print) -> Path:
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # streams, events and the kernel's context then stay on this GPU
+        require_cuda_build(device.index)  # refuse a _C that cannot run here before loading anything
     dtype = resolve_dtype(config.dtype, device, _checkpoint_dtype(config.model) if config.dtype == "auto" else None)
     _pin_threads(config.threads)
     loaded = load_model(config.model, dtype=dtype)
