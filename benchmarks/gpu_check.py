@@ -177,6 +177,39 @@ def check_exactness(report: Report, device: torch.device) -> None:
         report.skip("exactness", "CUDA counts == CPU kernel (fp32/fp16/bf16, random + planted, padding)", "no GPU")
 
 
+def check_planted_record(report: Report, work: Path) -> None:
+    """`record` of the planted OPT's layer 0 (exact integer sign rule) on CUDA == on the CPU: the whole
+    store, n-gram tables (so the pinned bits copies) included."""
+    from fastneurons.config import RecordConfig
+    from fastneurons.demo.command import build_demo_model, frequent_tokens
+    from fastneurons.demo.stdlib_text import stdlib_text
+    from fastneurons.models.loading import gpt2_tokenizer
+    from fastneurons.recording.runner import record
+
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from same_counts import assert_same_store
+    finally:
+        sys.path.pop(0)
+    corpus = [str(p) for p in stdlib_text(work / "planted-corpus", max_bytes=400_000)]
+    model_dir = work / "planted-opt"
+    model_dir.mkdir(exist_ok=True)
+    build_demo_model(model_dir, frequent_tokens(corpus, gpt2_tokenizer(), count=12), seq_len=256, seed=0)
+    base = RecordConfig(model=str(model_dir), corpus=corpus, out="", tokens="16384", seq_len=256, full_length=True,
+                        batch_size=8, layers=[0], ngram_layers=["0"], dtype="float32", progress=False)
+    stores = {}
+    for device in ("cpu", "cuda"):
+        stores[device] = work / f"planted-{device}.h5"
+        record(dataclasses.replace(base, out=str(stores[device]), device=device), log=lambda *a: None)
+    try:
+        assert_same_store(stores["cpu"], stores["cuda"])
+        same, detail = True, "identical (dense, per-domain, n-gram tables)"
+    except AssertionError as error:
+        same, detail = False, str(error).splitlines()[0][:200]
+    report.add("exactness", "planted OPT layer 0, record on CUDA == on CPU (16k tokens, fp32)", detail,
+               "identical", same)
+
+
 def check_kernel(report: Report, device: torch.device, quick: bool) -> None:
     """The fused pass against eager torch and a plain read of its input, at OPT-1.3b and 6.7b widths."""
     gpu = device.type == "cuda"
@@ -260,16 +293,16 @@ def check_share(report: Report, device: torch.device, quick: bool) -> None:
         report.skip("share", "OPT-1.3b / OPT-6.7b layers on the GPU", "no GPU")
 
 
-def _offload_model(work: Path, tokens: int):
+def _offload_model(work: Path, tokens: int, size: str):
     from fastneurons.bench.workloads import corpus_files, prepare_opt
 
     corpus = corpus_files(work / "corpus", 2 * tokens)
-    info = prepare_opt("1.3b", "random", work / "opt-1.3b", corpus, seq_len=512, calibration_tokens=0,
+    info = prepare_opt(size, "random", work / f"opt-{size}", corpus, seq_len=512, calibration_tokens=0,
                        dtype=torch.float16)
     return corpus, info
 
 
-def check_offload(report: Report, work: Path, budget: str, tokens: int):
+def check_offload(report: Report, work: Path, budget: str, tokens: int, size: str = "1.3b", device: str = "cuda"):
     """Streamed recording of OPT-1.3b (fp16, 2.6 GB) under --gpu-memory against in-memory recording."""
     import numpy as np
 
@@ -277,12 +310,12 @@ def check_offload(report: Report, work: Path, budget: str, tokens: int):
     from fastneurons.recording.runner import record
     from fastneurons.store import open_counts
 
-    corpus, info = _offload_model(work, tokens)
+    corpus, info = _offload_model(work, tokens, size)
     weights = 2 * info["parameters"]
     report.add("offload", "model", f"{info['name']}, {weights / 2**30:.2f} GiB fp16 weights, --gpu-memory {budget}",
                "weights > budget", weights > parse_bytes(budget))
     base = RecordConfig(model=info["path"], corpus=corpus, out="", tokens=str(tokens), seq_len=512, batch_size=8,
-                        ngram_layers=["0"], device="cuda", dtype="float16", progress=False)
+                        ngram_layers=["none"], device=device, dtype="float16", progress=False)
     times = {}
     for label, gpu_memory in (("in memory", None), ("streamed", budget)):
         out = work / f"{label.replace(' ', '_')}.h5"
@@ -328,7 +361,7 @@ def copy_overlap(events) -> tuple:
     return total, (overlap / total if total else 0.0)
 
 
-def check_trace(report: Report, info: dict, budget: str, out: Path) -> None:
+def check_trace(report: Report, info: dict, budget: str, out: Path, device: str = "cuda") -> None:
     """Profile three streamed micro-batches (with counting hooks) and measure copy/compute overlap."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -342,16 +375,21 @@ def check_trace(report: Report, info: dict, budget: str, out: Path) -> None:
     last = archs.num_layers(model, arch) - 1
     names = [name for name, module in model.named_modules()
              if any(module is archs.neuron_module(model, arch, i) for i in range(last + 1))]
-    ids = torch.randint(4, 50000, (8, 512), device="cuda")
+    ids = torch.randint(4, 50000, (8, 512), device=device)
     mask = torch.ones_like(ids)
-    with LayerStreamer(model, arch, "cuda", last, gpu_memory_bytes=parse_bytes(budget)) as streamer, \
-            attach_counters(model, names, max_positions=512), torch.inference_mode():
+    cuda = device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with LayerStreamer(model, arch, device, last, gpu_memory_bytes=parse_bytes(budget)) as streamer, \
+            attach_counters(model, names, max_positions=512) as counters, torch.inference_mode():
+        counters.set_batch(mask)                           # run_until bypasses the model's own forward
         archs.run_until(model, arch, ids, mask, last)      # warm-up
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        if cuda:
+            torch.cuda.synchronize()
+        with profile(activities=activities) as prof:
             for _ in range(3):
                 archs.run_until(model, arch, ids, mask, last)
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
         mode = streamer.plan.mode
     trace = out / "offload_trace.json"
     prof.export_chrome_trace(str(trace))
@@ -398,6 +436,10 @@ def run_checks(args, out: Path, work: Path) -> int:
         check_tests(report, gpu, args.quick, out)
     if "exactness" in wanted:
         check_exactness(report, device)
+        if gpu:
+            check_planted_record(report, work)
+        else:
+            report.skip("exactness", "planted OPT record on CUDA == on CPU", "no GPU")
     if "kernel" in wanted:
         check_kernel(report, device, args.quick)
     if "share" in wanted:
@@ -410,7 +452,7 @@ def run_checks(args, out: Path, work: Path) -> int:
             report.skip("offload", "streamed vs in-memory recording of OPT-1.3b", "no GPU")
     if "trace" in wanted:
         if gpu:
-            info = info or _offload_model(work, args.offload_tokens)[1]
+            info = info or _offload_model(work, args.offload_tokens, "1.3b")[1]
             check_trace(report, info, args.gpu_memory, out)
         else:
             report.skip("trace", "profiler trace of copy/compute overlap", "no GPU")
