@@ -56,3 +56,15 @@ def test_dtype_from_config():
     assert dtype_from_config({"dtype": "float16"}) == torch.float16
     assert dtype_from_config({"torch_dtype": "torch.float32"}) == torch.float32
     assert dtype_from_config({}) is None and dtype_from_config({"torch_dtype": "Size"}) is None
+
+
+def test_checkpoint_dtype_is_read_from_config_json(tmp_path):
+    from fastneurons.recording.runner import _checkpoint_dtype
+
+    (tmp_path / "config.json").write_text('{"model_type": "opt", "torch_dtype": "float16"}')
+    assert _checkpoint_dtype(str(tmp_path)) == torch.float16
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "dtype": "bfloat16"}')
+    assert _checkpoint_dtype(str(tmp_path)) == torch.bfloat16
+    assert _checkpoint_dtype(str(tmp_path / "missing")) is None
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    assert _checkpoint_dtype(str(tmp_path / "model.gguf")) is None

@@ -211,7 +211,7 @@ def valid_call(device="cpu"):
     (dict(pre=torch.zeros(2, 3, 140)[..., ::2]), ValueError, "contiguous in its last"),
     (dict(positions=torch.zeros(2, 3, dtype=torch.int64)), TypeError, "positions must be torch.int32"),
     (dict(positions=torch.zeros(3, 2, dtype=torch.int32)), ValueError, "positions must have shape"),
-    (dict(positions=torch.full((2, 3), 4, dtype=torch.int32)), ValueError, "must be < 4"),
+    (dict(positions=torch.full((2, 3), 4, dtype=torch.int32)), ValueError, r"in \[0, 4\)"),
     (dict(counted=torch.ones(2, 3, dtype=torch.uint8)), TypeError, "counted must be torch.bool"),
     (dict(active=torch.zeros(71, dtype=torch.int64)), ValueError, "active must have shape"),
     (dict(active=torch.zeros(70, dtype=torch.int32)), TypeError, "active must be torch.int64"),

@@ -52,8 +52,8 @@ def count_activations(pre, positions, counted, threshold, active, pos_active, bi
         high = int(positions.max())
         if high >= num_positions:
             raise ValueError(
-                f"positions must be < {num_positions} (pos_active has {num_positions} rows) or negative "
-                f"(padding), got {high}"
+                f"positions must be in [0, {num_positions}) (pos_active has {num_positions} rows) or "
+                f"negative (padding), got {high}"
             )
     _C = load_extension()
     args = _C.CountArgs()
