@@ -61,7 +61,8 @@ class Report:
 
     def markdown(self, title: str) -> str:
         lines = [f"# {title}", "", "| section | check | result | target | status |", "|---|---|---|---|---|"]
-        lines += [f"| {r['section']} | {r['check']} | {r['result']} | {r['target']} | {r['status']} |" for r in self.rows]
+        lines += [f"| {r['section']} | {r['check']} | {r['result']} | {r['target']} | {r['status']} |"
+                  for r in self.rows]
         skipped = [f"{r['section']}: {r['check']}" for r in self.rows if r["status"] == "SKIP"]
         lines += ["", f"Took {time.perf_counter() - self.started:.0f} s. Skipped: {'; '.join(skipped) or 'nothing'}."]
         return "\n".join(lines) + "\n"
@@ -111,7 +112,8 @@ def check_tests(report: Report, gpu: bool, quick: bool, out: Path) -> None:
         return
     if bad:
         print(done.stdout[-4000:], flush=True)
-    report.add("tests", "pytest -m cuda " + " ".join(targets), summary, "0 failed, 0 skipped", bad == 0 and skipped == 0)
+    report.add("tests", "pytest -m cuda " + " ".join(targets), summary, "0 failed, 0 skipped",
+               bad == 0 and skipped == 0)
 
 
 def _padded_batch(vocab: int, generator) -> tuple:

@@ -35,7 +35,8 @@ def visible_device_count(environ: Mapping[str, str] = os.environ) -> Optional[in
     if visible is None:
         return None
     count = 0
-    for entry in (entry.strip() for entry in visible.split(",")):  # CUDA stops at the first invalid entry; "-1" hides every later one
+    # CUDA stops at the first invalid entry: "-1" hides every later one
+    for entry in (entry.strip() for entry in visible.split(",")):
         if not entry or entry.startswith("-"):
             break
         count += 1
