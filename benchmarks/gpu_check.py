@@ -179,13 +179,24 @@ def check_exactness(report: Report, device: torch.device) -> None:
         report.skip("exactness", "CUDA counts == CPU kernel (fp32/fp16/bf16, random + planted, padding)", "no GPU")
 
 
-def check_planted_record(report: Report, work: Path) -> None:
+def _id_corpus(path: Path, tokens: int, vocab: int, seed: int) -> list:
+    """A .jsonl of random token-id documents (``tokens`` ids in all): models here need no tokenizer, so
+    the check runs where the GPT-2 tokenizer package is not installed."""
+    generator = torch.Generator().manual_seed(seed)
+    with open(path, "w") as out:
+        left = tokens
+        while left > 0:
+            length = min(left, int(torch.randint(50, 400, (1,), generator=generator)))
+            out.write(json.dumps(torch.randint(4, vocab, (length,), generator=generator).tolist()) + "\n")
+            left -= length
+    return [str(path)]
+
+
+def check_planted_record(report: Report, work: Path, devices=("cpu", "cuda")) -> None:
     """`record` of the planted OPT's layer 0 (exact integer sign rule) on CUDA == on the CPU: the whole
     store, n-gram tables (so the pinned bits copies) included."""
     from fastneurons.config import RecordConfig
-    from fastneurons.demo.command import build_demo_model, frequent_tokens
-    from fastneurons.demo.stdlib_text import stdlib_text
-    from fastneurons.models.loading import gpt2_tokenizer
+    from fastneurons.demo.planted import build_planted_opt, default_spec
     from fastneurons.recording.runner import record
 
     sys.path.insert(0, str(REPO / "tests"))
@@ -193,23 +204,23 @@ def check_planted_record(report: Report, work: Path) -> None:
         from same_counts import assert_same_store
     finally:
         sys.path.pop(0)
-    corpus = [str(p) for p in stdlib_text(work / "planted-corpus", max_bytes=400_000)]
+    spec = default_spec(list(range(300, 312)), max_positions=256, seed=0)
     model_dir = work / "planted-opt"
-    model_dir.mkdir(exist_ok=True)
-    build_demo_model(model_dir, frequent_tokens(corpus, gpt2_tokenizer(), count=12), seq_len=256, seed=0)
+    build_planted_opt(spec).save_pretrained(model_dir)
+    corpus = _id_corpus(work / "planted-ids.jsonl", 20000, spec.vocab_size, seed=2)
     base = RecordConfig(model=str(model_dir), corpus=corpus, out="", tokens="16384", seq_len=256, full_length=True,
-                        batch_size=8, layers=[0], ngram_layers=["0"], dtype="float32", progress=False)
-    stores = {}
-    for device in ("cpu", "cuda"):
-        stores[device] = work / f"planted-{device}.h5"
-        record(dataclasses.replace(base, out=str(stores[device]), device=device), log=lambda *a: None)
+                        batch_size=8, layers=[0], ngram_layers=["0"], dtype="float32", bos_id=spec.bos_token_id,
+                        progress=False)
+    stores = [work / f"planted-{i}-{device}.h5" for i, device in enumerate(devices)]
+    for store, device in zip(stores, devices):
+        record(dataclasses.replace(base, out=str(store), device=device), log=lambda *a: None)
     try:
-        assert_same_store(stores["cpu"], stores["cuda"])
+        assert_same_store(stores[0], stores[-1])
         same, detail = True, "identical (dense, per-domain, n-gram tables)"
     except AssertionError as error:
         same, detail = False, str(error).splitlines()[0][:200]
-    report.add("exactness", "planted OPT layer 0, record on CUDA == on CPU (16k tokens, fp32)", detail,
-               "identical", same)
+    report.add("exactness", f"planted OPT layer 0, record on {devices[-1]} == on {devices[0]} (16k tokens, fp32)",
+               detail, "identical", same)
 
 
 def check_kernel(report: Report, device: torch.device, quick: bool) -> None:
@@ -296,11 +307,19 @@ def check_share(report: Report, device: torch.device, quick: bool) -> None:
 
 
 def _offload_model(work: Path, tokens: int, size: str):
-    from fastneurons.bench.workloads import corpus_files, prepare_opt
+    """An OPT-``size``-shaped fp16 checkpoint with random weights (no tokenizer) and an id corpus for it."""
+    from transformers import OPTForCausalLM
 
-    corpus = corpus_files(work / "corpus", 2 * tokens)
-    info = prepare_opt(size, "random", work / f"opt-{size}", corpus, seq_len=512, calibration_tokens=0,
-                       dtype=torch.float16)
+    from fastneurons.bench.workloads import opt_config
+
+    torch.manual_seed(0)
+    config = opt_config(size)
+    model = OPTForCausalLM._from_config(config, dtype=torch.float16).eval()
+    path = work / f"opt-{size}"
+    model.save_pretrained(path)
+    info = {"name": f"opt-{size}-shaped (random)", "path": str(path),
+            "parameters": sum(p.numel() for p in model.parameters())}
+    corpus = _id_corpus(work / "offload-ids.jsonl", 2 * tokens, config.vocab_size, seed=3)
     return corpus, info
 
 
@@ -317,7 +336,7 @@ def check_offload(report: Report, work: Path, budget: str, tokens: int, size: st
     report.add("offload", "model", f"{info['name']}, {weights / 2**30:.2f} GiB fp16 weights, --gpu-memory {budget}",
                "weights > budget", weights > parse_bytes(budget))
     base = RecordConfig(model=info["path"], corpus=corpus, out="", tokens=str(tokens), seq_len=512, batch_size=8,
-                        ngram_layers=["none"], device=device, dtype="float16", progress=False)
+                        ngram_layers=["none"], device=device, dtype="float16", bos_id=2, progress=False)
     times = {}
     for label, gpu_memory in (("in memory", None), ("streamed", budget)):
         out = work / f"{label.replace(' ', '_')}.h5"
