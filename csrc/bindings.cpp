@@ -51,6 +51,18 @@ uint64_t read_bytes(uintptr_t address, int64_t nbytes, int32_t threads) {
   return fastneurons::read_bytes_cpu(reinterpret_cast<const void*>(address), nbytes, threads);
 }
 
+void read_bytes_cuda(uintptr_t address, int64_t nbytes, uintptr_t out, int32_t device, uintptr_t stream) {
+#if defined(FASTNEURONS_WITH_CUDA)
+  py::gil_scoped_release release;
+  fastneurons::read_bytes_cuda(reinterpret_cast<const void*>(address), nbytes,
+                               reinterpret_cast<int64_t*>(out), device,
+                               reinterpret_cast<cudaStream_t>(stream));
+#else
+  (void)address, (void)nbytes, (void)out, (void)device, (void)stream;
+  throw std::runtime_error("fastneurons._C was built without CUDA: reinstall with nvcc on PATH (pip install .)");
+#endif
+}
+
 py::dict info() {
   py::dict d;
   py::list backends;
@@ -58,10 +70,19 @@ py::dict info() {
 #if defined(FASTNEURONS_WITH_CUDA)
   backends.append("cuda");
   d["cuda_devices"] = fastneurons::cuda_device_count();
-  d["cuda_version"] = fastneurons::cuda_version_string();
+  d["cuda_runtime_version"] = fastneurons::cuda_runtime_version();
+  d["cuda_driver_version"] = fastneurons::cuda_driver_version();
+  d["cuda_device_capabilities"] = fastneurons::cuda_device_capabilities();
+  d["cuda_compiler_version"] = std::to_string(FASTNEURONS_NVCC_MAJOR) + "." +
+                               std::to_string(FASTNEURONS_NVCC_MINOR);
+  d["cuda_architectures"] = std::string(FASTNEURONS_CUDA_ARCHITECTURES);
 #else
   d["cuda_devices"] = 0;
-  d["cuda_version"] = py::none();
+  d["cuda_runtime_version"] = py::none();
+  d["cuda_driver_version"] = py::none();
+  d["cuda_device_capabilities"] = py::list();
+  d["cuda_compiler_version"] = py::none();
+  d["cuda_architectures"] = py::none();
 #endif
   d["backends"] = backends;
 #if defined(_OPENMP)
@@ -116,5 +137,8 @@ PYBIND11_MODULE(_C, m) {
         "One fused counting pass; device_type 'cpu' or 'cuda' (stream: cudaStream_t as int).");
   m.def("read_bytes", &read_bytes, py::arg("address"), py::arg("nbytes"), py::arg("threads") = 0,
         "Reads nbytes at address with threads threads and returns an XOR checksum (benchmarks).");
-  m.def("info", &info, "Compiled backends, OpenMP threads, CUDA devices and versions.");
+  m.def("read_bytes_cuda", &read_bytes_cuda, py::arg("address"), py::arg("nbytes"), py::arg("out"),
+        py::arg("device"), py::arg("stream") = 0,
+        "Reads nbytes of device memory (16-byte vectors) and XORs them into the int64 at out (benchmarks).");
+  m.def("info", &info, "Compiled backends, OpenMP threads, CUDA devices, versions (1000*major+10*minor) and architectures.");
 }

@@ -1,7 +1,20 @@
-"""Shared test helpers: the `device` fixture runs a test on the CPU and, when one is visible, on CUDA."""
+"""Shared test helpers: the `device` fixture runs a test on the CPU and, when one is visible, on CUDA.
+
+CUDA cases (marker `cuda`) are skipped when torch sees no GPU, unless FASTNEURONS_REQUIRE_CUDA=1: then
+they fail, so a CPU-only torch on a GPU machine cannot pass for a green GPU run.
+"""
+
+import os
 
 import pytest
 import torch
+
+REQUIRE_CUDA = "FASTNEURONS_REQUIRE_CUDA"
+
+
+def cuda_required(environ=os.environ) -> bool:
+    """Whether the environment demands that CUDA cases run (FASTNEURONS_REQUIRE_CUDA=1)."""
+    return environ.get(REQUIRE_CUDA, "").strip() not in ("", "0")
 
 
 def pytest_configure(config):
@@ -9,12 +22,18 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or cuda_required():
         return
     skip = pytest.mark.skip(reason="no CUDA device visible")
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("cuda") is not None and cuda_required() and not torch.cuda.is_available():
+        pytest.fail(f"{REQUIRE_CUDA}=1 but torch sees no CUDA device (torch {torch.__version__}, "
+                    f"CUDA {torch.version.cuda or 'none'})", pytrace=False)
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

@@ -60,6 +60,14 @@ def test_neuron_counter_matches_reference(device):
     assert_counts_equal(counter.state_dict(), reference_counts(batches, 70, 8, threshold=0.25))
 
 
+def test_counter_on_cuda_without_an_index_takes_the_current_gpu(monkeypatch):
+    """torch.device("cuda") != cuda:0, the device of every CUDA tensor: the counter must store cuda:N."""
+    monkeypatch.setattr(NeuronCounter, "reset", lambda self: None)   # no CUDA tensors needed here
+    counter = NeuronCounter(4, device="cuda")
+    expected = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    assert counter.device == torch.device("cuda", expected)
+
+
 def test_counted_mask_flat_rows_and_bits():
     generator = torch.Generator().manual_seed(1)
     pre = torch.randn(2, 5, 130, generator=generator)

@@ -166,6 +166,28 @@ def test_optional_outputs_and_empty_input(device):
     count_activations(empty, none, none >= 0, 0.0, active, pos_active)
 
 
+def test_every_negative_position_is_padding(device):
+    """CPU and CUDA agree: positions < -1 are padding like -1 (the CPU used to refuse them)."""
+    generator = torch.Generator().manual_seed(8)
+    positions = torch.tensor([[0, 1, -2, 2], [-7, 0, 1, -2147483648]], dtype=torch.int32)
+    pre = make_pre((2, 4, 100), torch.float32, generator).to(device)
+    fast = check_against_naive(pre, positions.to(device), (positions >= 1).to(device), 0.0, 3)
+    assert not fast["bits"][0, 2].any() and not fast["bits"][1, 0].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_many_rows_split_into_chunks_and_row_groups(device, dtype):
+    """Enough rows that every word is split over many warps (CUDA) and row groups end mid-sequence."""
+    generator = torch.Generator().manual_seed(9)
+    lengths = [300, 257, 1, 0, 123, 299, 64]
+    positions = right_padded_positions(lengths, 300)
+    positions[4] = torch.roll(positions[4], 50)                     # left padding in one row
+    pre = make_pre((len(lengths), 300, 1000), dtype, generator).to(device)
+    pre[2, 0, 5] = float("nan")
+    counted = (positions >= 1) & (torch.rand(positions.shape, generator=generator) < 0.9)
+    check_against_naive(pre, positions.to(device), counted.to(device), 0.25, 300)
+
+
 def test_pack_and_unpack_are_inverse():
     on = torch.rand(3, 5, 131) < 0.3
     bits = pack_bits(on)
@@ -190,7 +212,6 @@ def valid_call(device="cpu"):
     (dict(positions=torch.zeros(2, 3, dtype=torch.int64)), TypeError, "positions must be torch.int32"),
     (dict(positions=torch.zeros(3, 2, dtype=torch.int32)), ValueError, "positions must have shape"),
     (dict(positions=torch.full((2, 3), 4, dtype=torch.int32)), ValueError, r"in \[0, 4\)"),
-    (dict(positions=torch.full((2, 3), -2, dtype=torch.int32)), ValueError, "-1 \\(padding\\)"),
     (dict(counted=torch.ones(2, 3, dtype=torch.uint8)), TypeError, "counted must be torch.bool"),
     (dict(active=torch.zeros(71, dtype=torch.int64)), ValueError, "active must have shape"),
     (dict(active=torch.zeros(70, dtype=torch.int32)), TypeError, "active must be torch.int64"),
@@ -226,6 +247,94 @@ def test_cuda_ignores_positions_beyond_table_in_pos_active():
     count_activations(**call)
     assert call["pos_active"][:, 0].tolist() == [2, 1, 0, 1]
     assert int(call["active"][0]) == 6
+
+
+@pytest.mark.parametrize("runtime, driver, torch_cuda, message", [
+    (13000, 12040, "12.4", "driver is too old for _C's runtime; rebuild _C with torch's CUDA 12 toolkit"),
+    (13000, 12080, "13.0", "update the NVIDIA driver to one for CUDA 13"),
+    (13000, 13000, "12.8", "same CUDA major; rebuild _C with torch's CUDA 12"),
+    (12040, 0, "12.4", "no NVIDIA driver"),
+    (12040, 12020, None, "CUDA build of torch"),
+])
+def test_cuda_version_mismatch_is_refused_naming_all_three(runtime, driver, torch_cuda, message):
+    problem = kernels.cuda_build_problem(runtime, driver, torch_cuda)
+    assert message in problem
+    assert f"runtime {kernels.cuda_version_text(runtime)}" in problem and "torch uses CUDA" in problem
+    assert f"supports CUDA {kernels.cuda_version_text(driver)}" in problem
+
+
+@pytest.mark.parametrize("runtime, driver, torch_cuda", [(13000, 13000, "13.0"), (12040, 13000, "12.4"),
+                                                         (12080, 12040, "12.1")])
+def test_cuda_versions_that_fit(runtime, driver, torch_cuda):
+    assert kernels.cuda_build_problem(runtime, driver, torch_cuda) is None   # minor versions are compatible
+
+
+def test_the_first_cuda_call_refuses_a_mismatched_build(monkeypatch):
+    """require_cuda_build runs before any kernel work on a CUDA tensor; injected versions that do not fit."""
+    real = kernels.load_extension()
+
+    class Mismatched:
+        CountArgs = real.CountArgs
+
+        def info(self):
+            return dict(real.info(), backends=["cpu", "cuda"], cuda_runtime_version=13000,
+                        cuda_driver_version=12040, cuda_architectures="75-real,80-real,90")
+
+        def count_activations(self, *args):
+            raise AssertionError("the kernel must not run")
+
+    monkeypatch.setattr(kernels, "_EXTENSION", Mismatched())
+    monkeypatch.setattr(kernels, "_CHECKED_DEVICES", set())
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    with pytest.raises(RuntimeError, match="CUDA runtime 13.0, the driver supports CUDA 12.4 and torch uses CUDA 12.4"):
+        kernels.require_cuda_build(0)
+
+
+@pytest.mark.parametrize("capability, architectures, expected", [
+    (75, "75-real,80-real,90", True),     # T4
+    (86, "75-real,80-real,90", True),     # A10/3090: sm_80 SASS runs on 8.6
+    (89, "80-real", True),                # L4
+    (90, "75-real,80-real,90", True),     # H100/H200
+    (100, "75-real,80-real,90", True),    # Blackwell: compute_90 PTX, JIT-compiled
+    (100, "75-real,80-real,90-real", False),
+    (70, "75-real,80-real,90", False),    # V100: nothing older than 7.5
+    (75, "80;90", False),                 # the old default had no T4 image
+    (90, "90a-real", True), (91, "90a-real", False),
+    (86, "80-virtual", True), (75, "80-virtual", False),
+    (90, "native", None),
+])
+def test_kernel_image_for_a_compute_capability(capability, architectures, expected):
+    assert kernels.has_kernel_image(capability, architectures) is expected
+    problem = kernels.cuda_device_problem(capability, architectures)
+    assert (problem is not None) == (expected is False)
+    if problem:
+        assert f"compute capability {capability // 10}.{capability % 10}" in problem
+
+
+def test_pinned_host_copies_pass_cpu_tensors_through():
+    tensor = torch.arange(5)
+    assert kernels.PinnedHostCopies().copy("bits", tensor) is tensor
+
+
+@pytest.mark.cuda
+def test_pinned_host_copies_reuse_one_pinned_buffer_per_key():
+    copies = kernels.PinnedHostCopies()
+    first = copies.copy("bits", torch.arange(10, device="cuda"))
+    assert first.is_pinned() and first.tolist() == list(range(10))
+    pointer = first.data_ptr()
+    second = copies.copy("bits", torch.arange(4, device="cuda") * 3)
+    assert second.data_ptr() == pointer and second.tolist() == [0, 3, 6, 9]
+
+
+@pytest.mark.cuda
+def test_read_device_bytes_reads_everything():
+    data = torch.randint(-2**62, 2**62, (1 << 16,), dtype=torch.int64, device="cuda")
+    out = torch.zeros(1, dtype=torch.int64, device="cuda")
+    kernels.read_device_bytes(data, out)
+    expected = 0
+    for word in data.cpu().tolist():
+        expected ^= word
+    assert int(out) == expected
 
 
 def test_missing_extension_message(monkeypatch):

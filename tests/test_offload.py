@@ -3,12 +3,14 @@
 The CUDA-only parts (second stream, events, pinned memory, cross-device .data swaps) cannot run here;
 the CPU run goes through the same slots, copies, hooks and restore code with synchronous copies.
 """
+import types
+
 import pytest
 import torch
 import transformers as T
 
 from fastneurons.models import architectures as A
-from fastneurons.models.offload import COMFORT, LayerStreamer, plan_offload
+from fastneurons.models.offload import COMFORT, LayerStreamer, _LayerPack, buffer_sizes, moves_to_host, plan_offload
 
 L = 5
 
@@ -33,9 +35,9 @@ def nbytes(module):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def record(model, arch, last, on_fc1=None):
-    """Pre-activations of layers 0..last from run_until on a fixed right-padded batch."""
-    ids = torch.arange(2, 16).reshape(2, 7) % 61
+def record(model, arch, last, on_fc1=None, device="cpu"):
+    """Pre-activations of layers 0..last from run_until on a fixed right-padded batch on `device`."""
+    ids = (torch.arange(2, 16).reshape(2, 7) % 61).to(device)
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0
     seen, handles = {}, []
@@ -180,3 +182,56 @@ def test_entered_under_inference_mode_leaves_ordinary_tensors():
     assert not any(p.is_inference() for p in model.parameters())
     loss = model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum()   # usable outside inference mode
     assert torch.isfinite(loss)
+
+
+def test_staging_is_two_layers_whatever_the_layer_count():
+    """Pinned host memory is two staging buffers of the largest layer, not a pinned copy of every layer."""
+    model = tiny_llama()
+    layer_bytes = nbytes(model.model.layers[0])
+    for last in (1, L - 1):
+        with LayerStreamer(model, A.LLAMA, "cpu", last, mode="stream") as streamer:
+            assert layer_bytes * 2 <= streamer.pinned_bytes <= 2 * (layer_bytes + 256 * 16)
+            record(model, A.LLAMA, last)
+        assert streamer.pinned_bytes == 0
+
+
+def test_buffer_sizes_take_the_largest_layer_per_dtype():
+    layers = [torch.nn.Linear(4, 3), torch.nn.Linear(8, 2).half(), torch.nn.Linear(2, 2)]
+    packs = [_LayerPack(list(layer.parameters())) for layer in layers]
+    sizes = buffer_sizes(packs)
+    assert sizes[torch.float16] == packs[1].sizes[torch.float16]
+    assert sizes[torch.float32] == max(packs[0].sizes[torch.float32], packs[2].sizes[torch.float32])
+    assert packs[0].sizes[torch.float32] >= 12 + 3   # weight, then the bias at an aligned offset
+
+
+def test_layers_that_started_on_another_device_are_sent_back_there():
+    """Streamed layers live on the host while streaming; each tensor not there is recorded with the device it
+    started on, which restore moves it back to (a layer that started on the GPU used to come back on the CPU)."""
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda:1"))
+    on_cpu = types.SimpleNamespace(device=torch.device("cpu"))
+    assert moves_to_host([on_cpu, on_gpu]) == [(on_gpu, torch.device("cuda:1"))]
+
+
+def test_restore_gives_back_the_original_storage():
+    model = tiny_llama()
+    pointers = [p.data_ptr() for p in model.parameters()]
+    with LayerStreamer(model, A.LLAMA, "cpu", L - 1, mode="stream"):
+        record(model, A.LLAMA, L - 1)
+    assert [p.data_ptr() for p in model.parameters()] == pointers   # no copies of the weights left behind
+
+
+@pytest.mark.cuda
+def test_streaming_on_cuda_matches_and_layers_return_to_where_they_started():
+    model = tiny_llama()
+    reference = record(model, A.LLAMA, L - 1)
+    model.model.layers[1].to("cuda")        # one layer starts on the GPU
+    budget = plan_offload(model, A.LLAMA, "cuda", L - 1, gpu_memory_bytes=10**9)
+    budget = budget.outside_bytes + 3 * budget.largest_layer_bytes
+    with LayerStreamer(model, A.LLAMA, "cuda", L - 1, gpu_memory_bytes=budget) as streamer:
+        assert streamer.plan.mode == "stream"
+        got = record(model, A.LLAMA, L - 1, device="cuda")
+        assert streamer.pinned_bytes > 0 and all(t.is_pinned() for t in streamer._staging[0].values())
+    assert all(torch.allclose(got[i].cpu(), reference[i], atol=1e-5) for i in reference)
+    assert all(p.device.type == "cuda" for p in model.model.layers[1].parameters())
+    assert all(p.device.type == "cpu" for p in model.model.layers[2].parameters())
+

@@ -89,7 +89,7 @@ class RecordConfig:
     count_bos: bool = _opt(False, "count the BOS token (position 0) in tokens/active (SPEC excludes it)")
     positions: bool = _opt(True, "record pos_active [T, F] per layer (--no-positions to save memory)")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    dtype: str = _opt("auto", "model dtype: auto (float32 on CPU, float16 on GPU), float32, float16, bfloat16")
+    dtype: str = _opt("auto", "model dtype: auto (CPU: float32; GPU: float16 for float16 checkpoints, else bfloat16 where supported), float32, float16, bfloat16")
     gpu_memory: Optional[str] = _opt(None, "GPU memory budget for weights, e.g. 4G; layers stream when the model does not fit")
     resume: bool = _opt(False, "continue an interrupted run in --out (same settings required; starts it if missing)")
     shard: Optional[str] = _opt(None, "i/N: record only units i, i+N, ... (merge the shards afterwards)")

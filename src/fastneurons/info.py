@@ -18,9 +18,7 @@ def describe() -> dict:
         "version": fastneurons.__version__,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available()
-        else [],
+        "torch_cuda": torch.version.cuda or "none (CPU build)",
     }
     try:
         from fastneurons.kernels import load_extension
@@ -31,7 +29,51 @@ def describe() -> dict:
         compiled = {"backends": [], "error": str(error)}
         result["kernels_built"] = False
     result["backends"] = list(compiled.pop("backends"))
+    result.update(describe_cuda(compiled, torch.version.cuda, _visible_gpus()))
     result.update({f"kernel_{key}": value for key, value in compiled.items()})
+    return result
+
+
+def _visible_gpus() -> list:
+    """(name, compute capability as 10 * major + minor) of each GPU torch sees."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(index)
+        gpus.append((torch.cuda.get_device_name(index), 10 * major + minor))
+    return gpus
+
+
+def describe_cuda(compiled: dict, torch_cuda, gpus) -> dict:
+    """The CUDA lines of ``describe()``: _C's runtime, the driver, each GPU with its compute capability and
+    whether _C has a kernel image for it, and what does not fit together ("cuda_problem"). ``compiled`` is
+    ``_C.info()`` (its CUDA keys are taken out), ``gpus`` [(name, capability)]."""
+    from fastneurons.kernels import cuda_build_problem, cuda_device_problem, cuda_version_text, has_kernel_image
+
+    runtime = compiled.pop("cuda_runtime_version", None)
+    driver = compiled.pop("cuda_driver_version", None)
+    architectures = compiled.pop("cuda_architectures", None)
+    compiled.pop("cuda_device_capabilities", None)
+    result = {
+        "kernel_cuda_runtime": cuda_version_text(runtime) if runtime else "none (_C built without CUDA)",
+        "kernel_cuda_compiler": compiled.pop("cuda_compiler_version", None) or "none",
+        "kernel_cuda_architectures": architectures or "none",
+        "cuda_driver": cuda_version_text(driver) if driver else "none",
+    }
+    lines, problems = [], []
+    for index, (name, capability) in enumerate(gpus):
+        image = has_kernel_image(capability, architectures) if architectures else False
+        fits = {True: "kernel image: yes", False: "kernel image: NO", None: "kernel image: unknown"}[image]
+        lines.append(f"cuda:{index} {name} (compute {capability // 10}.{capability % 10}, {fits})")
+        if architectures:
+            problems.append(cuda_device_problem(capability, architectures))
+    result["gpus"] = lines
+    if gpus and runtime:
+        problems.insert(0, cuda_build_problem(runtime, driver, torch_cuda))
+    result["cuda_problem"] = "; ".join(p for p in problems if p) or "none"
     return result
 
 

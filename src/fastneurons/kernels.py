@@ -39,8 +39,9 @@ def count_activations(pre, positions, counted, threshold, active, pos_active, bi
     (-1 = padding), ``counted`` bool [B, S]. Adds into ``active`` int64 [F], ``pos_active`` int64
     [T, F] and ``nan_count`` int64 [1]; overwrites ``bits`` int64 [B, S, ceil(F/64)] when given and
     returns it. Values are compared as float32 with the threshold rounded to float32; NaN is never
-    active. On CUDA it runs on the current stream without a host sync, so positions >= T are not
-    checked there: such rows add nothing to ``pos_active`` (they do count in the rest).
+    active; every position < 0 is padding. On CUDA it runs on the current stream without a host
+    sync, so positions >= T are not checked there: such rows add nothing to ``pos_active`` (they do
+    count in the rest). The first CUDA call on a device checks that ``_C`` can run there.
     """
     _check_inputs(pre, positions, counted, active, pos_active, bits, nan_count)
     threshold = _check_threshold(threshold)
@@ -48,11 +49,11 @@ def count_activations(pre, positions, counted, threshold, active, pos_active, bi
         return bits
     num_positions = pos_active.shape[0]
     if pre.device.type == "cpu" and positions.numel():
-        low, high = torch.aminmax(positions)
-        if int(low) < -1 or int(high) >= num_positions:
+        high = int(positions.max())
+        if high >= num_positions:
             raise ValueError(
-                f"positions must be -1 (padding) or in [0, {num_positions}) (pos_active has "
-                f"{num_positions} rows), got values in [{int(low)}, {int(high)}]"
+                f"positions must be in [0, {num_positions}) (pos_active has {num_positions} rows) or "
+                f"negative (padding), got {high}"
             )
     _C = load_extension()
     args = _C.CountArgs()
@@ -76,12 +77,131 @@ def count_activations(pre, positions, counted, threshold, active, pos_active, bi
     args.nan_count = nan_count.data_ptr() if nan_count is not None else 0
     if pre.device.type == "cuda":
         args.device_index = pre.device.index if pre.device.index is not None else torch.cuda.current_device()
+        require_cuda_build(args.device_index)
         stream = torch.cuda.current_stream(pre.device).cuda_stream
         _C.count_activations(args, "cuda", stream)
     else:
         args.threads = torch.get_num_threads()
         _C.count_activations(args, "cpu", 0)
     return bits
+
+
+def cuda_version_text(version) -> str:
+    """CUDA's integer version (1000 * major + 10 * minor, e.g. 12040) as "12.4"; "none" for 0/None."""
+    if not version:
+        return "none"
+    return f"{int(version) // 1000}.{int(version) % 1000 // 10}"
+
+
+def cuda_build_problem(runtime: int, driver: int, torch_cuda) -> str | None:
+    """Why a ``_C`` linked against CUDA runtime ``runtime`` cannot run next to this driver and torch, or None.
+
+    ``runtime``/``driver`` are CUDA's integer versions (``driver``: the newest CUDA the driver supports,
+    0 without one), ``torch_cuda`` is ``torch.version.cuda`` ("12.4" or None). Within a major version the
+    driver runs any newer minor runtime (minor version compatibility), across majors it does not; and
+    torch of another major means the machine was set up for that major.
+    """
+    runtime_major, driver_major = int(runtime) // 1000, int(driver or 0) // 1000
+    torch_major = int(str(torch_cuda).split(".")[0]) if torch_cuda else None
+    versions = (f"fastneurons._C uses CUDA runtime {cuda_version_text(runtime)}, the driver supports CUDA "
+                f"{cuda_version_text(driver)} and torch uses CUDA {torch_cuda or 'none (a CPU build)'}")
+    if not driver:
+        return f"{versions}: no NVIDIA driver is loaded"
+    if torch_major is None:
+        return f"{versions}: install a CUDA build of torch"
+    if runtime_major <= driver_major and runtime_major == torch_major:
+        return None
+    rebuild = (f"rebuild _C with torch's CUDA {torch_major} toolkit (CUDACXX=/usr/local/cuda-{torch_major}.x/bin/nvcc "
+               "pip install --no-build-isolation --force-reinstall .)")
+    if runtime_major > driver_major:
+        fix = rebuild if torch_major <= driver_major else f"update the NVIDIA driver to one for CUDA {torch_major}"
+        return f"{versions}: the driver is too old for _C's runtime; {fix}"
+    return f"{versions}: _C and torch must use the same CUDA major; {rebuild}"
+
+
+def has_kernel_image(capability: int, architectures: str) -> bool | None:
+    """Whether code built for ``architectures`` (CMAKE_CUDA_ARCHITECTURES: "75-real,80-real,90") runs on a GPU
+    of compute ``capability`` (10 * major + minor): SASS sm_XY runs on X.Y..X.9, sm_XYa only on X.Y; PTX
+    compute_XY is JIT-compiled on any capability >= X.Y. None when the list cannot be read ("native")."""
+    found = False
+    for entry in str(architectures).replace(";", ",").split(","):
+        name, _, kind = entry.strip().partition("-")
+        digits = name.rstrip("af")
+        if not digits.isdigit() or kind not in ("", "real", "virtual"):
+            return None
+        arch = int(digits)
+        specific = name != digits
+        sass = kind in ("", "real") and (capability == arch if specific else
+                                         capability // 10 == arch // 10 and capability >= arch)
+        ptx = kind in ("", "virtual") and not specific and capability >= arch
+        found = found or sass or ptx
+    return found
+
+
+def cuda_device_problem(capability: int, architectures: str) -> str | None:
+    """Why ``_C`` has no kernel image for a GPU of compute ``capability``, or None."""
+    if has_kernel_image(capability, architectures) is False:
+        return (f"fastneurons._C has no kernel image for compute capability {capability // 10}.{capability % 10} "
+                f"(built for {architectures}): rebuild with CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES="
+                f"{capability}-real pip install --no-build-isolation --force-reinstall .")
+    return None
+
+
+_CHECKED_DEVICES: set = set()
+
+
+def require_cuda_build(device_index: int) -> None:
+    """Refuse, before any work, a ``_C`` that cannot run on CUDA device ``device_index`` (once per device)."""
+    if device_index in _CHECKED_DEVICES:
+        return
+    compiled = load_extension().info()
+    if "cuda" not in compiled["backends"]:
+        raise RuntimeError("fastneurons._C was built without CUDA: reinstall it on a machine with nvcc "
+                           "(pip install --no-build-isolation --force-reinstall .)")
+    problem = cuda_build_problem(compiled["cuda_runtime_version"], compiled["cuda_driver_version"],
+                                 torch.version.cuda)
+    if problem is None:
+        major, minor = torch.cuda.get_device_capability(device_index)
+        problem = cuda_device_problem(10 * major + minor, compiled["cuda_architectures"])
+    if problem is not None:
+        raise RuntimeError(problem)
+    _CHECKED_DEVICES.add(device_index)
+
+
+class PinnedHostCopies:
+    """Device-to-host copies through reusable pinned buffers (one per key, grown as needed): a DMA copy
+    without torch's pageable staging or a fresh allocation per call. CPU tensors are returned as they are."""
+
+    def __init__(self):
+        self._buffers: dict = {}
+
+    def copy(self, key, tensor: torch.Tensor) -> torch.Tensor:
+        """A host copy of ``tensor``, valid until the next ``copy`` with the same key; waits only for the
+        work queued so far on the current stream (the copy itself is non-blocking on it)."""
+        if tensor.device.type != "cuda":
+            return tensor
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.dtype != tensor.dtype or buffer.numel() < tensor.numel():
+            buffer = torch.empty(tensor.numel(), dtype=tensor.dtype, pin_memory=True)
+            self._buffers[key] = buffer
+        host = buffer[:tensor.numel()].view(tensor.shape)
+        host.copy_(tensor, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(tensor.device))
+        done.synchronize()
+        return host
+
+
+def read_device_bytes(tensor: torch.Tensor, out: torch.Tensor) -> None:
+    """Read every byte of the CUDA ``tensor`` (16-byte vectors) and XOR them into ``out`` int64 [1]: the plain
+    read of device memory that the counting pass is measured against (benchmarks/gpu_check.py)."""
+    if tensor.device.type != "cuda" or not tensor.is_contiguous() or tensor.data_ptr() % 16:
+        raise ValueError("read_device_bytes needs a contiguous, 16-byte aligned CUDA tensor")
+    index = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
+    require_cuda_build(index)
+    stream = torch.cuda.current_stream(tensor.device).cuda_stream
+    load_extension().read_bytes_cuda(tensor.data_ptr(), tensor.numel() * tensor.element_size(),
+                                     out.data_ptr(), index, stream)
 
 
 def _check_threshold(threshold) -> float:

@@ -3,12 +3,15 @@
 `LayerStreamer` is a context manager around recording. It plans one of three modes:
 - "none": the device is the CPU, nothing moves;
 - "resident": the needed layers and everything outside the layers fit the GPU budget: they move once;
-- "stream": everything outside the layers moves once; each needed layer's weights sit in pinned CPU
-  memory and are copied, on a second CUDA stream, into one of two fixed GPU slots just before the
-  layer runs (layer l+1 is prefetched while layer l computes), so the weights on the GPU never
-  exceed two layers. Events order the copy stream against the compute stream.
+- "stream": everything outside the layers moves once; the needed layers' weights stay in their own
+  (pageable) CPU memory. Before a layer runs, its weights are gathered into one of two pinned
+  staging buffers (a host copy) and copied from there, on a second CUDA stream, into one of two
+  fixed GPU slots: layer l+1 is copied while layer l computes and layer l+2 is staged on the host
+  meanwhile, so the weights on the GPU never exceed two layers and pinned host memory never exceeds
+  two layers either (pinning every layer through torch's caching host allocator cost about 2.3x the
+  weights of host RAM). Events order the copy stream against the compute stream and the host.
 Only layers 0..last_layer run (the forward stops there), so later layers never move. On exit every
-parameter and buffer is back on its original device with its original values.
+parameter and buffer is back on the device it started on, with its original values.
 """
 from __future__ import annotations
 
@@ -125,9 +128,9 @@ def plan_offload(model, arch: Architecture, device, layers_needed, gpu_memory_by
 
 
 class _LayerPack:
-    """One layer's tensors laid out in flat per-dtype host buffers (pinned when the device is CUDA)."""
+    """Where one layer's tensors go in the flat per-dtype staging and slot buffers; their own storage stays."""
 
-    def __init__(self, tensors, pin: bool):
+    def __init__(self, tensors):
         self.tensors = tensors
         self.layout = []           # (tensor, dtype, offset, shape) in flat-buffer elements
         totals = {}
@@ -137,33 +140,47 @@ class _LayerPack:
             self.layout.append((tensor, tensor.dtype, offset, tensor.shape))
             totals[tensor.dtype] = offset + tensor.numel()
         self.sizes = totals        # dtype -> elements
-        self.host = {}
-        for dtype, size in totals.items():
-            self.host[dtype] = torch.empty(size, dtype=dtype, pin_memory=pin)
-        self.host_views = []
-        for tensor, dtype, offset, shape in self.layout:
-            view = self.host[dtype][offset:offset + tensor.numel()].view(shape)
-            view.copy_(tensor.data)
-            self.host_views.append(view)
+        self.originals = [tensor.data for tensor in tensors]   # the CPU storage, put back on restore
         self.device_views = [None, None]   # per slot: views into that slot's buffers
 
+    def _views(self, buffers):
+        return [buffers[dtype][offset:offset + t.numel()].view(shape) for t, dtype, offset, shape in self.layout]
+
     def bind_slot(self, slot: int, buffers) -> None:
-        self.device_views[slot] = [buffers[dtype][offset:offset + t.numel()].view(shape)
-                                   for t, dtype, offset, shape in self.layout]
+        self.device_views[slot] = self._views(buffers)
+
+    def stage(self, staging) -> None:
+        """Gather the layer's weights into the flat host buffers ``staging`` (dtype -> tensor)."""
+        for view, original in zip(self._views(staging), self.originals):
+            view.copy_(original)
 
     def point_to_host(self) -> None:
-        for (tensor, *_), view in zip(self.layout, self.host_views):
-            tensor.data = view
+        for tensor, original in zip(self.tensors, self.originals):
+            tensor.data = original
 
     def point_to_device(self, slot: int) -> None:
-        for (tensor, *_), view in zip(self.layout, self.device_views[slot]):
+        for tensor, view in zip(self.tensors, self.device_views[slot]):
             tensor.data = view
 
     def restore(self) -> None:
-        """Give every tensor ordinary (pageable) CPU memory again and drop the flat buffers."""
-        for (tensor, *_), view in zip(self.layout, self.host_views):
-            tensor.data = view.clone()
-        self.host, self.host_views, self.device_views = {}, [], [None, None]
+        """Point every tensor at its own CPU storage again and drop the slot views."""
+        self.point_to_host()
+        self.device_views = [None, None]
+
+
+def buffer_sizes(packs) -> dict:
+    """Elements per dtype of one staging buffer or GPU slot: the largest layer's, whatever the layer count."""
+    sizes = {}
+    for pack in packs:
+        for dtype, size in pack.sizes.items():
+            sizes[dtype] = max(sizes.get(dtype, 0), size)
+    return sizes
+
+
+def moves_to_host(tensors, host=torch.device("cpu")):
+    """(tensor, device it started on) for each tensor not on ``host``: streamed layers live on the host
+    while streaming and go back to where they started on exit."""
+    return [(tensor, tensor.device) for tensor in tensors if tensor.device != host]
 
 
 class LayerStreamer:
@@ -230,15 +247,17 @@ class LayerStreamer:
                 if id(tensor) in owner:
                     raise ValueError(f"layers {owner[id(tensor)]} and {index} share a weight: cannot stream them")
                 owner[id(tensor)] = index
-        sizes = {}
         for index in range(self.last_layer + 1):
-            pack = _LayerPack(_layer_tensors(layers[index]), pin=self._cuda)
-            pack.point_to_host()
-            self._packs.append(pack)
-            for dtype, size in pack.sizes.items():
-                sizes[dtype] = max(sizes.get(dtype, 0), size)
+            for tensor, home in moves_to_host(_layer_tensors(layers[index])):
+                self._moved.append((tensor, home))
+                tensor.data = tensor.data.to("cpu")
+        self._packs = [_LayerPack(_layer_tensors(layers[index])) for index in range(self.last_layer + 1)]
+        sizes = buffer_sizes(self._packs)
         self._slots = [{dtype: torch.empty(size, dtype=dtype, device=self.device) for dtype, size in sizes.items()}
                        for _ in range(2)]
+        self._staging = [{dtype: torch.empty(size, dtype=dtype, pin_memory=self._cuda) for dtype, size in sizes.items()}
+                         for _ in range(2)]
+        self._staged = [None, None]    # which layer each staging buffer holds
         for index, pack in enumerate(self._packs):
             pack.bind_slot(index % 2, self._slots[index % 2])
         if self._cuda:
@@ -248,6 +267,11 @@ class LayerStreamer:
             layer = layers[index]
             self._handles.append(layer.register_forward_pre_hook(lambda m, a, i=index: self._before_layer(i)))
             self._handles.append(layer.register_forward_hook(lambda m, a, o, i=index: self._after_layer(i)))
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Host bytes of the staging buffers (pinned on CUDA): two layers' worth, whatever the layer count."""
+        return sum(t.numel() * t.element_size() for staging in getattr(self, "_staging", []) for t in staging.values())
 
     def _restore(self) -> None:
         with torch.inference_mode(False):
@@ -261,34 +285,47 @@ class LayerStreamer:
             torch.cuda.synchronize(self.device)
         for pack in self._packs:
             pack.restore()
-        self._packs, self._slots = [], None
+        self._packs, self._slots, self._staging = [], None, []
         self._occupant, self._attached = [None, None], [False, False]
         for tensor, device in reversed(self._moved):
             tensor.data = tensor.data.to(device)
         self._moved = []
 
     # ---- streaming ----------------------------------------------------------------------------
+    def _stage(self, index: int) -> None:
+        """Gather layer `index` into its staging buffer (host copy), once that buffer's last copy to the GPU
+        has finished."""
+        buffer = index % 2
+        if self._staged[buffer] == index:
+            return
+        if self._cuda:
+            self._copied[buffer].synchronize()   # the copy out of this buffer (two layers ago) is done
+        self._packs[index].stage(self._staging[buffer])
+        self._staged[buffer] = index
+
     def _fetch(self, index: int) -> None:
-        """Start copying layer `index` into its slot, after all compute already queued (which may
-        still read the slot's previous occupant) has finished."""
+        """Start copying layer `index` from its staging buffer into its slot, after all compute already
+        queued (which may still read the slot's previous occupant) has finished."""
         slot = index % 2
         if self._occupant[slot] == index:
             return
+        self._stage(index)
         previous = self._occupant[slot]
         if previous is not None and self._attached[slot]:
             self._packs[previous].point_to_host()
             self._attached[slot] = False
-        pack, buffers = self._packs[index], self._slots[slot]
+        staging, buffers = self._staging[slot], self._slots[slot]
+        sizes = self._packs[index].sizes
         if self._cuda:
             free_to_overwrite = torch.cuda.current_stream(self.device).record_event()
             self._copy_stream.wait_event(free_to_overwrite)
             with torch.cuda.stream(self._copy_stream):
-                for dtype, host in pack.host.items():
-                    buffers[dtype][: host.numel()].copy_(host, non_blocking=True)
+                for dtype, size in sizes.items():
+                    buffers[dtype][:size].copy_(staging[dtype][:size], non_blocking=True)
                 self._copied[slot].record(self._copy_stream)
         else:
-            for dtype, host in pack.host.items():
-                buffers[dtype][: host.numel()].copy_(host)
+            for dtype, size in sizes.items():
+                buffers[dtype][:size].copy_(staging[dtype][:size])
         self._occupant[slot] = index
         self.copies += 1
 
@@ -307,3 +344,5 @@ class LayerStreamer:
         if self._occupant[slot] == index and self._attached[slot]:
             self._packs[index].point_to_host()
             self._attached[slot] = False
+        if index + 2 <= self.last_layer:
+            self._stage(index + 2)   # on the host while the GPU runs this layer and copies the next

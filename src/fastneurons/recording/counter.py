@@ -14,15 +14,11 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from fastneurons.devices import canonical_device
 from fastneurons.kernels import count_activations, words_for
 
 _STORED = ("domain_tokens", "domain_active", "pos_seen", "pos_active", "nan_count")
 _SCRATCH = weakref.WeakValueDictionary()  # (device, T, F) -> the shared, never read pos_active scratch
-
-
-def _resolved(device) -> torch.device:
-    """``device`` as tensors report it ('cuda' -> 'cuda:0'), so device checks compare like with like."""
-    return torch.empty(0, device=device).device
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -51,7 +47,7 @@ class NeuronCounter:
         self.num_neurons = int(num_neurons)
         self.max_positions = int(max_positions)
         self.threshold = float(threshold)
-        self.device = _resolved(device)
+        self.device = canonical_device(device)  # "cuda" -> "cuda:N", to compare with tensor.device
         self.keep_bits = bool(keep_bits)
         self.domains = int(domains)
         self.count_positions = bool(count_positions)
@@ -188,7 +184,7 @@ class CounterHandle:
         self.settings = settings
         self.counters: dict[str, NeuronCounter] = {}
         self.bits: dict[str, torch.Tensor] = {}
-        self.device = None if settings.device is None else _resolved(settings.device)
+        self.device = None if settings.device is None else canonical_device(settings.device)
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._domain = 0
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}

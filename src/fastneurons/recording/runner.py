@@ -9,10 +9,12 @@ of an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -21,7 +23,9 @@ from fastneurons.models import architectures as archs
 from fastneurons.config import RecordConfig, parse_bytes
 from fastneurons.recording.corpus import CorpusPlan, parse_corpus_arg, plan_corpus
 from fastneurons.recording.counter import attach_counters
-from fastneurons.models.loading import LoadedModel, load_model, load_tokenizer
+from fastneurons.kernels import PinnedHostCopies, require_cuda_build
+from fastneurons.devices import canonical_device, dtype_from_config, rank_device, resolve_dtype
+from fastneurons.models.loading import LoadedModel, load_model, load_tokenizer, resolve as resolve_checkpoint
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams.keys import pack_bits_for_vocab
 from fastneurons.progress import bars, counting_bar
@@ -37,18 +41,28 @@ class RecordingError(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of ``--device name``, a CUDA one with its index (``cuda`` is the current GPU)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is visible")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA device is visible")
+        device = canonical_device(device)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
+def _checkpoint_dtype(spec) -> Optional[torch.dtype]:
+    """The dtype in a checkpoint directory's config.json (None for GGUF files or unreadable configs)."""
+    try:
+        resolved = resolve_checkpoint(spec)
+        if resolved.gguf_file is not None:
+            return None
+        return dtype_from_config(json.loads((resolved.directory / "config.json").read_text()))
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass
@@ -94,6 +108,7 @@ class NgramFeed:
         self.layers = {layer: NgramAccumulator(num_neurons, orders=orders, pack_bits=pack_bits)
                        for layer in ngram_layers}
         self.seen = SeenAccumulator(orders=orders, pack_bits=pack_bits) if self.layers else None
+        self.host_copies = PinnedHostCopies()  # bits to the n-gram tables via pinned buffers
         self._tokens = None
 
     def add_tokens(self, cpu_arrays) -> None:
@@ -105,7 +120,7 @@ class NgramFeed:
     def add_bits(self, layer: int, bits: torch.Tensor) -> None:
         """One n-gram layer's activation bits [..., W] on the current micro-batch."""
         ids, pos, counted = self._tokens
-        words = bits.reshape(-1, bits.shape[-1]).cpu().numpy().view(np.uint64)
+        words = self.host_copies.copy(layer, bits).reshape(-1, bits.shape[-1]).numpy().view(np.uint64)
         self.layers[layer].add(words, ids, pos, counted)
 
     @property
@@ -275,7 +290,8 @@ def apply_torchrun(config: RecordConfig, environ=os.environ) -> RecordConfig:
                          "e.g. --out counts-{rank}.h5, then fastneurons merge them")
     config = dataclasses.replace(config, shard=f"{rank}/{world}", out=config.out.format(rank=rank))
     if config.device in ("auto", "cuda") and torch.cuda.is_available():
-        config.device = f"cuda:{int(environ.get('LOCAL_RANK', '0'))}"
+        device = rank_device(int(environ.get("LOCAL_RANK", "0")), torch.cuda.device_count(), environ)
+        config.device = str(device)
     return config
 
 
@@ -305,7 +321,10 @@ def record(config: RecordConfig, log=print) -> Path:
     """Run a recording described by ``config``; returns the path of the finished store."""
     config = apply_torchrun(config.validate())
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # streams, events and the kernel's context then stay on this GPU
+        require_cuda_build(device.index)  # refuse a _C that cannot run here before loading anything
+    dtype = resolve_dtype(config.dtype, device, _checkpoint_dtype(config.model) if config.dtype == "auto" else None)
     _pin_threads(config.threads)
     loaded = load_model(config.model, dtype=dtype)
     model, arch = loaded.model, loaded.arch
