@@ -162,6 +162,13 @@ def _info(config):
         print(("\n" if i else "") + format_lines(describe_store(path)))
 
 
+@command("show", cfg.ShowConfig, "everything the analyses say about one neuron: frequency, n-grams, positions, tokens")
+def _show_neuron(config):
+    from fastneurons.reporting.neuron_text import show_neuron
+
+    print(show_neuron(config))
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

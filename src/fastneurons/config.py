@@ -239,3 +239,29 @@ class DemoConfig:
         if self.seq_len < 64:
             raise ValueError("--seq-len must be at least 64 for the positional neurons (4 x min-run)")
         return self
+
+
+@dataclass
+class ShowConfig:
+    """`fastneurons show`: everything the analyses say about one neuron (analysis.neuron.neuron_profile).
+
+    The analysis parameters are those of ``analysis.AnalysisSettings``, as for `analyze`.
+    """
+
+    store: str = field(metadata={"help": "counts file", "positional": True})
+    layer: int = field(metadata={"help": "layer index", "positional": True})
+    neuron: int = field(metadata={"help": "neuron index within the layer", "positional": True})
+    model: Optional[str] = _opt(None, "checkpoint for the top promoted/suppressed tokens (default: none; "
+                                      "'recorded' loads the model recorded in the store)")
+    top: int = _opt(10, "n-grams listed per order")
+    json: bool = _opt(False, "print the profile as JSON instead of text")
+    settings: Optional[object] = field(default=None, metadata={"nested": "AnalysisSettings"})
+
+    def validate(self) -> "ShowConfig":
+        if self.layer < 0 or self.neuron < 0:
+            raise ValueError("layer and neuron must be >= 0")
+        if self.top < 1:
+            raise ValueError("--top must be at least 1")
+        if self.settings is not None:
+            self.settings.validate()
+        return self
