@@ -265,3 +265,35 @@ class ShowConfig:
         if self.settings is not None:
             self.settings.validate()
         return self
+
+
+@dataclass
+class ExportConfig:
+    """`fastneurons export`: dense counters as files other tools read (lape, powerinfer, npz; docs/export.md)."""
+
+    store: str = field(metadata={"help": "counts file", "positional": True})
+    out: str = field(metadata={"help": "output folder (created)", "positional": True})
+    format: str = _opt("npz", "lape: one activation file per domain for LAPE's identify.py; powerinfer: "
+                              "activation_<layer>.pt counts; npz: every dense counter with names and metadata")
+
+    def validate(self) -> "ExportConfig":
+        if self.format not in ("lape", "powerinfer", "npz"):
+            raise ValueError(f"--format {self.format!r}: choose lape, powerinfer or npz")
+        return self
+
+
+@dataclass
+class LapeConfig:
+    """`fastneurons lape`: domain-specific neurons by LAPE's rule (Tang et al. 2024) on per-domain counts."""
+
+    store: str = field(metadata={"help": "counts file with at least two domains", "positional": True})
+    top_rate: float = _opt(0.05, "share of all neurons kept by lowest entropy across domains")
+    filter_rate: float = _opt(0.95, "a neuron needs some domain's activation probability above this quantile")
+    activation_bar_ratio: float = _opt(0.95, "specific to the domains whose probability is above this quantile")
+    out: Optional[str] = _opt(None, "also write the selection as JSON here")
+
+    def validate(self) -> "LapeConfig":
+        for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1]")
+        return self
