@@ -19,8 +19,8 @@ from fastneurons.analysis.suppression import vocab_projection
 from fastneurons.config import AnalyzeConfig
 from fastneurons.reporting.figures import PositionalCurve, ProjectionExample, build_cross_figures, build_figures
 from fastneurons.reporting.neuron_browser import browser_data
-from fastneurons.reporting.outputs import (decode, detector_rows, model_name, positional_rows, write_results_json,
-                                           write_tables)
+from fastneurons.reporting.outputs import (decode, detector_rows, model_name, positional_rows, quantization,
+                                           write_results_json, write_tables)
 from fastneurons.reporting.html_report import ModelSection, ReportFigure, write_report
 from fastneurons.store import open_counts
 
@@ -210,7 +210,8 @@ def analyze(config: AnalyzeConfig, log=print) -> Path:
         section = analyze_and_report(path, out / name, config, log, anchor=name)
         section.files = [f"{name}/{f}" for f in section.files + ["report.html"]]
         sections.append(section)
-    labels = [s.source["model"] for s in sections]
+    labels = [s.source["model"] + (f" ({quantization(s.results.metadata)})" if quantization(s.results.metadata) else "")
+              for s in sections]   # quantized checkpoints say so in every legend
     if len(set(labels)) < len(labels):
         labels = [f"{label} ({name})" for label, name in zip(labels, names)]
     for section, label in zip(sections, labels):
