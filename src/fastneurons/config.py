@@ -68,7 +68,7 @@ def _list(help, **extra):
 class RecordConfig:
     """`fastneurons record`: stream a model over a corpus and store SPEC §2 counts."""
 
-    model: str = field(metadata={"help": "hub id (local cache), checkpoint directory, .gguf file, or 'smollm2'"})
+    model: str = field(metadata={"help": "hub id (local cache), checkpoint directory, .gguf file, 'smollm2' or 'gemma3-270m'"})
     corpus: list = field(metadata={"help": "input files (.txt, .jsonl with 'text', .jsonl of id lists); "
                                            "each file is a domain; LABEL=PATH names it", "nargs": "+"})
     out: str = field(metadata={"help": "output HDF5 counts file"})
