@@ -111,10 +111,10 @@ def _ngram_profile(counts, layer: int, neuron: int, k: int, settings: AnalysisSe
     mine = np.flatnonzero(neurons == neuron)
     key, count = key[mine], count[mine]
     seen_key, seen_count = counts.ngram_seen(k)
+    sizes, masses = coverage_and_mass(neurons[mine], count, counts.num_neurons, settings.coverage)
     found = find_detectors((key, neurons[mine], count), (seen_key, seen_count), counts.num_neurons, k,
                            settings.max_coverage[k], settings.cover_rate, settings.min_count, settings.coverage,
-                           pack_bits=counts.pack_bits, layer=layer)
-    sizes, masses = coverage_and_mass(neurons[mine], count, counts.num_neurons, settings.coverage)
+                           pack_bits=counts.pack_bits, layer=layer, sizes=sizes, mass=masses)
     detector = found.num_detectors == 1
     order = np.lexsort((key, -count))[:top]   # most active first, ties by key
     seen = seen_count[np.searchsorted(seen_key, key[order])] if order.size else np.zeros(0, np.int64)
@@ -148,16 +148,15 @@ def _positional_profile(counts, layer: int, neuron: int, settings: AnalysisSetti
     fr[kept] = column[kept, 0] / seen[kept]
     positional = bool(result.is_positional[0])
     drawn = positional and settings.null_samples > 0
-    kept_fr = np.where(kept, fr, np.nan)
+    extremes = (np.nanmin(fr), np.nanmax(fr), int(np.nanargmin(fr)), int(np.nanargmax(fr))) if kept.any() else (0, 0, 0, 0)
     return PositionalProfile(
         mi=float(result.mi[0]), mi_threshold=float(settings.mi_threshold), positional=positional,
         corrected=bool(result.positional_corrected[0]) if drawn else None,
         mi_pvalue=float(result.mi_pvalue[0]) if drawn else None,
         type=result.types[0] if positional else None, strength=result.strengths[0] if positional else None,
-        mean_fr=float(result.frequency[0]), min_fr=float(np.nanmin(kept_fr)) if kept.any() else 0.0,
-        max_fr=float(np.nanmax(kept_fr)) if kept.any() else 0.0,
-        argmin=int(np.nanargmin(kept_fr)) if kept.any() else 0, argmax=int(np.nanargmax(kept_fr)) if kept.any() else 0,
-        positions_kept=int(kept.sum()), fr=[None if np.isnan(x) else float(x) for x in fr])
+        mean_fr=float(result.frequency[0]), min_fr=float(extremes[0]), max_fr=float(extremes[1]),
+        argmin=extremes[2], argmax=extremes[3], positions_kept=int(kept.sum()),
+        fr=[None if np.isnan(x) else float(x) for x in fr])
 
 
 def _projection(weights, layer: int, neuron: int, settings: AnalysisSettings, vocab, triggers) -> TokenProjection:
