@@ -38,7 +38,7 @@ def _positional_lines(pos) -> list:
     kind = f"POSITIONAL, {pos.strength} {pos.type}" if pos.positional else "not positional"
     null = "" if pos.corrected is None else (f"; bootstrap null p = {pos.mi_pvalue:.3g}"
                                              f" ({'above' if pos.corrected else 'not above'} its null quantile)")
-    return [f"fr(p) over {pos.positions_kept} positions: mean {pos.mean_fr:.4f}, min {pos.min_fr:.4f} at p={pos.argmin}, "
+    return [f"fr(p) over {pos.positions_kept} positions (p = 0 is BOS): mean {pos.mean_fr:.4f}, min {pos.min_fr:.4f} at p={pos.argmin}, "
             f"max {pos.max_fr:.4f} at p={pos.argmax}",
             f"I(act; pos) = {pos.mi:.4f} (threshold {pos.mi_threshold}) -> {kind}{null}"]
 
