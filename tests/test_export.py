@@ -116,6 +116,8 @@ def test_powerinfer_files_are_the_layer_counts(store, tmp_path):
             counts_of_layer = torch.load(tmp_path / f"activation_{layer}.pt", weights_only=True)
             assert counts_of_layer.shape == (1536,)
             np.testing.assert_array_equal(counts_of_layer.numpy(), counts.active(layer))
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["export", str(store), str(tmp_path), "--format", "powerinfer"]) == 2   # would be read as a layer
 
 
 def test_npz_holds_every_dense_counter_by_name(store, tmp_path):

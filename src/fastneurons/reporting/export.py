@@ -65,6 +65,10 @@ def export_powerinfer(counts, folder: Path) -> list:
     """activation_<i>.pt for i = 0..L-1: the layer's activation counts over all counted tokens."""
     import torch
 
+    others = sorted(p.name for p in folder.iterdir() if not re.fullmatch(r"activation_\d+\.pt", p.name))
+    if others:  # PowerInfer counts the files in the folder to find the layers
+        raise ValueError(f"{folder} holds other files ({', '.join(others[:3])}); PowerInfer reads every file "
+                         "there as a layer: export into an empty folder")
     written = []
     for layer in _prefix_layers(counts, "powerinfer"):
         path = folder / f"activation_{layer}.pt"
