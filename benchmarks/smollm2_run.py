@@ -1,6 +1,7 @@
-"""SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32) on real text: record, analyse, print the README numbers.
+"""SmolLM2-135M-Instruct (Q4_1 GGUF) or Gemma 3 270M (Q4_K_M GGUF), dequantized to fp32, on real text: record,
+analyse, print the README numbers (--model smollm2, the default, or --model gemma3-270m; docs/gemma3.md).
 
-Two recordings of the same corpus plan (docs/smollm2.md explains why two):
+Two recordings of the same corpus plan per model (docs/smollm2.md explains why two); for SmolLM2:
   counts.h5         the SPEC default definition, gate_proj(x) > 0 (= SiLU(gate) > 0): all 30 layers, positions,
                     token (k=1) tables on the first half. Trigram tables are left out at this threshold:
                     19-63% of a layer's neurons fire at a token, so each layer's (trigram, neuron) table grows by
@@ -12,6 +13,11 @@ Two recordings of the same corpus plan (docs/smollm2.md explains why two):
     python benchmarks/smollm2_run.py all OUT_DIR [--tokens 1M]        # record both, then analyse
     python benchmarks/smollm2_run.py record OUT_DIR --which default    # one store (run two at once on 2 cores)
     python benchmarks/smollm2_run.py analyze OUT_DIR                   # print the numbers of the stores there
+    python benchmarks/smollm2_run.py all OUT_DIR --model gemma3-270m   # the same for Gemma 3 270M (own OUT_DIR)
+
+For Gemma 3 (18 layers x 2048 GeGLU neurons) the strict store is gate_proj(x) > 1.5 on layers 0..8
+(the first half; 0.3-5.7% of the neurons fire per token there on a 1k-token sample, docs/gemma3.md),
+and BOS is Gemma's own <bos> (id 2).
 
 A recording interrupted (Ctrl-C, kill) keeps its committed units; `record ... --resume` finishes it.
 """
@@ -35,11 +41,15 @@ from fastneurons.demo.stdlib_text import CODE_FILE, DOCSTRINGS_FILE, stdlib_text
 from fastneurons.store import open_counts
 
 ROBUST_MIN_COUNT = 5  # the stricter analysis setting: covered n-grams need ngram_seen >= 5
-SMOLLM2_BOS = 0  # <|endoftext|>: SmolLM2's document boundary (docs/smollm2.md, "BOS")
 LICENSES = Path("/usr/share/common-licenses")
-STORES = {  # name -> (file, threshold, layers, orders)
-    "default": ("counts.h5", 0.0, None, [1]),
-    "strict": ("counts-strict.h5", 1.0, list(range(15)), [1, 2, 3]),
+# model -> BOS id and its two stores, name -> (file, threshold, layers, orders); n-gram tables on the first half
+MODELS = {
+    "smollm2": {"bos": 0,  # <|endoftext|>: SmolLM2's document boundary (docs/smollm2.md, "BOS")
+                "half": 15, "stores": {"default": ("counts.h5", 0.0, None, [1]),
+                                       "strict": ("counts-strict.h5", 1.0, list(range(15)), [1, 2, 3])}},
+    "gemma3-270m": {"bos": 2,  # <bos>, the tokenizer's own (docs/gemma3.md)
+                    "half": 9, "stores": {"default": ("counts.h5", 0.0, None, [1]),
+                                          "strict": ("counts-strict.h5", 1.5, list(range(9)), [1, 2, 3])}},
 }
 
 
@@ -62,14 +72,16 @@ def write_corpus(directory: Path) -> list:
     return corpus
 
 
-def record_store(out_dir: Path, which: str, tokens: str, threads: int, resume: bool, seq_len: int) -> Path:
-    """Record one of the two stores into out_dir (same corpus plan for both)."""
-    name, threshold, layers, orders = STORES[which]
+def record_store(out_dir: Path, which: str, tokens: str, threads: int, resume: bool, seq_len: int,
+                 model: str = "smollm2") -> Path:
+    """Record one of the model's two stores into out_dir (same corpus plan for both)."""
+    name, threshold, layers, orders = MODELS[model]["stores"][which]
     corpus = write_corpus(out_dir / "corpus")
-    config = RecordConfig(model="smollm2", corpus=corpus, out=str(out_dir / name), tokens=tokens, seq_len=seq_len,
+    config = RecordConfig(model=model, corpus=corpus, out=str(out_dir / name), tokens=tokens, seq_len=seq_len,
                           full_length=True, batch_size=4, unit_batches=4, layers=layers,
-                          ngram_layers=[str(x) for x in range(15)], orders=orders, threshold=threshold,
-                          bos_id=SMOLLM2_BOS, threads=threads, resume=resume, progress=False)
+                          ngram_layers=[str(x) for x in range(MODELS[model]["half"])], orders=orders,
+                          threshold=threshold, bos_id=MODELS[model]["bos"], threads=threads, resume=resume,
+                          progress=False)
     # numba's first parallel launch resets the OpenMP thread count torch's BLAS reads; matching the two keeps
     # every micro-batch's arithmetic the same, so a resumed run stays bit-exact (see docs/smollm2.md)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -132,10 +144,10 @@ def analyze_store(path: Path, weights, null_samples: int) -> dict:
     return summary
 
 
-def analyze(out_dir: Path, null_samples: int) -> None:
-    """Analyse whichever of the two stores exist in out_dir; write summary-<name>.json beside them."""
-    weights = ModelWeights(load_model("smollm2").model)
-    for which, (name, *_rest) in STORES.items():
+def analyze(out_dir: Path, null_samples: int, model: str = "smollm2") -> None:
+    """Analyse whichever of the model's two stores exist in out_dir; write summary-<name>.json beside them."""
+    weights = ModelWeights(load_model(model).model)
+    for which, (name, *_rest) in MODELS[model]["stores"].items():
         path = out_dir / name
         if not path.exists():
             print(f"{path}: not recorded, skipped")
@@ -148,6 +160,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("step", choices=["all", "record", "analyze"])
     parser.add_argument("out_dir", type=Path, help="folder for the corpus, the counts stores and the summaries")
+    parser.add_argument("--model", choices=sorted(MODELS), default="smollm2")
     parser.add_argument("--which", choices=["default", "strict", "both"], default="both")
     parser.add_argument("--tokens", default="1M", help="token budget of the corpus plan (both stores)")
     parser.add_argument("--seq-len", type=int, default=512)
@@ -159,9 +172,9 @@ def main(argv=None) -> int:
     np.set_printoptions(linewidth=160)
     if args.step in ("all", "record"):
         for which in (["default", "strict"] if args.which == "both" else [args.which]):
-            record_store(args.out_dir, which, args.tokens, args.threads, args.resume, args.seq_len)
+            record_store(args.out_dir, which, args.tokens, args.threads, args.resume, args.seq_len, args.model)
     if args.step in ("all", "analyze"):
-        analyze(args.out_dir, args.null_samples)
+        analyze(args.out_dir, args.null_samples, args.model)
     return 0
 
 

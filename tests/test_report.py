@@ -133,3 +133,15 @@ def test_combined_report_has_a_section_per_model_and_the_size_trend(results, ren
     assert html.count("<img ") == 5 and "a cross note" in html and paper.CROSS_SIZE in html
     with pytest.raises(ValueError, match="at least one"):
         write_report(tmp_path / "none.html", [])
+
+
+def test_quantized_checkpoints_are_named_by_their_gguf_type():
+    from fastneurons.reporting.outputs import quantization
+
+    def meta(gguf_file, quantized=True):
+        return {"model": {"quantized_gguf": quantized, "gguf_file": gguf_file}}
+
+    assert quantization(meta("SmolLM2-135M-Instruct.Q4_1.gguf")) == "Q4_1 GGUF"
+    assert quantization(meta("gemma-3-270m-q4_k_m.gguf")) == "Q4_K_M GGUF"
+    assert quantization(meta("model.gguf")) == "quantized GGUF"
+    assert quantization(meta(None, quantized=False)) is None and quantization({}) is None

@@ -169,6 +169,30 @@ def _info(config):
         print(("\n" if i else "") + format_lines(describe_store(path)))
 
 
+@command("show", cfg.ShowConfig, "everything the analyses say about one neuron: frequency, n-grams, positions, tokens")
+def _show_neuron(config):
+    from fastneurons.reporting.neuron_text import show_neuron
+
+    print(show_neuron(config))
+
+
+@command("export", cfg.ExportConfig, "write a store's dense counters for other tools: LAPE, PowerInfer, numpy (.npz)")
+def _export(config):
+    from fastneurons.reporting.export import export
+    from fastneurons.store import open_counts
+
+    with open_counts(config.store) as counts:
+        paths = export(counts, config.format, config.out)
+    print(f"wrote {len(paths)} file(s) into {config.out}")
+
+
+@command("lape", cfg.LapeConfig, "domain-specific neurons by LAPE's entropy rule (Tang et al. 2024) on per-domain counts")
+def _lape(config):
+    from fastneurons.reporting.export import lape_report
+
+    print(lape_report(config))
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -68,7 +68,7 @@ def _list(help, **extra):
 class RecordConfig:
     """`fastneurons record`: stream a model over a corpus and store SPEC §2 counts."""
 
-    model: str = field(metadata={"help": "hub id (local cache), checkpoint directory, .gguf file, or 'smollm2'"})
+    model: str = field(metadata={"help": "hub id (local cache), checkpoint directory, .gguf file, 'smollm2' or 'gemma3-270m'"})
     corpus: list = field(metadata={"help": "input files (.txt, .jsonl with 'text', .jsonl of id lists); "
                                            "each file is a domain; LABEL=PATH names it", "nargs": "+"})
     out: str = field(metadata={"help": "output HDF5 counts file"})
@@ -285,4 +285,62 @@ class DemoConfig:
         parse_bytes(self.corpus_bytes)
         if self.seq_len < 64:
             raise ValueError("--seq-len must be at least 64 for the positional neurons (4 x min-run)")
+        return self
+
+
+@dataclass
+class ShowConfig:
+    """`fastneurons show`: everything the analyses say about one neuron (analysis.neuron.neuron_profile).
+
+    The analysis parameters are those of ``analysis.AnalysisSettings``, as for `analyze`.
+    """
+
+    store: str = field(metadata={"help": "counts file", "positional": True})
+    layer: int = field(metadata={"help": "layer index", "positional": True})
+    neuron: int = field(metadata={"help": "neuron index within the layer", "positional": True})
+    model: Optional[str] = _opt(None, "checkpoint for the top promoted/suppressed tokens (default: none; "
+                                      "'recorded' loads the model recorded in the store)")
+    top: int = _opt(10, "n-grams listed per order")
+    json: bool = _opt(False, "print the profile as JSON instead of text")
+    settings: Optional[object] = field(default=None, metadata={"nested": "AnalysisSettings"})
+
+    def validate(self) -> "ShowConfig":
+        if self.layer < 0 or self.neuron < 0:
+            raise ValueError("layer and neuron must be >= 0")
+        if self.top < 1:
+            raise ValueError("--top must be at least 1")
+        if self.settings is not None:
+            self.settings.validate()
+        return self
+
+
+@dataclass
+class ExportConfig:
+    """`fastneurons export`: dense counters as files other tools read (lape, powerinfer, npz; docs/export.md)."""
+
+    store: str = field(metadata={"help": "counts file", "positional": True})
+    out: str = field(metadata={"help": "output folder (created)", "positional": True})
+    format: str = _opt("npz", "lape: one activation file per domain for LAPE's identify.py; powerinfer: "
+                              "activation_<layer>.pt counts; npz: every dense counter with names and metadata")
+
+    def validate(self) -> "ExportConfig":
+        if self.format not in ("lape", "powerinfer", "npz"):
+            raise ValueError(f"--format {self.format!r}: choose lape, powerinfer or npz")
+        return self
+
+
+@dataclass
+class LapeConfig:
+    """`fastneurons lape`: domain-specific neurons by LAPE's rule (Tang et al. 2024) on per-domain counts."""
+
+    store: str = field(metadata={"help": "counts file with at least two domains", "positional": True})
+    top_rate: float = _opt(0.05, "share of all neurons kept by lowest entropy across domains")
+    filter_rate: float = _opt(0.95, "a neuron needs some domain's activation probability above this quantile")
+    activation_bar_ratio: float = _opt(0.95, "specific to the domains whose probability is above this quantile")
+    out: Optional[str] = _opt(None, "also write the selection as JSON here")
+
+    def validate(self) -> "LapeConfig":
+        for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1]")
         return self

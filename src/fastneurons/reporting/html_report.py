@@ -1,6 +1,7 @@
 """The single-file HTML report of `fastneurons analyze`: header, headline table, captioned figures, detector and
-positional-neuron lists, and the paper's OPT figures beside ours. Self-contained (PNG figures embedded as
-base64, inline CSS, no scripts, no external resources); every text from the data is HTML-escaped.
+positional-neuron lists, a neuron browser (reporting/neuron_browser.py), and the paper's OPT figures beside ours.
+Self-contained (PNG figures embedded as base64, inline CSS, inline JSON and script, no external resources);
+every text from the data is HTML-escaped.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from fastneurons.reporting import paper
 from fastneurons.analysis.positional import TYPES
+from fastneurons.reporting.neuron_browser import STYLE as BROWSER_STYLE, browser_html
 from fastneurons.reporting.outputs import detector_rows, headline_rows, model_name, positional_rows
 
 MAX_ROWS = 400  # rows shown per list in the report; the CSV files hold all of them
@@ -44,6 +46,7 @@ class ModelSection:
     files: list = field(default_factory=list)  # output files, relative to the report's folder
     anchor: str = "model"
     detectors: list | None = None  # detector_rows(results, vocab), when already built for detectors.csv
+    browser: dict | None = None  # neuron_browser.browser_data(...): the neuron browser's cards and summaries
 
 
 def _e(value) -> str:
@@ -289,6 +292,8 @@ def model_section_html(section: ModelSection, level: int = 2) -> str:
     parts += [f"<{h2}>Detectors</{h2}>", _detector_lists(section) or "<p>No n-gram tables in this store.</p>",
               f"<{h2}>Positional neurons</{h2}>",
               _positional_list(section) if r.positional else f"<p>{_e(r.positional_skipped or 'none')}</p>",
+              *([f"<{h2}>Neuron browser</{h2}>", browser_html(section.browser, section.anchor)]
+                if section.browser is not None else []),
               f"<{h2}>Settings</{h2}>",
               _table(["parameter", "value"], [(k, _setting(k, v)) for k, v in (r.settings or {}).items()])]
     if section.files:
@@ -319,7 +324,7 @@ nav a{margin-right:14px}
 
 def _page(title: str, subtitle: str, body: str) -> str:
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
-            f"<style>{STYLE}</style></head><body><main><h1>{_e(title)}</h1><p class=\"sub\">{_e(subtitle)}</p>"
+            f"<style>{STYLE}{BROWSER_STYLE}</style></head><body><main><h1>{_e(title)}</h1><p class=\"sub\">{_e(subtitle)}</p>"
             f"{body}</main></body></html>\n")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,15 @@ def model_name(metadata: dict) -> str:
     if "/" in spec and (spec.startswith(("/", ".", "~")) or spec.count("/") > 1):
         return Path(spec).name or spec
     return spec
+
+
+def quantization(metadata: dict) -> str | None:
+    """'Q4_1 GGUF' / 'Q4_K_M GGUF' for a store recorded from a quantized GGUF (read off its file name), else None."""
+    model = (metadata or {}).get("model") or {}
+    if not model.get("quantized_gguf"):
+        return None
+    match = re.search(r"(?i)(?:^|[.\-_])((?:i?q\d+(?:_[a-z0-9]+)*)|bf16|f16|f32)\.gguf$", str(model.get("gguf_file") or ""))
+    return f"{match.group(1).upper()} GGUF" if match else "quantized GGUF"
 
 
 def _number(value):
