@@ -113,8 +113,8 @@ def _ngram_profile(counts, layer: int, neuron: int, k: int, settings: AnalysisSe
     seen_key, seen_count = counts.ngram_seen(k)
     sizes, masses = coverage_and_mass(neurons[mine], count, counts.num_neurons, settings.coverage)
     found = find_detectors((key, neurons[mine], count), (seen_key, seen_count), counts.num_neurons, k,
-                           settings.max_coverage[k], settings.cover_rate, settings.min_count, settings.coverage,
-                           pack_bits=counts.pack_bits, layer=layer, sizes=sizes, mass=masses)
+                           max_coverage=settings.max_coverage[k], cover_rate=settings.cover_rate,
+                           min_count=settings.min_count, coverage=settings.coverage, pack_bits=counts.pack_bits, layer=layer, sizes=sizes, mass=masses)
     detector = found.num_detectors == 1
     order = np.lexsort((key, -count))[:top]   # most active first, ties by key
     seen = seen_count[np.searchsorted(seen_key, key[order])] if order.size else np.zeros(0, np.int64)
@@ -140,9 +140,11 @@ def _texts(ids, vocab):
 
 def _positional_profile(counts, layer: int, neuron: int, settings: AnalysisSettings) -> PositionalProfile:
     column, seen = counts.pos_active(layer)[:, [neuron]], counts.pos_seen
-    result = positional_neurons(column, seen, settings.mi_threshold, settings.log_base, settings.min_run,
-                                settings.eps_strong, settings.eps_weak, settings.smooth, settings.null_samples,
-                                settings.null_quantile, settings.seed, layer=layer)
+    result = positional_neurons(column, seen, mi_threshold=settings.mi_threshold, log_base=settings.log_base,
+                                min_run=settings.min_run, eps_strong=settings.eps_strong,
+                                eps_weak=settings.eps_weak, smooth=settings.smooth,
+                                null_samples=settings.null_samples, null_quantile=settings.null_quantile,
+                                seed=settings.seed, layer=layer)
     kept = seen > 0
     fr = np.full(seen.size, np.nan)
     fr[kept] = column[kept, 0] / seen[kept]
