@@ -91,6 +91,11 @@ class RecordConfig:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = _opt("auto", "model dtype: auto (float32 on CPU, float16 on GPU), float32, float16, bfloat16")
     gpu_memory: Optional[str] = _opt(None, "GPU memory budget for weights, e.g. 4G; layers stream when the model does not fit")
+    block_tokens: Optional[str] = _opt(None, "layer-major blocks of about this many tokens, e.g. 1M: each layer runs over "
+                                             "the whole block before the next, so streamed weights cross once per block "
+                                             "(default: as many as fit the GPU budget when layers stream, else off)")
+    weights: str = _opt("auto", "eager (load the whole checkpoint), lazy (safetensors read layer by layer from an mmap: "
+                                "host RAM holds a few layers) or auto (lazy when the checkpoint exceeds half the free RAM)")
     resume: bool = _opt(False, "continue an interrupted run in --out (same settings required; starts it if missing)")
     shard: Optional[str] = _opt(None, "i/N: record only units i, i+N, ... (merge the shards afterwards)")
     tokenizer: Optional[str] = _opt(None, "tokenizer to use instead of the checkpoint's own")
@@ -132,6 +137,10 @@ class RecordConfig:
             raise ValueError(f"--device {self.device!r}: choose auto, cpu, cuda or cuda:N")
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be at least 1")
+        if self.block_tokens is not None:
+            parse_count(self.block_tokens)
+        if self.weights not in ("auto", "eager", "lazy"):
+            raise ValueError(f"--weights {self.weights!r}: choose auto, eager or lazy")
         return self
 
     @property

@@ -26,6 +26,8 @@ from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams.keys import pack_bits_for_vocab
 from fastneurons.models.offload import LayerStreamer
+from fastneurons.recording.layer_major import run_block
+from fastneurons.plan import choose_block_units
 from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreError
 
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "torch_dtype", "dtype", "use_cache", "output_hidden_states",
@@ -98,9 +100,13 @@ class LayerTaps:
             handle.remove()
         self._handles = []
 
+    def select(self, batch: MicroBatchTensors, cpu_arrays) -> None:
+        """Make ``batch`` the micro-batch the hooks count (layer-major runs switch between them)."""
+        self.batch, self._cpu_batch = batch, cpu_arrays
+
     def set_batch(self, batch: MicroBatchTensors, cpu_arrays) -> None:
         """Make ``batch`` the current micro-batch and add its token-level counts."""
-        self.batch, self._cpu_batch = batch, cpu_arrays
+        self.select(batch, cpu_arrays)
         positions = batch.positions.reshape(-1)  # scatter, not boolean indexing: no GPU sync
         self.pos_seen.scatter_add_(0, positions.clamp(min=0).long(), (positions >= 0).long())
         self.domain_tokens[batch.domain] += batch.counted.sum()
@@ -304,8 +310,10 @@ def record(config: RecordConfig, log=print) -> Path:
                      config.threshold, config.gated_product)
     budget = None if config.gpu_memory is None else parse_bytes(config.gpu_memory)
     try:
-        with LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget), torch.inference_mode():
-            _run_units(config, plan, todo, taps, writer, model, arch, layers[-1], device, memory)
+        with LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget) as streamer, \
+                torch.inference_mode():
+            block_units = choose_block_units(config, model, streamer.plan, seq_len, log)
+            _run_units(config, plan, todo, taps, writer, model, arch, layers[-1], device, memory, block_units)
     finally:
         taps.remove()
     if not writer.complete:  # nothing was left to record (e.g. resuming a finished store)
@@ -321,23 +329,40 @@ def _progress(config, total_tokens):
     return tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="record", smoothing=0.1)
 
 
-def _run_units(config, plan, todo, taps, writer, model, arch, last_layer, device, memory) -> None:
-    """Run the units in ``todo``; commit at most every ``commit_seconds``; the last commit finalizes."""
+def _blocks(todo, block_units):
+    """`todo` cut into blocks of `block_units` units (None: one unit each, run micro-batch by micro-batch)."""
+    size = block_units or 1
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def _run_units(config, plan, todo, taps, writer, model, arch, last_layer, device, memory, block_units=None) -> None:
+    """Run the units in ``todo`` block by block; commit at most every ``commit_seconds``; the last
+    commit finalizes. With ``block_units`` each block runs layer-major (recording/layer_major.py)."""
     total = sum(_unit_tokens(plan, u) for u in todo)
     last_commit, done, new_runs = time.monotonic(), [], []
+
+    def spill():
+        if taps.ngram_bytes() > memory:
+            new_runs.append(writer.write_run(*taps.take_tables()))
+
+    blocks = _blocks(todo, block_units)
     with _progress(config, total) as bar:
-        for position, index in enumerate(todo):
-            unit = plan.unit(index)
-            for micro in unit.batches:
-                batch, cpu = _batch_tensors(micro, unit.domain, config.count_bos, device)
-                taps.set_batch(batch, cpu)
-                archs.run_until(model, arch, batch.input_ids, batch.attention_mask, last_layer)
-                if taps.ngram_bytes() > memory:
-                    new_runs.append(writer.write_run(*taps.take_tables()))
-            done.append(index)
+        for position, block in enumerate(blocks):
+            batches = [_batch_tensors(micro, plan.unit(index).domain, config.count_bos, device)
+                       for index in block for micro in plan.unit(index).batches]
+            if block_units is None:
+                for batch, cpu in batches:
+                    taps.set_batch(batch, cpu)
+                    archs.run_until(model, arch, batch.input_ids, batch.attention_mask, last_layer)
+                    spill()
+            else:
+                run_block(model, arch, [batch for batch, _ in batches], last_layer,
+                          start=lambda i: taps.set_batch(*batches[i]), select=lambda i: taps.select(*batches[i]),
+                          after=spill)
+            done.extend(block)
             if bar is not None:
-                bar.update(_unit_tokens(plan, index))
-            final = position == len(todo) - 1
+                bar.update(sum(_unit_tokens(plan, index) for index in block))
+            final = position == len(blocks) - 1
             if final or time.monotonic() - last_commit >= config.commit_seconds:
                 totals = taps.totals()
                 _check_nans(totals, writer.header.layers)
