@@ -22,6 +22,7 @@ from fastneurons.models import architectures as archs
 from fastneurons.config import RecordConfig, parse_bytes
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.kernels import count_activations, words_for
+from fastneurons.models.lazy import load_lazy, wants_lazy
 from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams.keys import pack_bits_for_vocab
@@ -280,7 +281,8 @@ def record(config: RecordConfig, log=print) -> Path:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     _pin_threads(config.threads)
-    loaded = load_model(config.model, dtype=dtype)
+    lazy = wants_lazy(config.weights, config.model)
+    loaded = load_lazy(config.model, dtype=dtype, log=log) if lazy else load_model(config.model, dtype=dtype)
     model, arch = loaded.model, loaded.arch
     tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else loaded.tokenizer  # None: id corpora only
     num_layers = archs.num_layers(model, arch)
@@ -310,8 +312,9 @@ def record(config: RecordConfig, log=print) -> Path:
                      config.threshold, config.gated_product)
     budget = None if config.gpu_memory is None else parse_bytes(config.gpu_memory)
     try:
-        with LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget) as streamer, \
-                torch.inference_mode():
+        streamer = (loaded.streamer(device, layers[-1]) if lazy
+                    else LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget))
+        with streamer, torch.inference_mode():
             block_units = choose_block_units(config, model, streamer.plan, seq_len, log)
             _run_units(config, plan, todo, taps, writer, model, arch, layers[-1], device, memory, block_units)
     finally:
