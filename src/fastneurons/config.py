@@ -169,6 +169,42 @@ class RecordConfig:
 
 
 @dataclass
+class PlanConfig:
+    """`fastneurons plan`: what recording a model costs, from its config alone (no weights are read)."""
+
+    model: str = field(metadata={"help": "hub id (local cache), checkpoint directory (config.json is enough), "
+                                         ".gguf file, or 'smollm2'"})
+    tokens: str = _opt("100M", "tokens to record")
+    gpu: Optional[str] = _opt(None, "a GPU of the table (H100-SXM, H100-PCIe, H200, A100-80G, RTX-4090); "
+                                    "default: this machine's CPU, measured in about a second")
+    seq_len: Optional[int] = _opt(None, "tokens per sequence (default: model max positions, at most 2048)")
+    batch_size: int = _opt(8, "sequences per micro-batch")
+    unit_batches: int = _opt(4, "micro-batches per unit")
+    dtype: str = _opt("auto", "auto (float16 on a GPU, float32 on the CPU), float32, float16, bfloat16")
+    layers: Optional[list] = _list("layers to record (default: all); only layers up to the last run", type=int)
+    weights: str = _opt("lazy", "lazy or eager: how the host holds the weights (decides peak host memory)")
+    positions: bool = _opt(True, "count pos_active [T, F] per layer (its counters take device memory)")
+
+    def validate(self) -> "PlanConfig":
+        try:
+            parse_count(self.tokens)
+        except ValueError as error:
+            raise ValueError(f"--tokens {error}") from None
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32, float16 or bfloat16")
+        if self.weights not in ("eager", "lazy"):
+            raise ValueError(f"--weights {self.weights!r}: choose eager or lazy")
+        if self.seq_len is not None and self.seq_len < 2:
+            raise ValueError("--seq-len must be at least 2 (BOS + one token)")
+        for name in ("batch_size", "unit_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise ValueError("--layers must be non-negative layer indices")
+        return self
+
+
+@dataclass
 class MergeConfig:
     """`fastneurons merge`: add compatible counts stores into one."""
 

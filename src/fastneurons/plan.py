@@ -211,3 +211,72 @@ def choose_block_units(config, model, offload_plan, seq_len: int, log=print) -> 
     units = units_for(block, unit_tokens)
     log(f"layer-major blocks of {units} units ({units * unit_tokens:,} tokens): each streamed layer crosses once per block")
     return units
+
+
+def _size(nbytes: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def plan_for(config) -> tuple:
+    """(ModelShape, Estimate, GPU or None) for a PlanConfig."""
+    from fastneurons.config import parse_count
+    from fastneurons.models.loading import load_config
+
+    model_config = load_config(config.model)
+    shape = model_shape(model_config)
+    gpu = None
+    if config.gpu is not None:
+        if config.gpu not in GPUS:
+            raise ValueError(f"--gpu {config.gpu!r}: the table knows {', '.join(GPUS)}")
+        gpu = GPUS[config.gpu]
+    positions = archs.max_positions(model_config, archs.architecture_for(model_config))
+    seq_len = config.seq_len or min(positions, 2048)
+    dtype = config.dtype if config.dtype != "auto" else ("float16" if gpu else "float32")
+    dtype_bytes = torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+    last = None
+    if config.layers:
+        last = max(config.layers)
+        if last >= shape.num_layers:
+            raise ValueError(f"--layers {last}: the model has {shape.num_layers} layers")
+    rate = None if gpu else measure_cpu_flops_per_s(model_config, seq_len=seq_len, batch_size=config.batch_size)
+    result = estimate(shape, parse_count(config.tokens), seq_len=seq_len, batch_size=config.batch_size,
+                      unit_batches=config.unit_batches, dtype_bytes=dtype_bytes, gpu=gpu, flops_per_s=rate,
+                      last_layer=last, lazy=config.weights == "lazy", positions=config.positions)
+    return shape, result, gpu
+
+
+def plan_command(config) -> str:
+    """The text `fastneurons plan` prints."""
+    shape, e, gpu = plan_for(config)
+    params = sum(shape.layer_params[:len(shape.layer_params)])
+    lines = [
+        f"{config.model}: {shape.arch}, {shape.num_layers} layers, d={shape.hidden}, {shape.neurons} neurons a layer, "
+        f"{params / 1e9:.3g}e9 parameters in the layers ({shape.outside_params / 1e6:.1f}M outside)",
+        f"tokens            {e.tokens:,}",
+        f"FLOPs             {e.flops:.3g} (2·P·T = {2 * sum(shape.layer_params) * e.tokens:.3g} plus causal attention)",
+        f"weights per pass  {_size(e.weight_bytes_per_pass)}",
+        f"on                {e.target}: {e.flops_per_s / 1e12:.3g} TFLOP/s "
+        + (f"({MFU:.0%} of {gpu.tflops:g} peak; {gpu.source})" if gpu else "(measured on one real layer)"),
+        f"mode              {e.mode}" + (": weights fit the device and cross once" if e.mode == "resident" else
+                                         ": each layer crosses once per block" if e.mode == "stream" else ""),
+        f"block             {e.block_tokens:,} tokens -> {e.passes:,} passes of the weights",
+        f"compute           {_duration(e.compute_s)}",
+        f"transfer          {_duration(e.transfer_s)}"
+        + (f" at {gpu.host_to_device_gbs:g} GB/s host->device, overlapped with compute" if gpu else " (none on the CPU)"),
+        f"predicted time    {_duration(e.total_s)}",
+        f"peak GPU memory   {_size(e.gpu_peak_bytes)}" if gpu else "peak GPU memory   none",
+        f"peak host memory  {_size(e.host_peak_bytes)} ({config.weights} weights, dense counters; "
+        "plus --ngram-memory for n-gram tables)",
+    ]
+    return "\n".join(lines)
