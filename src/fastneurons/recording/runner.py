@@ -27,6 +27,7 @@ from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams.keys import pack_bits_for_vocab
 from fastneurons.models.offload import LayerStreamer
+from fastneurons.recording.distributed import torchrun_job
 from fastneurons.recording.layer_major import run_block
 from fastneurons.plan import choose_block_units
 from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreError
@@ -235,10 +236,9 @@ def _select_layers(config: RecordConfig, num_layers: int):
 
 
 def apply_torchrun(config: RecordConfig, environ=os.environ) -> RecordConfig:
-    """Under torchrun (WORLD_SIZE > 1) each rank records shard RANK/WORLD_SIZE into its own file.
-
-    ``--out`` must then contain ``{rank}``; each rank uses ``cuda:LOCAL_RANK`` when on GPU. Merge
-    the rank files with ``fastneurons merge`` afterwards.
+    """Under torchrun (WORLD_SIZE > 1) with ``{rank}`` in ``--out``: each rank records shard
+    RANK/WORLD_SIZE into its own file, merged afterwards with ``fastneurons merge``; each rank uses
+    ``cuda:LOCAL_RANK`` when on GPU. (Without ``{rank}``, distributed.torchrun_job merges them.)
     """
     world = int(environ.get("WORLD_SIZE", "1"))
     if world <= 1 or config.shard is not None:
@@ -276,8 +276,18 @@ def _warn_if_float_setup_differs(before: dict, meta: dict, log) -> None:
 
 
 def record(config: RecordConfig, log=print) -> Path:
-    """Run a recording described by ``config``; returns the path of the finished store."""
-    config = apply_torchrun(config.validate())
+    """Run a recording described by ``config``; returns the path of the finished store.
+
+    Under torchrun each rank records its shard and rank 0 merges them into ``--out``
+    (recording/distributed.py)."""
+    job = torchrun_job(config.validate())
+    if job is None:
+        return _record(apply_torchrun(config), log)
+    _record(job.rank_config, log)
+    return job.merge(log)
+
+
+def _record(config: RecordConfig, log) -> Path:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     _pin_threads(config.threads)
