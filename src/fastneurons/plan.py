@@ -34,7 +34,7 @@ class GPU:
 
 GPUS = {gpu.name: gpu for gpu in (
     GPU("H100-SXM", 989, 80, 50, "NVIDIA H100 datasheet (989 TFLOPS dense FP16, 80 GB); PCIe Gen5 x16 "
-        "~50 GB/s planned (64 theoretical; nvbandwidth issue #24 measured 35-53)"),
+        "~50 GB/s planned (64 theoretical; nvbandwidth issue #24: 35.2 host->device with SM copies, 52.8 back)"),
     GPU("H100-PCIe", 756, 80, 50, "NVIDIA H100 datasheet (756 TFLOPS dense FP16, 80 GB); PCIe Gen5 x16 ~50 GB/s"),
     GPU("H200", 989, 141, 50, "NVIDIA H200 datasheet (989 TFLOPS dense FP16, 141 GB); PCIe Gen5 x16 ~50 GB/s"),
     GPU("A100-80G", 312, 80, 25, "NVIDIA A100 datasheet (312 TFLOPS dense FP16, 80 GB); PCIe Gen4 x16 "
