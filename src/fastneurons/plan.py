@@ -200,8 +200,13 @@ def choose_block_units(config, model, offload_plan, seq_len: int, log=print) -> 
         return units_for(parse_count(config.block_tokens), unit_tokens)
     if offload_plan.mode != "stream":
         return None
+    from fastneurons.models.lazy import free_ram_bytes
+
     device = torch.device(offload_plan.device)
-    free = int(COMFORT * torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else MAX_BLOCK_TOKENS * 1 << 20
+    if device.type == "cuda":
+        free = int(COMFORT * torch.cuda.mem_get_info(device)[0])
+    else:   # lazy weights on the CPU: the block's hidden states live in host RAM
+        free = int(COMFORT * (free_ram_bytes() or 8 << 30))
     if offload_plan.budget_bytes is not None:
         free = min(free, offload_plan.budget_bytes - offload_plan.device_weight_bytes)
     dtype_bytes = next(model.parameters()).element_size()
@@ -259,7 +264,7 @@ def plan_for(config) -> tuple:
 def plan_command(config) -> str:
     """The text `fastneurons plan` prints."""
     shape, e, gpu = plan_for(config)
-    params = sum(shape.layer_params[:len(shape.layer_params)])
+    params = sum(shape.layer_params)
     lines = [
         f"{config.model}: {shape.arch}, {shape.num_layers} layers, d={shape.hidden}, {shape.neurons} neurons a layer, "
         f"{params / 1e9:.3g}e9 parameters in the layers ({shape.outside_params / 1e6:.1f}M outside)",
