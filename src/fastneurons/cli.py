@@ -128,6 +128,14 @@ def _record(config):
     print(f"wrote {path}")
 
 
+@command("plan", cfg.PlanConfig, "predict FLOPs, weight traffic, block size, time and memory of a recording "
+                                 "from the model's config alone")
+def _plan(config):
+    from fastneurons.plan import plan_command
+
+    print(plan_command(config))
+
+
 @command("merge", cfg.MergeConfig, "add compatible counts stores (shards, or other corpora) into one")
 def _merge(config):
     from fastneurons.store import merge_stores

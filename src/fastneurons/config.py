@@ -91,6 +91,11 @@ class RecordConfig:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = _opt("auto", "model dtype: auto (CPU: float32; GPU: float16 for float16 checkpoints, else bfloat16 where supported), float32, float16, bfloat16")
     gpu_memory: Optional[str] = _opt(None, "GPU memory budget for weights, e.g. 4G; layers stream when the model does not fit")
+    block_tokens: Optional[str] = _opt(None, "layer-major blocks of about this many tokens, e.g. 1M: each layer runs over "
+                                             "the whole block before the next, so streamed weights cross once per block "
+                                             "(default: as many as fit the GPU budget when layers stream, else off)")
+    weights: str = _opt("auto", "eager (load the whole checkpoint), lazy (safetensors read layer by layer from an mmap: "
+                                "host RAM holds a few layers) or auto (lazy when the checkpoint exceeds half the free RAM)")
     resume: bool = _opt(False, "continue an interrupted run in --out (same settings required; starts it if missing)")
     shard: Optional[str] = _opt(None, "i/N: record only units i, i+N, ... (merge the shards afterwards)")
     tokenizer: Optional[str] = _opt(None, "tokenizer to use instead of the checkpoint's own")
@@ -132,6 +137,10 @@ class RecordConfig:
             raise ValueError(f"--device {self.device!r}: choose auto, cpu, cuda or cuda:N")
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be at least 1")
+        if self.block_tokens is not None:
+            parse_count(self.block_tokens)
+        if self.weights not in ("auto", "eager", "lazy"):
+            raise ValueError(f"--weights {self.weights!r}: choose auto, eager or lazy")
         return self
 
     @property
@@ -157,6 +166,42 @@ class RecordConfig:
     # Settings that change the counts: resume and merge require them to be equal.
     COUNT_SETTINGS = ("seq_len", "full_length", "batch_size", "unit_batches", "threshold",
                       "gated_product", "count_bos", "orders", "positions")
+
+
+@dataclass
+class PlanConfig:
+    """`fastneurons plan`: what recording a model costs, from its config alone (no weights are read)."""
+
+    model: str = field(metadata={"help": "hub id (local cache), checkpoint directory (config.json is enough), "
+                                         ".gguf file, or 'smollm2'"})
+    tokens: str = _opt("100M", "tokens to record")
+    gpu: Optional[str] = _opt(None, "a GPU of the table (H100-SXM, H100-PCIe, H200, A100-80G, RTX-4090); "
+                                    "default: this machine's CPU, measured in about a second")
+    seq_len: Optional[int] = _opt(None, "tokens per sequence (default: model max positions, at most 2048)")
+    batch_size: int = _opt(8, "sequences per micro-batch")
+    unit_batches: int = _opt(4, "micro-batches per unit")
+    dtype: str = _opt("auto", "auto (float16 on a GPU, float32 on the CPU), float32, float16, bfloat16")
+    layers: Optional[list] = _list("layers to record (default: all); only layers up to the last run", type=int)
+    weights: str = _opt("lazy", "lazy or eager: how the host holds the weights (decides peak host memory)")
+    positions: bool = _opt(True, "count pos_active [T, F] per layer (its counters take device memory)")
+
+    def validate(self) -> "PlanConfig":
+        try:
+            parse_count(self.tokens)
+        except ValueError as error:
+            raise ValueError(f"--tokens {error}") from None
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32, float16 or bfloat16")
+        if self.weights not in ("eager", "lazy"):
+            raise ValueError(f"--weights {self.weights!r}: choose eager or lazy")
+        if self.seq_len is not None and self.seq_len < 2:
+            raise ValueError("--seq-len must be at least 2 (BOS + one token)")
+        for name in ("batch_size", "unit_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise ValueError("--layers must be non-negative layer indices")
+        return self
 
 
 @dataclass

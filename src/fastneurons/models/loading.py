@@ -189,6 +189,13 @@ def _config(resolved: _Resolved):
         raise ValueError(f"cannot read the model config in {resolved.directory}: {error}") from error
 
 
+def load_config(spec):
+    """The transformers config of a checkpoint (a directory needs only its config.json; no weights are read)."""
+    resolved = resolve(spec)
+    with _parse_gguf_once():
+        return _config(resolved)
+
+
 def load_model(spec, dtype=torch.float32, device="cpu", gguf_file: Optional[str] = None) -> LoadedModel:
     """Load a checkpoint for recording: the CausalLM in eval mode with gradients off, plus its tokenizer.
 

@@ -25,11 +25,15 @@ from fastneurons.recording.corpus import CorpusPlan, parse_corpus_arg, plan_corp
 from fastneurons.recording.counter import attach_counters
 from fastneurons.kernels import PinnedHostCopies, require_cuda_build
 from fastneurons.devices import canonical_device, dtype_from_config, rank_device, resolve_dtype
+from fastneurons.models.lazy import load_lazy, wants_lazy
 from fastneurons.models.loading import LoadedModel, load_model, load_tokenizer, resolve as resolve_checkpoint
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams.keys import pack_bits_for_vocab
 from fastneurons.progress import bars, counting_bar
 from fastneurons.models.offload import LayerStreamer
+from fastneurons.recording.distributed import torchrun_job
+from fastneurons.recording.layer_major import run_block
+from fastneurons.plan import choose_block_units
 from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreError
 
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "torch_dtype", "dtype", "use_cache", "output_hidden_states",
@@ -111,9 +115,13 @@ class NgramFeed:
         self.host_copies = PinnedHostCopies()  # bits to the n-gram tables via pinned buffers
         self._tokens = None
 
+    def select_tokens(self, cpu_arrays) -> None:
+        """The micro-batch the next bits belong to: its flat (ids, positions, counted) CPU arrays."""
+        self._tokens = cpu_arrays
+
     def add_tokens(self, cpu_arrays) -> None:
         """A new micro-batch: its flat (ids, positions, counted) CPU arrays, counted in the seen tables."""
-        self._tokens = cpu_arrays
+        self.select_tokens(cpu_arrays)
         if self.seen is not None:
             self.seen.add(*cpu_arrays)
 
@@ -166,8 +174,14 @@ class LayerTaps:
     def remove(self) -> None:
         self.handle.remove()
 
+    def select(self, batch: MicroBatchTensors, cpu_arrays) -> None:
+        """Make ``batch`` the micro-batch the hooks count, without counting its seen n-grams again
+        (layer-major runs switch between a block's micro-batches at every layer)."""
+        self.handle.set_positions(batch.positions, batch.counted, domain=batch.domain)
+        self.ngrams.select_tokens(cpu_arrays)
+
     def set_batch(self, batch: MicroBatchTensors, cpu_arrays) -> None:
-        """Make ``batch`` the micro-batch the following forward counts."""
+        """A new micro-batch: the following forward counts it, and its seen n-grams are counted (once)."""
         self.handle.set_positions(batch.positions, batch.counted, domain=batch.domain)
         self.ngrams.add_tokens(cpu_arrays)
 
@@ -276,10 +290,9 @@ def _select_layers(config: RecordConfig, num_layers: int):
 
 
 def apply_torchrun(config: RecordConfig, environ=os.environ) -> RecordConfig:
-    """Under torchrun (WORLD_SIZE > 1) each rank records shard RANK/WORLD_SIZE into its own file.
-
-    ``--out`` must then contain ``{rank}``; each rank uses ``cuda:LOCAL_RANK`` when on GPU. Merge
-    the rank files with ``fastneurons merge`` afterwards.
+    """Under torchrun (WORLD_SIZE > 1) with ``{rank}`` in ``--out``: each rank records shard
+    RANK/WORLD_SIZE into its own file, merged afterwards with ``fastneurons merge``; each rank uses
+    ``cuda:LOCAL_RANK`` when on GPU. (Without ``{rank}``, distributed.torchrun_job merges them.)
     """
     world = int(environ.get("WORLD_SIZE", "1"))
     if world <= 1 or config.shard is not None:
@@ -318,15 +331,26 @@ def _warn_if_float_setup_differs(before: dict, meta: dict, log) -> None:
 
 
 def record(config: RecordConfig, log=print) -> Path:
-    """Run a recording described by ``config``; returns the path of the finished store."""
-    config = apply_torchrun(config.validate())
+    """Run a recording described by ``config``; returns the path of the finished store.
+
+    Under torchrun each rank records its shard and rank 0 merges them into ``--out``
+    (recording/distributed.py)."""
+    job = torchrun_job(config.validate())
+    if job is None:
+        return _record(apply_torchrun(config), log)
+    _record(job.rank_config, log)
+    return job.merge(log)
+
+
+def _record(config: RecordConfig, log) -> Path:
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # streams, events and the kernel's context then stay on this GPU
         require_cuda_build(device.index)  # refuse a _C that cannot run here before loading anything
     dtype = resolve_dtype(config.dtype, device, _checkpoint_dtype(config.model) if config.dtype == "auto" else None)
     _pin_threads(config.threads)
-    loaded = load_model(config.model, dtype=dtype)
+    lazy = wants_lazy(config.weights, config.model)
+    loaded = load_lazy(config.model, dtype=dtype, log=log) if lazy else load_model(config.model, dtype=dtype)
     model, arch = loaded.model, loaded.arch
     tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else loaded.tokenizer  # None: id corpora only
     num_layers = archs.num_layers(model, arch)
@@ -358,8 +382,11 @@ def record(config: RecordConfig, log=print) -> Path:
     taps = LayerTaps(recording, writer.dense)
     budget = None if config.gpu_memory is None else parse_bytes(config.gpu_memory)
     try:
-        with LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget), torch.inference_mode():
-            _run_units(recording, todo, taps, writer)
+        streamer = (loaded.streamer(device, layers[-1]) if lazy
+                    else LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget))
+        with streamer, torch.inference_mode():
+            block_units = choose_block_units(config, model, streamer.plan, seq_len, log)
+            _run_units(recording, todo, taps, writer, block_units=block_units)
     finally:
         taps.remove()
     if not writer.complete:  # nothing was left to record (e.g. resuming a finished store)
@@ -367,25 +394,44 @@ def record(config: RecordConfig, log=print) -> Path:
     return Path(config.out)
 
 
-def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter) -> None:
-    """Run the units in ``todo``; commit at most every ``commit_seconds``; the last commit finalizes."""
+def _blocks(todo, block_units):
+    """`todo` cut into blocks of `block_units` units (None: one unit each, run micro-batch by micro-batch)."""
+    size = block_units or 1
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter, *, block_units=None) -> None:
+    """Run the units in ``todo`` block by block; commit at most every ``commit_seconds``; the last
+    commit finalizes. With ``block_units`` each block runs layer-major (recording/layer_major.py)."""
     config, plan, model, arch = recording.config, recording.plan, recording.model, recording.arch
     memory, last_layer = parse_bytes(config.ngram_memory), recording.layers[-1]
     total = sum(_unit_tokens(plan, u) for u in todo)
     last_commit, done, new_runs = time.monotonic(), [], []
+
+    def spill():
+        if taps.ngram_bytes() > memory:
+            new_runs.append(writer.write_run(*taps.take_tables()))
+
+    blocks = _blocks(todo, block_units)
     with counting_bar(config.progress, total=total, desc="record", unit="tok") as bar:
-        for position, index in enumerate(todo):
-            unit = plan.unit(index)
-            for micro in unit.batches:
-                batch, cpu = _batch_tensors(micro, unit.domain, config.count_bos, recording.device)
-                taps.set_batch(batch, cpu)
-                archs.run_until(model, arch, batch.input_ids, batch.attention_mask, last_layer)
-                if taps.ngram_bytes() > memory:
-                    new_runs.append(writer.write_run(*taps.take_tables()))
+        for position, block in enumerate(blocks):
+            micros = [(micro, plan.unit(index).domain) for index in block for micro in plan.unit(index).batches]
+            batches = [_batch_tensors(micro, domain, config.count_bos, recording.device) for micro, domain in micros]
+            if block_units is None:
+                for (micro, _), (batch, cpu) in zip(micros, batches):
+                    taps.set_batch(batch, cpu)
+                    archs.run_until(model, arch, batch.input_ids, batch.attention_mask, last_layer)
+                    spill()
+                    if bar is not None:
+                        bar.update(micro.num_tokens)
+            else:
+                run_block(model, arch, [batch for batch, _ in batches], last_layer,
+                          start=lambda i: taps.set_batch(*batches[i]), select=lambda i: taps.select(*batches[i]),
+                          after=spill)
                 if bar is not None:
-                    bar.update(micro.num_tokens)
-            done.append(index)
-            final = position == len(todo) - 1
+                    bar.update(sum(micro.num_tokens for micro, _ in micros))
+            done.extend(block)
+            final = position == len(blocks) - 1
             if final or time.monotonic() - last_commit >= config.commit_seconds:
                 totals = taps.totals()
                 _check_nans(totals, writer.header.layers)
