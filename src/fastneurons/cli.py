@@ -128,6 +128,14 @@ def _record(config):
     print(f"wrote {path}")
 
 
+@command("second-pass", cfg.SecondPassConfig, "bounded n-gram mode: count a store's candidate pairs exactly")
+def _second_pass(config):
+    from fastneurons.recording.second_pass import second_pass
+
+    path = second_pass(config)
+    print(f"wrote {path}")
+
+
 @command("merge", cfg.MergeConfig, "add compatible counts stores (shards, or other corpora) into one")
 def _merge(config):
     from fastneurons.store import merge_stores

@@ -10,7 +10,8 @@ import numpy as np
 from fastneurons.analysis._json import Result, jsonable
 from fastneurons.analysis.coverage import PAPER_BINS, neuron_coverage
 from fastneurons.analysis.dead import dead_neurons
-from fastneurons.analysis.detectors import DEFAULT_MAX_COVERAGE, detected_ngrams_by_layer, find_detectors
+from fastneurons.analysis.detectors import (DEFAULT_MAX_COVERAGE, covered_ngrams_complete, detected_ngrams_by_layer,
+                                            find_detectors)
 from fastneurons.analysis.domains import domain_breakdown
 from fastneurons.analysis.positional import positional_neurons
 from fastneurons.analysis.suppression import as_float_matrix, select_controls, summarize_suppression, suppression
@@ -129,6 +130,16 @@ def _suppression_per_layer(counts, settings, weights, detectors_k1, active_of) -
     return results
 
 
+def _ngram_table(counts, layer, k, settings):
+    """(key, neuron, count, mass, bound, complete) of one (layer, k): from ``ngram_table`` (either
+    n-gram mode, with the bounds of what it leaves out) or, for readers without it, ``ngram_active``."""
+    if not hasattr(counts, "ngram_table"):
+        return (*counts.ngram_active(layer, k), None, None, None)
+    table = counts.ngram_table(layer, k)
+    complete = covered_ngrams_complete(table.bound, table.rare_limit, settings.cover_rate, settings.min_count)
+    return table.key, table.neuron, table.count, table.mass, table.bound, complete
+
+
 def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=None) -> AnalysisResults:
     """Run every analysis on a counts reader (see docs/analysis.md for the interface it must offer).
 
@@ -165,12 +176,14 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
         seen = counts.ngram_seen(k)
         coverage[k], detectors[k] = {}, {}
         for layer in ngram_layers:
-            key, neuron, count = counts.ngram_active(layer, k)
-            coverage[k][layer] = neuron_coverage(neuron, count, num_neurons, k, settings.coverage, settings.bins, layer)
+            key, neuron, count, mass, bound, complete = _ngram_table(counts, layer, k, settings)
+            coverage[k][layer] = neuron_coverage(neuron, count, num_neurons, k, settings.coverage, settings.bins,
+                                                 layer, mass=mass, bound=bound)
             detectors[k][layer] = find_detectors(
                 (key, neuron, count), seen, num_neurons, k, settings.max_coverage[k], settings.cover_rate,
                 settings.min_count, settings.coverage, pack_bits=int(counts.pack_bits), vocab=vocab, layer=layer,
-                sizes=coverage[k][layer].sizes, mass=coverage[k][layer].mass)
+                sizes=coverage[k][layer].sizes, mass=coverage[k][layer].mass, upper=coverage[k][layer].upper,
+                complete=complete)
         detected[k] = detected_ngrams_by_layer([detectors[k][layer] for layer in ngram_layers], vocab)
 
     per_layer_suppression, overall, skipped = {}, None, None

@@ -237,3 +237,25 @@ class CandidateCounter:
     def nbytes(self) -> int:
         return 0
 
+
+
+@dataclass
+class HeldTable:
+    """What the analyses read of one (layer, order), in either mode: exact counts of the pairs held,
+    the exact ``mass`` A_k(n), ``bound[n]`` >= the count of any pair left out, and ``rare_limit[n]``
+    (every pair whose n-gram is seen at most this often is held)."""
+
+    key: np.ndarray
+    neuron: np.ndarray
+    count: np.ndarray
+    mass: np.ndarray
+    bound: np.ndarray
+    rare_limit: np.ndarray
+
+    @classmethod
+    def exact(cls, table: Table, num_neurons: int) -> HeldTable:
+        """A complete exact table: nothing left out."""
+        mass = np.zeros(int(num_neurons), dtype=np.int64)
+        kernels.add_mass(table.neuron, table.count, mass)
+        zeros = np.zeros(int(num_neurons), dtype=np.int64)
+        return cls(table.key, table.neuron, table.count, mass, zeros, zeros.copy())

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from fastneurons.models import architectures as archs
-from fastneurons.config import RecordConfig, parse_bytes
+from fastneurons.config import RecordConfig, SecondPassConfig, parse_bytes
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.kernels import count_activations, words_for
 from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams.keys import pack_bits_for_vocab
 from fastneurons.models.offload import LayerStreamer
+from fastneurons.recording import second_pass
 from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreError
 
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "torch_dtype", "dtype", "use_cache", "output_hidden_states",
@@ -66,7 +67,7 @@ class LayerTaps:
     """Forward hooks on the recorded layers' neuron modules, feeding the kernel and n-gram tables."""
 
     def __init__(self, model, arch, layers, ngram_layers, orders, pack_bits, dense: DenseCounts,
-                 device, threshold, gated_product):
+                 device, threshold, gated_product, make_accumulator=None, count_seen=True):
         self.layers, self.ngram_layers = list(layers), set(ngram_layers)
         self.threshold, self.gated_product = float(threshold), gated_product
         self.device = device
@@ -78,9 +79,11 @@ class LayerTaps:
             (dense.pos_seen.shape[0], dense.active.shape[1]), dtype=torch.int64, device=device)
         self.pos_seen = to(dense.pos_seen)
         self.domain_tokens = to(dense.domain_tokens)
-        self.ngrams = {layer: NgramAccumulator(dense.active.shape[1], orders=orders, pack_bits=pack_bits)
-                       for layer in self.ngram_layers}
-        self.seen = SeenAccumulator(orders=orders, pack_bits=pack_bits) if self.ngram_layers else None
+        # --ngrams switch: exact tables by default; bounded passes summaries (pass 1) or candidate counters (pass 2)
+        make_accumulator = make_accumulator or (
+            lambda layer: NgramAccumulator(dense.active.shape[1], orders=orders, pack_bits=pack_bits))
+        self.ngrams = {layer: make_accumulator(layer) for layer in self.ngram_layers}
+        self.seen = SeenAccumulator(orders=orders, pack_bits=pack_bits) if self.ngram_layers and count_seen else None
         self.batch: Optional[MicroBatchTensors] = None
         self._cpu_batch = None
         self._handles = []
@@ -121,6 +124,12 @@ class LayerTaps:
             ids, pos, counted = self._cpu_batch
             words = bits.reshape(-1, bits.shape[-1]).cpu().numpy().view(np.uint64)
             self.ngrams[layer].add(words, ids, pos, counted)
+
+    def end_unit(self) -> None:
+        """A unit ended (bounded mode folds its summaries here, so their state follows the units)."""
+        for accumulator in self.ngrams.values():
+            if hasattr(accumulator, "end_unit"):
+                accumulator.end_unit()
 
     def ngram_bytes(self) -> int:
         total = sum(acc.nbytes for acc in self.ngrams.values())
@@ -209,6 +218,8 @@ def build_header(config: RecordConfig, loaded, tokenizer, plan, layers, ngram_la
         "batch_size": int(config.batch_size),
         "unit_batches": int(config.unit_batches),
         "gated_product": bool(config.gated_product),
+        "ngram_mode": config.ngrams,
+        "summary_capacity": int(config.summary_capacity) if config.ngrams == "bounded" else None,
     }
     manifest = plan.manifest()
     corpus = Corpus(plan.fingerprint, manifest, np.zeros(plan.num_units, dtype=bool), len(plan.domains))
@@ -291,6 +302,8 @@ def record(config: RecordConfig, log=print) -> Path:
                        full_length=config.full_length, bos_id=config.bos_id, vocab_size=vocab_size)
     header = build_header(config, loaded, tokenizer, plan, layers, ngram_layers, seq_len, pack_bits, dtype, device)
     memory = parse_bytes(config.ngram_memory)
+    bounded = config.ngrams == "bounded" and bool(ngram_layers)
+    restored = second_pass.stored_summaries(config.out) if bounded and config.resume else None
     if config.resume and Path(config.out).exists():
         writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs)
         _warn_if_float_setup_differs(writer.previous_meta, header.meta, log)
@@ -300,8 +313,11 @@ def record(config: RecordConfig, log=print) -> Path:
     todo = [u for u in plan.units_for_shard(shard, shards) if not writer.holds(0, u)]
     log(f"recording {len(layers)} layers of {arch.name} on {device} ({str(dtype).replace('torch.', '')}): "
         f"{len(todo)} units to go of {plan.num_units} in the plan -> {config.out}")
+    make = second_pass.summary_accumulators(config, header.meta["num_neurons"], pack_bits) if bounded else None
     taps = LayerTaps(model, arch, layers, ngram_layers, config.orders, pack_bits, writer.dense, device,
-                     config.threshold, config.gated_product)
+                     config.threshold, config.gated_product, make_accumulator=make)
+    if bounded:
+        second_pass.attach(writer, taps, restored)
     budget = None if config.gpu_memory is None else parse_bytes(config.gpu_memory)
     try:
         with LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget), torch.inference_mode():
@@ -310,6 +326,9 @@ def record(config: RecordConfig, log=print) -> Path:
         taps.remove()
     if not writer.complete:  # nothing was left to record (e.g. resuming a finished store)
         writer.finalize()
+    if bounded and config.shard is None:  # a shard's second pass runs after the merge
+        second_pass.second_pass(SecondPassConfig(store=config.out, device=config.device, threads=config.threads,
+                                                 progress=config.progress), log=log)
     return Path(config.out)
 
 
@@ -334,6 +353,7 @@ def _run_units(config, plan, todo, taps, writer, model, arch, last_layer, device
                 archs.run_until(model, arch, batch.input_ids, batch.attention_mask, last_layer)
                 if taps.ngram_bytes() > memory:
                     new_runs.append(writer.write_run(*taps.take_tables()))
+            taps.end_unit()
             done.append(index)
             if bar is not None:
                 bar.update(_unit_tokens(plan, index))

@@ -21,7 +21,8 @@ def merge_ngram_groups(dest: h5py.Group, sources: list, header: Header, ngram_me
                        compress: bool = True) -> None:
     """Every table the header asks for, merged from the `ngrams` groups `sources` into `dest` (bounded memory);
     a table no source holds (e.g. an empty shard) is written empty, of the right kind."""
-    subs = [table_path(layer, k) for layer in header.ngram_layers for k in header.orders]
+    bounded = header.meta.get("ngram_mode", "exact") == "bounded"  # no full tables: summaries live apart
+    subs = [] if bounded else [table_path(layer, k) for layer in header.ngram_layers for k in header.orders]
     subs += [seen_path(k) for k in header.orders] if header.ngram_layers else []
     for sub in subs:
         groups = [src[sub] for src in sources if sub in src]
@@ -46,6 +47,7 @@ class CountsWriter:
         self.pending = list(pending)
         self.ngram_memory = ngram_memory
         self.complete = False
+        self.extra_groups = None  # callable(h5py.File): more state every snapshot writes (bounded summaries)
         self._next_run = 1 + max((int(name[4:10]) for name in self.pending if name[4:10].isdigit()), default=0)
 
     # -- opening
@@ -76,7 +78,7 @@ class CountsWriter:
                 dense = read_dense(f, path)
                 complete = bool(f.attrs["complete"])
                 pending = json.loads(f["ngrams"].attrs.get("pending_runs", "[]")) if "ngrams" in f else []
-                has_tables = "ngrams" in f and any(key != "seen" for key in f["ngrams"].keys())
+                has_tables = "ngrams" in f and len(f["ngrams"].keys()) > 0  # seen alone too (bounded mode)
         except OSError as err:
             raise StoreError(f"{path}: cannot be read ({err}); it cannot be resumed") from err
         problem = compatibility_problem(old, header)
@@ -184,6 +186,8 @@ class CountsWriter:
             _write_header(f, self.header, complete)
             _write_dense(f, self.header, self.dense, final=False, empty=empty)
             _ngram_group(f, self.header, self.pending)
+            if self.extra_groups is not None:
+                self.extra_groups(f)
 
         _atomic_h5(self.path, write)
 
@@ -197,6 +201,8 @@ class CountsWriter:
                 _write_dense(f, self.header, self.dense)
                 group = _ngram_group(f, self.header, [])
                 merge_ngram_groups(group, [src["ngrams"] for src in files], self.header, self.ngram_memory)
+                if self.extra_groups is not None:
+                    self.extra_groups(f)
 
             _atomic_h5(self.path, write)
         finally:

@@ -1,0 +1,167 @@
+"""The bounded n-gram mode (docs/bounded-ngrams.md) against the exact tables.
+
+Kernels: the Misra-Gries guarantee and pass 2's exact counts on random bits. End to end: random-weight
+and planted OPTs recorded in both modes give identical detectors, G(n), detected n-gram sets, Fig. 4
+counts, suppression and C_k(n) for every certified neuron; a summary made too small leaves neurons
+uncertified and says so; resume after an interruption, shards + merge + second pass stay exact.
+"""
+import dataclasses
+
+import h5py
+import numpy as np
+import pytest
+
+from fastneurons.analysis import AnalysisSettings, analyze_counts
+from fastneurons.analysis.coverage import UNKNOWN, coverage_bounds, coverage_sizes_naive
+from fastneurons.config import SecondPassConfig
+from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator, Table
+from fastneurons.ngrams.bounded import CandidateCounter, Summary, SummaryAccumulator, plan_candidates
+from fastneurons.recording import runner
+from fastneurons.recording.second_pass import second_pass
+from fastneurons.store import StoreError, merge_stores, open_counts
+
+from test_runner import _config, _opt, corpus  # noqa: F401  (corpus is a fixture)
+
+QUIET = dict(log=lambda *a: None)
+
+
+def _random_chunk(seed, rows=3000, neurons=100, density=0.1, vocab=40, seq=150):
+    rng = np.random.default_rng(seed)
+    ids = rng.zipf(1.3, rows) % vocab
+    positions = np.tile(np.arange(seq), rows // seq).astype(np.int32)
+    active = rng.random((rows, neurons)) < density * (1 + (np.arange(neurons) % 3 == 0))
+    padded = np.concatenate([active, np.zeros((rows, (-neurons) % 64), bool)], axis=1)
+    bits = np.packbits(padded, axis=1, bitorder="little").view(np.uint64)
+    return bits, ids, positions, positions >= 1
+
+
+def _as_dict(table):
+    return dict(zip(zip(table.key.tolist(), table.neuron.tolist()), table.count.tolist()))
+
+
+@pytest.mark.parametrize("capacity", [3, 10, 50])
+def test_summaries_undercount_by_at_most_delta_and_merge_with_the_same_guarantee(capacity):
+    bits, ids, pos, counted = _random_chunk(0)
+    exact = NgramAccumulator(100)
+    exact.add(bits, ids, pos, counted)
+    truth = exact.tables()
+    halves = []
+    for part in (slice(0, 1500), slice(1500, 3000)):
+        acc = SummaryAccumulator(100, capacity=capacity)
+        for start in range(part.start, part.stop, 300):
+            acc.add(bits[start:start + 300], ids[start:start + 300], pos[start:start + 300], counted[start:start + 300])
+            acc.end_unit()
+        halves.append(acc.summaries)
+    for k in (1, 2, 3):
+        merged = halves[0][k].merge(halves[1][k])
+        true = _as_dict(truth[k])
+        for summary in (merged,):
+            held = _as_dict(summary.table)
+            assert np.bincount(summary.table.neuron, minlength=100).max() <= capacity
+            np.testing.assert_array_equal(summary.mass, np.bincount(truth[k].neuron, truth[k].count, 100))
+            for (key, n), c in true.items():
+                assert c - summary.delta[n] <= held.get((key, n), 0) <= c
+            assert not set(held) - set(true)
+            # Misra-Gries: delta <= (N - N_held) / (capacity + 1)
+            kept = np.bincount(summary.table.neuron, summary.table.count, 100)
+            assert (summary.delta * (capacity + 1) <= summary.mass - kept).all()
+
+
+def test_second_pass_counts_exactly_the_planned_and_rare_pairs():
+    bits, ids, pos, counted = _random_chunk(1, density=0.03)
+    exact = NgramAccumulator(100)
+    exact.add(bits, ids, pos, counted)
+    truth = exact.tables()
+    seen_acc = SeenAccumulator()
+    seen_acc.add(ids, pos, counted)
+    seen = seen_acc.tables()
+    acc = SummaryAccumulator(100, capacity=6)
+    acc.add(bits, ids, pos, counted)
+    acc.end_unit()
+    for k in (1, 2, 3):
+        plan = plan_candidates(acc.summaries[k], max_coverage=400)  # loose: many neurons get rare pairs
+        assert (plan.rare_limit > 0).any()
+        counter = CandidateCounter({k: plan}, seen)
+        for start in range(0, 3000, 750):
+            counter.add(bits[start:start + 750], ids[start:start + 750], pos[start:start + 750], counted[start:start + 750])
+        got = _as_dict(counter.tables()[k])
+        true = _as_dict(truth[k])
+        seen_of = dict(zip(seen[k].key.tolist(), seen[k].count.tolist()))
+        planned = set(zip(plan.key.tolist(), plan.neuron.tolist()))
+        want = {pair: c for pair, c in true.items()
+                if pair in planned or seen_of[pair[0]] <= plan.rare_limit[pair[1]]}
+        assert got == want
+
+
+def test_coverage_bounds_bracket_the_exact_coverage():
+    bits, ids, pos, counted = _random_chunk(2, density=0.05)
+    exact = NgramAccumulator(100)
+    exact.add(bits, ids, pos, counted)
+    for k, table in exact.tables().items():
+        true = coverage_sizes_naive(table.neuron, table.count, 100)
+        mass = np.bincount(table.neuron, table.count, 100)
+        rng = np.random.default_rng(k)
+        # leave out n-grams of small count: a table of exact counts missing pairs with count <= bound
+        bound = rng.integers(0, 4, 100)
+        kept = table.count > bound[table.neuron]
+        lower, upper, _ = coverage_bounds(table.neuron[kept], table.count[kept], 100, mass=mass, bound=bound)
+        alive = mass > 0
+        assert (lower[alive] <= true[alive]).all()
+        assert ((upper[alive] >= true[alive]) | (upper[alive] == UNKNOWN)).all()
+        exact_rows = alive & (lower == upper)
+        np.testing.assert_array_equal(lower[exact_rows], true[exact_rows])
+        assert exact_rows[bound == 0].sum() == alive[bound == 0].sum()
+
+
+def _results(path, **settings):
+    with open_counts(path) as counts:
+        return analyze_counts(counts, AnalysisSettings(**settings))
+
+
+def assert_same_ngram_results(exact, bounded, expect_all_certified=True):
+    """Identical detectors, G(n), detected sets and Fig. 4 counts; identical C_k(n) where certified."""
+    for k in exact.orders:
+        for layer in exact.ngram_layers:
+            e, b = exact.coverage[k][layer], bounded.coverage[k][layer]
+            certified = (b.sizes == b.upper) & (b.mass > 0)
+            np.testing.assert_array_equal(b.mass, e.mass)
+            np.testing.assert_array_equal(b.sizes[certified], e.sizes[certified])
+            assert ((b.sizes <= e.sizes) & ((b.upper >= e.sizes) | (b.upper == UNKNOWN))).all()
+            assert b.certified == int(certified.sum())
+            # certain bins are right: the exact histogram minus the uncertain neurons' true bins
+            assert (b.histogram.counts <= e.histogram.counts).all()
+            assert b.histogram.counts.sum() + b.histogram.uncertain.sum() == e.histogram.neurons
+            de, db = exact.detectors[k][layer], bounded.detectors[k][layer]
+            if expect_all_certified:
+                assert b.certified == e.neurons_with_mass and db.num_uncertain == 0
+                np.testing.assert_array_equal(b.histogram.counts, e.histogram.counts)
+            if db.num_uncertain == 0:
+                np.testing.assert_array_equal(db.neurons, de.neurons)
+                for name in ("ngram_offsets", "ngram_keys", "ngram_active", "ngram_seen", "coverage_size",
+                             "covered_mass", "mass"):
+                    np.testing.assert_array_equal(getattr(db, name), getattr(de, name), err_msg=name)
+            else:  # every detector it lists is a true detector with the same G(n)
+                for i, n in enumerate(db.neurons.tolist()):
+                    j = de.neurons.tolist().index(n)
+                    np.testing.assert_array_equal(db.ngram_keys[db.ngram_offsets[i]:db.ngram_offsets[i + 1]],
+                                                  de.ngram_keys[de.ngram_offsets[j]:de.ngram_offsets[j + 1]])
+        if all(bounded.detectors[k][layer].num_uncertain == 0 for layer in exact.ngram_layers):
+            d_e, d_b = exact.detected_ngrams[k], bounded.detected_ngrams[k]
+            for name in ("num_detectors", "set_size", "cumulative_size", "new_overall", "new_vs_previous"):
+                assert getattr(d_b, name) == getattr(d_e, name), name
+
+
+def test_random_opt_bounded_equals_exact(tmp_path, corpus):  # noqa: F811
+    model = _opt(tmp_path, "opt")
+    exact = _config(model, corpus, tmp_path / "exact.h5")
+    bounded = _config(model, corpus, tmp_path / "bounded.h5", ngrams="bounded")
+    runner.record(exact, **QUIET)
+    runner.record(bounded, **QUIET)
+    with open_counts(bounded.out) as counts:
+        assert counts.ngram_mode == "bounded"
+        with pytest.raises(StoreError, match="bounded"):
+            counts.ngram_active(0, 1)
+    settings = dict(max_coverage={1: 5, 2: 50, 3: 50})
+    assert_same_ngram_results(_results(exact.out, **settings), _results(bounded.out, **settings))
+    for name in ("tokens",):
+        assert getattr(_results(exact.out), name) == getattr(_results(bounded.out), name)
