@@ -165,3 +165,70 @@ def test_random_opt_bounded_equals_exact(tmp_path, corpus):  # noqa: F811
     assert_same_ngram_results(_results(exact.out, **settings), _results(bounded.out, **settings))
     for name in ("tokens",):
         assert getattr(_results(exact.out), name) == getattr(_results(bounded.out), name)
+
+
+def test_a_summary_too_small_leaves_neurons_uncertified_and_says_so(tmp_path, corpus):  # noqa: F811
+    model = _opt(tmp_path, "opt")
+    exact = _config(model, corpus, tmp_path / "exact.h5")
+    small = _config(model, corpus, tmp_path / "small.h5", ngrams="bounded", summary_capacity=3)
+    runner.record(exact, **QUIET)
+    runner.record(small, **QUIET)
+    e, b = _results(exact.out), _results(small.out)
+    uncertified = sum(b.coverage[k][layer].neurons_with_mass - b.coverage[k][layer].certified
+                      for k in b.orders for layer in b.ngram_layers)
+    uncertain_bins = sum(int(b.coverage[k][layer].histogram.uncertain.sum()) for k in b.orders for layer in b.ngram_layers)
+    assert uncertified > 0 and uncertain_bins > 0
+    assert_same_ngram_results(e, b, expect_all_certified=False)
+    summary = b.summary["ngram_certified"]
+    assert summary[3][0]["certified"] < summary[3][0]["neurons_with_mass"]
+    assert "uncertain_candidates" in summary[3][0]
+
+
+def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus, monkeypatch):  # noqa: F811
+    model = _opt(tmp_path, "opt")
+    full = _config(model, corpus, tmp_path / "full.h5", ngrams="bounded", summary_capacity=5)
+    runner.record(full, **QUIET)
+    part = _config(model, corpus, tmp_path / "part.h5", ngrams="bounded", summary_capacity=5)
+    commits = {"n": 0}
+    original = runner.CountsWriter.commit
+
+    def failing_commit(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        commits["n"] += 1
+        if commits["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.CountsWriter, "commit", failing_commit)
+    with pytest.raises(KeyboardInterrupt):
+        runner.record(part, **QUIET)
+    monkeypatch.setattr(runner.CountsWriter, "commit", original)
+    with pytest.raises(StoreError, match="unfinished"):
+        second_pass(SecondPassConfig(store=part.out, progress=False), **QUIET)
+    runner.record(dataclasses.replace(part, resume=True), **QUIET)
+    with h5py.File(full.out, "r") as a, h5py.File(part.out, "r") as b:
+        for name in ("summaries", "counted"):
+            def same(path, obj, name=name):
+                if isinstance(obj, h5py.Dataset):
+                    np.testing.assert_array_equal(obj[()], b[name][path][()], err_msg=path)
+            a[name].visititems(same)
+    assert_same_ngram_results(_results(full.out), _results(part.out), expect_all_certified=False)
+
+
+def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811
+    model = _opt(tmp_path, "opt")
+    exact = _config(model, corpus, tmp_path / "exact.h5")
+    runner.record(exact, **QUIET)
+    shards = []
+    for i in range(3):
+        shard = _config(model, corpus, tmp_path / f"s{i}.h5", shard=f"{i}/3", ngrams="bounded")
+        runner.record(shard, **QUIET)
+        shards.append(shard.out)
+    with open_counts(shards[0]) as counts, pytest.raises(StoreError, match="second pass"):
+        counts.ngram_table(0, 1)
+    merged = merge_stores(shards, tmp_path / "merged.h5", ngram_memory=1 << 20)
+    with pytest.raises(StoreError, match="ngram_mode"):
+        merge_stores([exact.out, shards[0]], tmp_path / "mixed.h5", ngram_memory=1 << 20)
+    second_pass(SecondPassConfig(store=str(merged), progress=False), **QUIET)
+    assert_same_ngram_results(_results(exact.out), _results(merged))
+    with pytest.raises(StoreError, match="no second pass"):
+        second_pass(SecondPassConfig(store=exact.out, progress=False), **QUIET)

@@ -140,6 +140,13 @@ def _ngram_table(counts, layer, k, settings):
     return table.key, table.neuron, table.count, table.mass, table.bound, complete
 
 
+def _certificates(coverage, detectors) -> dict:
+    """How many neurons of one (layer, k) have exact results (all of them with exact tables)."""
+    return {"layer": coverage.layer, "neurons_with_mass": coverage.neurons_with_mass,
+            "certified": coverage.certified, "bin_certified": coverage.bin_certified,
+            "uncertain_candidates": detectors.num_uncertain}
+
+
 def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=None) -> AnalysisResults:
     """Run every analysis on a counts reader (see docs/analysis.md for the interface it must offer).
 
@@ -201,6 +208,8 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
         "num_positional": [positional[layer].num_positional for layer in positional],
         "num_positional_corrected": [positional[layer].num_positional_corrected for layer in positional],
         "num_detectors": {k: [detectors[k][layer].num_detectors for layer in ngram_layers] for k in orders},
+        "ngram_certified": {k: [_certificates(coverage[k][layer], detectors[k][layer]) for layer in ngram_layers]
+                            for k in orders},
     }
     return AnalysisResults(
         neuron_definition=metadata.get("neuron_definition"), threshold=metadata.get("threshold"),
