@@ -133,7 +133,7 @@ def assert_same_ngram_results(exact, bounded, expect_all_certified=True):
             assert b.histogram.counts.sum() + b.histogram.uncertain.sum() == e.histogram.neurons
             de, db = exact.detectors[k][layer], bounded.detectors[k][layer]
             if expect_all_certified:
-                assert b.certified == e.neurons_with_mass and db.num_uncertain == 0
+                assert b.bin_certified == e.neurons_with_mass and db.num_uncertain == 0
                 np.testing.assert_array_equal(b.histogram.counts, e.histogram.counts)
             if db.num_uncertain == 0:
                 np.testing.assert_array_equal(db.neurons, de.neurons)
@@ -232,3 +232,38 @@ def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811
     assert_same_ngram_results(_results(exact.out), _results(merged))
     with pytest.raises(StoreError, match="no second pass"):
         second_pass(SecondPassConfig(store=exact.out, progress=False), **QUIET)
+
+
+@pytest.mark.parametrize("capacity", [2048, 64])
+def test_planted_opt_bounded_equals_exact_with_suppression(tmp_path, capacity):
+    from fastneurons.demo.command import build_demo_model, check_planted, format_checks, frequent_tokens
+    from fastneurons.demo.stdlib_text import stdlib_text
+    from fastneurons.models.architectures import ModelWeights
+    from fastneurons.models.loading import gpt2_tokenizer, load_model
+    from fastneurons.config import RecordConfig
+
+    corpus = stdlib_text(tmp_path / "stdlib", max_bytes=150_000)
+    spec = build_demo_model(tmp_path / "model", frequent_tokens(corpus, gpt2_tokenizer(), count=9), 128, 0)
+    loaded = load_model(str(tmp_path / "model"))
+    weights = ModelWeights(loaded.model, loaded.arch)
+    results = {}
+    for mode in ("exact", "bounded"):
+        out = tmp_path / f"{mode}.h5"
+        runner.record(RecordConfig(model=str(tmp_path / "model"), corpus=[str(p) for p in corpus], out=str(out),
+                                   tokens="20k", seq_len=128, full_length=True, progress=False, ngrams=mode,
+                                   summary_capacity=capacity), **QUIET)
+        with open_counts(out) as counts:
+            results[mode] = analyze_counts(counts, weights=weights)
+    checks = check_planted(results["bounded"], spec, 128)
+    assert all(c.ok for c in checks), format_checks(checks)
+    exact, bounded = results["exact"], results["bounded"]
+    assert_same_ngram_results(exact, bounded, expect_all_certified=False)
+    # the summaries were pruned (more n-grams than the capacity), and the detectors still came out certified
+    assert any(bounded.coverage[k][layer].certified < bounded.coverage[k][layer].neurons_with_mass
+               for k in bounded.orders for layer in bounded.ngram_layers)
+    assert all(bounded.detectors[k][layer].num_uncertain == 0 for k in bounded.orders for layer in bounded.ngram_layers)
+    for layer, e in exact.suppression.items():
+        b = bounded.suppression[layer]
+        assert b.num_suppressing == e.num_suppressing and b.num_detectors == e.num_detectors
+        np.testing.assert_array_equal(b.trigger_percentile, e.trigger_percentile)
+    assert bounded.suppression_overall.fraction_suppressing == exact.suppression_overall.fraction_suppressing

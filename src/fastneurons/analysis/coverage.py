@@ -88,7 +88,8 @@ def coverage_bounds(neuron, count, num_neurons: int, coverage: float = 0.95, *, 
     The table holds exact counts; ``mass`` is the exact A_k(n) (default: the table's own sums) and
     ``bound[n]`` the largest count any n-gram missing from the table can have (default 0: the table
     is complete). The top-m sums are exact while the m-th count is >= bound (no missing n-gram can
-    outrank it); beyond that each further n-gram adds at most ``bound`` (docs/bounded-ngrams.md).
+    outrank it); beyond that each further n-gram adds at most ``bound``, and all of them together at
+    most the missing mass plus the table's next counts (docs/bounded-ngrams.md).
     ``upper`` is ``UNKNOWN`` where the table's counts do not reach ``coverage * A``."""
     neuron, count = check_table(neuron, count, num_neurons)
     if mass is None:
@@ -110,9 +111,15 @@ def coverage_bounds(neuron, count, num_neurons: int, coverage: float = 0.95, *, 
     outranking = np.bincount(row_neuron, weights=sorted_count >= bound[row_neuron],
                              minlength=num_neurons).astype(np.int64)  # M*: rows no missing n-gram beats
     exact = (bound == 0) | (upper <= outranking)
-    prefix = cumulative[starts + outranking] - before
+    # past the top M*, j more n-grams add at most min(j * bound, missing mass + the next j table counts)
+    rest = before + (cumulative[starts + outranking] - before)
+    short = need - (rest - before)  # still needed after the top M*
+    missing = mass - (cumulative[ends] - before)
     step = np.maximum(bound, 1)
-    lower = np.where(exact, upper, outranking + (need - prefix + step - 1) // step)
+    by_bound = (short + step - 1) // step
+    by_mass = np.where(short > missing, np.searchsorted(cumulative, rest + short - missing, side="left")
+                       - (starts + outranking), 0)
+    lower = np.where(exact, upper, outranking + np.maximum(by_bound, by_mass))
     alive = mass > 0
     return np.where(alive, lower, 0), np.where(alive, upper, 0), mass
 
