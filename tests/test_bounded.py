@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from fastneurons.analysis import AnalysisSettings, analyze_counts
+from fastneurons.cli import main
+from fastneurons.info import describe_store
 from fastneurons.analysis.coverage import UNKNOWN, coverage_bounds, coverage_sizes_naive
 from fastneurons.config import SecondPassConfig
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator, Table
@@ -228,7 +230,10 @@ def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811
     merged = merge_stores(shards, tmp_path / "merged.h5", ngram_memory=1 << 20)
     with pytest.raises(StoreError, match="ngram_mode"):
         merge_stores([exact.out, shards[0]], tmp_path / "mixed.h5", ngram_memory=1 << 20)
-    second_pass(SecondPassConfig(store=str(merged), progress=False), **QUIET)
+    assert "second pass not run" in describe_store(merged)["ngram_mode"]
+    assert main(["analyze", str(merged), "--out", str(tmp_path / "report"), "--no-suppression"]) == 2
+    assert main(["second-pass", str(merged), "--no-progress"]) == 0
+    assert "second pass done" in describe_store(merged)["ngram_mode"]
     assert_same_ngram_results(_results(exact.out), _results(merged))
     with pytest.raises(StoreError, match="no second pass"):
         second_pass(SecondPassConfig(store=exact.out, progress=False), **QUIET)

@@ -16,12 +16,12 @@ import fastneurons
 from fastneurons.analysis.detectors import DEFAULT_MAX_COVERAGE
 from fastneurons.analysis.pipeline import AnalysisSettings
 from fastneurons.cli import _COMMANDS, _config_from, build_parser, main
-from fastneurons.config import AnalyzeConfig, DemoConfig, InfoConfig, MergeConfig, RecordConfig
+from fastneurons.config import AnalyzeConfig, DemoConfig, InfoConfig, MergeConfig, RecordConfig, SecondPassConfig
 from fastneurons.info import _ranges
 from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header
 
 CLASSES = {"record": RecordConfig, "merge": MergeConfig, "analyze": AnalyzeConfig, "demo": DemoConfig,
-           "info": InfoConfig}
+           "info": InfoConfig, "second-pass": SecondPassConfig}
 # the least each command needs, and the config it must give (built directly in Python)
 MINIMAL = {
     "record": (["--model", "m", "--corpus", "c.txt", "--out", "o.h5"],
@@ -30,6 +30,7 @@ MINIMAL = {
     "analyze": (["c.h5"], AnalyzeConfig(counts=["c.h5"], settings=AnalysisSettings())),
     "demo": ([], DemoConfig()),
     "info": ([], InfoConfig()),
+    "second-pass": (["s.h5"], SecondPassConfig(store="s.h5")),
 }
 
 

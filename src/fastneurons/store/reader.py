@@ -146,6 +146,11 @@ class Counts:
         """'exact' (full ngram_active tables) or 'bounded' (summaries + pass-2 counts)."""
         return "bounded" if bounded_store.is_bounded(self.header.meta) else "exact"
 
+    @property
+    def second_pass_done(self) -> bool:
+        """Bounded mode: whether the exact pass-2 counts are in the store (always True for exact tables)."""
+        return self.ngram_mode == "exact" or bounded_store.has_counted(self._file)
+
     def _check_table(self, layer: int, k: int) -> None:
         if layer not in self.ngram_layers or k not in self.ngram_orders:
             raise KeyError(f"no n-gram table for layer {layer}, order {k} "
