@@ -6,6 +6,8 @@ counts, suppression and C_k(n) for every certified neuron; a summary made too sm
 uncertified and says so; resume after an interruption, shards + merge + second pass stay exact.
 """
 import dataclasses
+import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,6 +21,7 @@ from fastneurons.config import SecondPassConfig
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator, Table
 from fastneurons.ngrams.bounded import CandidateCounter, Summary, SummaryAccumulator, plan_candidates
 from fastneurons.recording import runner
+from fastneurons.recording import second_pass as second_pass_module
 from fastneurons.recording.second_pass import second_pass
 from fastneurons.store import StoreError, merge_stores, open_counts
 
@@ -184,6 +187,11 @@ def test_a_summary_too_small_leaves_neurons_uncertified_and_says_so(tmp_path, co
     summary = b.summary["ngram_certified"]
     assert summary[3][0]["certified"] < summary[3][0]["neurons_with_mass"]
     assert "uncertain_candidates" in summary[3][0]
+    report = tmp_path / "report"
+    assert main(["analyze", small.out, "--out", str(report), "--no-suppression", "--formats", "svg"]) == 0
+    results = json.loads((report / "results.json").read_text())
+    assert results["summary"]["ngram_certified"]["3"][0]["certified"] == summary[3][0]["certified"]
+    assert "C_k(n) certified" in (report / "report.html").read_text()
 
 
 def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus, monkeypatch):  # noqa: F811
@@ -206,7 +214,27 @@ def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus,
     monkeypatch.setattr(runner.CountsWriter, "commit", original)
     with pytest.raises(StoreError, match="unfinished"):
         second_pass(SecondPassConfig(store=part.out, progress=False), **QUIET)
-    runner.record(dataclasses.replace(part, resume=True), **QUIET)
+    # pass 1 resumes; then pass 2 is killed after saving its progress twice, and a rerun continues it
+    saves = {"n": 0}
+    original_save = second_pass_module._save_progress
+
+    def failing_save(*args, **kwargs):
+        original_save(*args, **kwargs)
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(second_pass_module, "_save_progress", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        runner.record(dataclasses.replace(part, resume=True), **QUIET)
+    monkeypatch.setattr(second_pass_module, "_save_progress", original_save)
+    with open_counts(part.out) as counts:
+        assert counts.complete and not counts.second_pass_done
+    assert second_pass_module.progress_path(Path(part.out)).exists()
+    said = []
+    second_pass(SecondPassConfig(store=part.out, progress=False, commit_seconds=0), log=said.append)
+    assert not second_pass_module.progress_path(Path(part.out)).exists()
+    assert any("continuing the second pass" in line for line in said), said
     with h5py.File(full.out, "r") as a, h5py.File(part.out, "r") as b:
         for name in ("summaries", "counted"):
             def same(path, obj, name=name):
@@ -272,3 +300,24 @@ def test_planted_opt_bounded_equals_exact_with_suppression(tmp_path, capacity):
         assert b.num_suppressing == e.num_suppressing and b.num_detectors == e.num_detectors
         np.testing.assert_array_equal(b.trigger_percentile, e.trigger_percentile)
     assert bounded.suppression_overall.fraction_suppressing == exact.suppression_overall.fraction_suppressing
+
+
+def test_a_store_whose_runs_vanish_while_read_gives_one_clear_error(tmp_path, corpus, monkeypatch):  # noqa: F811
+    """Reading a partial store while its recording compacts or finishes: a StoreError, not an HDF5 error."""
+    model = _opt(tmp_path, "opt")
+    part = _config(model, corpus, tmp_path / "part.h5", ngram_memory="1K")
+    original = runner.CountsWriter.commit
+
+    def failing_commit(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.CountsWriter, "commit", failing_commit)
+    with pytest.raises(KeyboardInterrupt):
+        runner.record(part, **QUIET)
+    with open_counts(part.out) as counts:
+        assert not counts.complete
+        for run in (tmp_path / "part.h5.runs").iterdir():  # what finalize does to the runs
+            run.unlink()
+        with pytest.raises(StoreError, match="changed while being read"):
+            counts.ngram_seen(1)

@@ -181,9 +181,12 @@ class SecondPassConfig:
     model: Optional[str] = _opt(None, "checkpoint (default: the model recorded in the store)")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N (same as the first pass for identical bits)")
     threads: Optional[int] = _opt(None, "CPU threads (same as the first pass for identical bits)")
+    commit_seconds: float = _opt(60.0, "save pass 2's progress at most this often (a rerun after a kill continues from it)")
     progress: bool = _opt(True, "show a progress bar")
 
     def validate(self) -> "SecondPassConfig":
+        if self.commit_seconds < 0:
+            raise ValueError("--commit-seconds must be >= 0")
         if self.max_coverage < 1:
             raise ValueError("--max-coverage must be at least 1")
         for name in ("coverage", "cover_rate"):

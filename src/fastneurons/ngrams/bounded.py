@@ -230,6 +230,18 @@ class CandidateCounter:
             out[k] = merge_two(tracked, self.rare[k])
         return out
 
+    def state(self) -> dict:
+        """{k: (planned pair counts, rare Table)} so far: what a resumable pass 2 saves."""
+        self._collapse()
+        return {k: (self.counts[k], self.rare[k]) for k in self.plans}
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``state()`` saved under the same plans."""
+        for k, (counts, rare) in state.items():
+            if counts.shape != self.counts[k].shape:
+                raise ValueError(f"saved pass-2 counts of order {k} do not match the plan")
+            self.counts[k], self.rare[k] = counts.astype(np.int64), rare
+
     def clear(self) -> None:
         pass
 

@@ -305,7 +305,8 @@ def record(config: RecordConfig, log=print) -> Path:
     bounded = config.ngrams == "bounded" and bool(ngram_layers)
     restored = second_pass.stored_summaries(config.out) if bounded and config.resume else None
     if config.resume and Path(config.out).exists():
-        writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs)
+        writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs,
+                                     extra_groups=second_pass.keep_summaries(restored))
         _warn_if_float_setup_differs(writer.previous_meta, header.meta, log)
     else:
         writer = CountsWriter.create(config.out, header, memory, compress_runs=config.compress_runs)
@@ -328,7 +329,8 @@ def record(config: RecordConfig, log=print) -> Path:
         writer.finalize()
     if bounded and config.shard is None:  # a shard's second pass runs after the merge
         second_pass.second_pass(SecondPassConfig(store=config.out, device=config.device, threads=config.threads,
-                                                 progress=config.progress), log=log)
+                                                 commit_seconds=config.commit_seconds, progress=config.progress),
+                                log=log)
     return Path(config.out)
 
 

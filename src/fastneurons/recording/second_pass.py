@@ -1,9 +1,12 @@
 """The bounded n-gram mode's recording glue: pass-1 summaries ride in every store snapshot, and
 ``second_pass`` runs the recorded model again over the store's units to count the candidate pairs
-exactly (docs/bounded-ngrams.md). It rewrites the store atomically, so a kill leaves pass 1 intact.
+exactly (docs/bounded-ngrams.md). It saves its progress beside the store (``STORE.pass2``) every
+``commit_seconds`` and rewrites the store atomically at the end, so a kill loses neither pass.
 """
 from __future__ import annotations
 
+import hashlib
+import time
 from pathlib import Path
 
 import h5py
@@ -14,11 +17,12 @@ from fastneurons.config import RecordConfig, SecondPassConfig, parse_bytes
 from fastneurons.models import architectures as archs
 from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.models.offload import LayerStreamer
+from fastneurons.ngrams import runs as ngram_runs
 from fastneurons.ngrams.accumulator import SeenTable
 from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, plan_candidates
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.store import DenseCounts, StoreError, open_counts
-from fastneurons.store.format import _atomic_h5, read_header
+from fastneurons.store.format import _atomic_h5, read_header, table_path
 from fastneurons.store.summaries import COUNTED, SUMMARIES, is_bounded, read_summaries, write_counted, write_summaries
 
 
@@ -34,6 +38,13 @@ def stored_summaries(path) -> dict | None:
         return None
     with h5py.File(path, "r") as f:
         return read_summaries(f, read_header(f, path), path) if SUMMARIES in f else None
+
+
+def keep_summaries(restored: dict | None):
+    """A snapshot writer of the stored summaries, for the snapshots a resume writes before ``attach``."""
+    if restored is None:
+        return None
+    return lambda f: write_summaries(f, restored)
 
 
 def attach(writer, taps, restored: dict | None) -> None:
@@ -67,6 +78,55 @@ def _pass1_inputs(path: Path):
         seen = {k: SeenTable(*counts.ngram_seen(k), k) for k in header.orders}
         summaries = read_summaries(counts._file, header, path)
     return header, summaries, seen, np.flatnonzero(header.corpora[0].units)
+
+
+def progress_path(path: Path) -> Path:
+    """Where pass 2 saves its progress (counts so far and units done) until it rewrites the store."""
+    return path.with_name(path.name + ".pass2")
+
+
+def _plan_fingerprint(plans: dict, units: np.ndarray) -> str:
+    """Identifies what pass 2 counts: the plans and the units (a saved progress must match it)."""
+    digest = hashlib.sha1(np.ascontiguousarray(units).tobytes())
+    for key in sorted(plans):
+        plan = plans[key]
+        digest.update(repr(key).encode())
+        for array in (plan.key, plan.neuron, plan.rare_limit):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _save_progress(path: Path, fingerprint: str, done: list, taps) -> None:
+    """Atomically save pass 2's counts so far and the units they cover."""
+    def write(f):
+        f.attrs["fingerprint"] = fingerprint
+        f.create_dataset("units", data=np.asarray(done, dtype=np.int64))
+        for layer, counter in taps.ngrams.items():
+            for k, (counts, rare) in counter.state().items():
+                group = f.create_group(table_path(layer, k))
+                group.create_dataset("counts", data=counts)
+                ngram_runs.write_table(group.create_group("rare"), rare, compress=False, check=False)
+
+    _atomic_h5(path, write)
+
+
+def _load_progress(path: Path, fingerprint: str, taps, log) -> set:
+    """Units already counted by an interrupted pass 2 of the same plan (their counts restored)."""
+    if not path.exists():
+        return set()
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("fingerprint") != fingerprint:
+                log(f"ignoring {path}: saved by a second pass of other summaries or units")
+                return set()
+            for layer, counter in taps.ngrams.items():
+                counter.restore({k: (f[table_path(layer, k)]["counts"][()],
+                                     ngram_runs.read_table(f[table_path(layer, k)]["rare"]))
+                                 for k in counter.plans})
+            return set(f["units"][()].tolist())
+    except (OSError, KeyError) as err:
+        log(f"ignoring {path}: unreadable ({err})")
+        return set()
 
 
 def second_pass(config: SecondPassConfig, log=print) -> Path:
@@ -103,17 +163,27 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
     log(f"second pass over {units.size} units of {path}: {pairs} tracked pairs, "
         f"{sum(int((p.rare_limit > 0).sum()) for p in plans.values())} (layer, order, neuron) with rare pairs")
     budget = None if recorded.gpu_memory is None else parse_bytes(recorded.gpu_memory)
+    saved, fingerprint = progress_path(path), _plan_fingerprint(plans, units)
+    done = sorted(_load_progress(saved, fingerprint, taps, log))
+    todo = [int(u) for u in units if int(u) not in set(done)]
+    if done:
+        log(f"continuing the second pass saved in {saved}: {len(done)} units counted, {len(todo)} to go")
+    last_save = time.monotonic()
     try:
         with LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget), torch.inference_mode(), \
-                _progress(config, sum(_unit_tokens(plan, int(u)) for u in units)) as bar:
-            for index in units.tolist():
+                _progress(config, sum(_unit_tokens(plan, u) for u in todo)) as bar:
+            for index in todo:
                 unit = plan.unit(index)
                 for micro in unit.batches:
                     batch, cpu = _batch_tensors(micro, unit.domain, meta["count_bos"], device)
                     taps.set_batch(batch, cpu)
                     archs.run_until(model, arch, batch.input_ids, batch.attention_mask, layers[-1])
+                done.append(index)
                 if bar is not None:
                     bar.update(_unit_tokens(plan, index))
+                if index != todo[-1] and time.monotonic() - last_save >= config.commit_seconds:
+                    _save_progress(saved, fingerprint, done, taps)
+                    last_save = time.monotonic()
     finally:
         taps.remove()
     tables = {(layer, k): table for layer, acc in taps.ngrams.items() for k, table in acc.tables().items()}
@@ -129,4 +199,5 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
         write_counted(f, tables, plans, settings)
 
     _atomic_h5(path, write)
+    saved.unlink(missing_ok=True)
     return path

@@ -68,8 +68,11 @@ class CountsWriter:
         return writer
 
     @classmethod
-    def resume(cls, path, header: Header, ngram_memory: int, compress_runs: bool = False) -> "CountsWriter":
-        """Continue ``path``: its settings and corpus must equal ``header``'s; leftovers are removed."""
+    def resume(cls, path, header: Header, ngram_memory: int, compress_runs: bool = False,
+               extra_groups=None) -> "CountsWriter":
+        """Continue ``path``: its settings and corpus must equal ``header``'s; leftovers are removed.
+
+        ``extra_groups`` (see ``__init__``) is in place before the first snapshot this writes."""
         path = Path(path)
         _check_file(path)
         try:
@@ -94,6 +97,7 @@ class CountsWriter:
                 leftover.unlink()
         writer = cls(path, header, dense, pending, ngram_memory, compress_runs)
         writer.previous_meta = old.meta  # the last run's metadata, for the caller's checks
+        writer.extra_groups = extra_groups
         if complete and has_tables:
             writer._tables_to_run()
         return writer
