@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 HIDDEN, FFN, LAYERS, SEQ = 256, 1024, 4, 256
+UNIT_TOKENS = 4 * 8 * 2048  # record's default unit at OPT's 2048 positions: 4 micro-batches of 8 sequences
 
 
 def build_model(path: Path) -> None:
@@ -106,14 +107,19 @@ def synthetic_state(tokens: int, neurons: int = 3072, density: float = 0.05, cap
         for name, acc in (("exact", exact), ("bounded", bounded)):
             t0 = time.perf_counter()
             acc.add(bits, ids, positions, positions >= 1)
-            if name == "bounded":
+            if name == "bounded" and (start + n) % UNIT_TOKENS < chunk:  # fold once per unit, as record does
                 acc.end_unit()
             times[name] += time.perf_counter() - t0
     t0 = time.perf_counter()
     exact_bytes = sum(t.nbytes for t in exact.tables().values())
     times["exact"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bounded.end_unit()
+    times["bounded"] += time.perf_counter() - t0
     summary_bytes = sum(s.table.nbytes + s.delta.nbytes + s.mass.nbytes for s in bounded.summaries.values())
-    return {"tokens": tokens, "exact_bytes": exact_bytes, "summary_bytes": summary_bytes, **{f"{k}_s": v for k, v in times.items()}}
+    events = int(bounded.summaries[1].mass.sum() + bounded.summaries[2].mass.sum() + bounded.summaries[3].mass.sum())
+    return {"tokens": tokens, "events": events, "exact_bytes": exact_bytes, "summary_bytes": summary_bytes,
+            **{f"{k}_s": v for k, v in times.items()}}
 
 
 def main() -> None:
@@ -122,11 +128,21 @@ def main() -> None:
     parser.add_argument("--synthetic-tokens", nargs="+", default=["10k", "40k"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--capacity", type=int, default=2048)
+    parser.add_argument("--skip-record", action="store_true", help="only the synthetic-bits table")
     parser.add_argument("--one", nargs=4, metavar=("MODEL", "CORPUS", "OUT", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one_run(*args.one, args.threads, args.capacity)))
         return
+    from fastneurons.config import parse_count
+
+    if not args.skip_record:
+        record_table(args)
+    synthetic_table(args)
+
+
+def record_table(args) -> None:
+    """Both modes' `record` at each token count, each in its own process; the table and the 4x ratios."""
     from fastneurons.config import parse_count
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,13 +173,25 @@ def main() -> None:
         print(f"\n{mode}: {last['tokens'] / first['tokens']:.0f}x tokens -> peak disk x"
               f"{last['peak_disk'] / first['peak_disk']:.2f}, peak RSS x{last['peak_rss'] / first['peak_rss']:.2f}, "
               f"time x{last['seconds'] / first['seconds']:.2f}")
-    print(f"\nsynthetic bits, one layer of F = 3072, 5% active, Zipf ids, summary capacity {args.capacity}\n")
-    print("| tokens | exact tables MiB | summaries MiB | exact s | bounded (pass 1) s |")
-    print("|---|---|---|---|---|")
+
+
+def synthetic_table(args) -> None:
+    """In-memory state and events/s of one layer's accumulators on synthetic bits."""
+    import numba
+
+    from fastneurons.config import parse_count
+
+    numba.set_num_threads(args.threads)
+    print(f"\nsynthetic bits, one layer of F = 3072, 5% active, Zipf ids, summary capacity {args.capacity}, "
+          f"{args.threads} thread(s), folded once per {UNIT_TOKENS} tokens\n")
+    print("| tokens | events | exact tables MiB | summaries MiB | exact M events/s | bounded pass 1 M events/s |")
+    print("|---|---|---|---|---|---|")
+    synthetic_state(8192, capacity=args.capacity)  # compile / load the kernels first
     for text in args.synthetic_tokens:
         state = synthetic_state(parse_count(text), capacity=args.capacity)
-        print(f"| {state['tokens']} | {state['exact_bytes'] / 2**20:.1f} | {state['summary_bytes'] / 2**20:.1f} | "
-              f"{state['exact_s']:.1f} | {state['bounded_s']:.1f} |")
+        print(f"| {state['tokens']} | {state['events']} | {state['exact_bytes'] / 2**20:.1f} | "
+              f"{state['summary_bytes'] / 2**20:.1f} | {state['events'] / state['exact_s'] / 1e6:.1f} | "
+              f"{state['events'] / state['bounded_s'] / 1e6:.1f} |")
 
 
 if __name__ == "__main__":

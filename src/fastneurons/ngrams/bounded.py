@@ -21,7 +21,7 @@ from fastneurons.ngrams.keys import check_orders, ngram_rows_and_keys
 from fastneurons.ngrams.runs import group_by_neuron
 
 DEFAULT_CAPACITY = 2048  # > the paper's last histogram edge (2001) and > every m_k
-FOLD_EVENTS = 1 << 22  # pending events folded into the summaries at least this often (and per unit)
+FOLD_EVENTS = 1 << 22  # fold pending events after this many, or as many as the summaries hold (and per unit)
 RARE_FLUSH_ROWS = 1 << 20  # pending rare pairs collapsed into a table beyond this many
 
 
@@ -58,7 +58,8 @@ class Summary:
             mass = np.zeros(self.num_neurons, dtype=np.int64)
             kernels.add_mass(table.neuron, table.count, mass)
         merged = merge_two(self.table, table)
-        count = merged.count.copy()  # merge_two may hand back an input: prune a copy
+        shared = merged.count is self.table.count or merged.count is table.count
+        count = merged.count.copy() if shared else merged.count  # merge_two may hand back an input
         new_delta = self.delta + (0 if delta is None else delta)
         keep = kernels.prune_to_capacity(merged.neuron, count, self.num_neurons, self.capacity, new_delta)
         if not keep.all():
@@ -80,8 +81,9 @@ class SummaryAccumulator:
     """One layer's pass-1 state: a ``Summary`` per order, fed like ``NgramAccumulator``.
 
     Events are expanded to exact chunk tables (the same kernels as the exact mode) and folded into
-    the summaries every ``FOLD_EVENTS`` events and at every unit end, so the summaries are a
-    function of the units' sequence (resume after a kill continues to the same state)."""
+    the summaries once the pending events reach ``FOLD_EVENTS`` or the summaries' size, and at every
+    unit end: all decided by the data, so the summaries are a function of the units' sequence (resume
+    after a kill continues to the same state)."""
 
     def __init__(self, num_neurons: int, orders=(1, 2, 3), pack_bits: int = 16,
                  capacity: int = DEFAULT_CAPACITY, vocab_size: int | None = None):
@@ -92,7 +94,8 @@ class SummaryAccumulator:
     def add(self, bits, token_ids, positions, counted) -> None:
         """Take one chunk (see ``NgramAccumulator.add``)."""
         self.pending.add(bits, token_ids, positions, counted)
-        if self.pending._pending_events >= FOLD_EVENTS:
+        held = sum(summary.table.rows for summary in self.summaries.values())
+        if self.pending._pending_events >= max(FOLD_EVENTS, held):  # a fold costs O(held): amortised O(1)/event
             self.fold()
 
     def fold(self) -> None:

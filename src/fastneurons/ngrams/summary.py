@@ -55,8 +55,8 @@ def prune_to_capacity(neuron, count, num_neurons, capacity, delta):
     for n in range(num_neurons):
         lo, hi = offsets[n], offsets[n + 1]
         if hi > lo:
-            ordered = np.sort(gathered[lo:hi])
-            cut[n] = ordered[hi - lo - capacity - 1]  # the (capacity+1)-th largest
+            at = hi - lo - capacity - 1  # the (capacity+1)-th largest sits here in ascending order
+            cut[n] = np.partition(gathered[lo:hi], at)[at]
             delta[n] += cut[n]
     for i in range(neuron.size):
         s = cut[np.int64(neuron[i])]
