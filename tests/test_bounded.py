@@ -156,20 +156,23 @@ def assert_same_ngram_results(exact, bounded, expect_all_certified=True):
                 assert getattr(d_b, name) == getattr(d_e, name), name
 
 
-def test_random_opt_bounded_equals_exact(tmp_path, corpus):  # noqa: F811
+@pytest.mark.parametrize("capacity", [2048, 64])
+def test_random_opt_bounded_equals_exact(tmp_path, corpus, capacity):  # noqa: F811
     model = _opt(tmp_path, "opt")
     exact = _config(model, corpus, tmp_path / "exact.h5")
-    bounded = _config(model, corpus, tmp_path / "bounded.h5", ngrams="bounded")
+    bounded = _config(model, corpus, tmp_path / "bounded.h5", ngrams="bounded", summary_capacity=capacity)
     runner.record(exact, **QUIET)
     runner.record(bounded, **QUIET)
     with open_counts(bounded.out) as counts:
         assert counts.ngram_mode == "bounded"
         with pytest.raises(StoreError, match="bounded"):
             counts.ngram_active(0, 1)
-    settings = dict(max_coverage={1: 5, 2: 50, 3: 50})
-    assert_same_ngram_results(_results(exact.out, **settings), _results(bounded.out, **settings))
-    for name in ("tokens",):
-        assert getattr(_results(exact.out), name) == getattr(_results(bounded.out), name)
+        pruned = any(counts.ngram_table(layer, k).bound.any() for layer in (0, 1) for k in (1, 2, 3))
+    assert pruned == (capacity == 64)  # the small summaries were cut, the large ones never
+    e, b = _results(exact.out), _results(bounded.out)
+    assert_same_ngram_results(e, b, expect_all_certified=capacity == 2048)
+    assert sum(b.detectors[k][layer].num_uncertain for k in b.orders for layer in b.ngram_layers) == 0
+    assert b.tokens == e.tokens
 
 
 def test_a_summary_too_small_leaves_neurons_uncertified_and_says_so(tmp_path, corpus):  # noqa: F811
