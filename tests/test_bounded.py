@@ -18,8 +18,8 @@ from fastneurons.cli import main
 from fastneurons.info import describe_store
 from fastneurons.analysis.coverage import UNKNOWN, coverage_bounds, coverage_sizes_naive
 from fastneurons.config import SecondPassConfig
-from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator, Table
-from fastneurons.ngrams.bounded import CandidateCounter, Summary, SummaryAccumulator, plan_candidates
+from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
+from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, plan_candidates
 from fastneurons.recording import runner
 from fastneurons.recording import second_pass as second_pass_module
 from fastneurons.recording.second_pass import second_pass
