@@ -17,13 +17,13 @@ from fastneurons.analysis.detectors import DEFAULT_MAX_COVERAGE
 from fastneurons.analysis.pipeline import AnalysisSettings
 from fastneurons.cli import _COMMANDS, _config_from, build_parser, main
 from fastneurons.config import (AnalyzeConfig, BenchConfig, DemoConfig, ExportConfig, InfoConfig, LapeConfig,
-                                MergeConfig, PlanConfig, RecordConfig, ShowConfig)
+                                MergeConfig, PlanConfig, RecordConfig, SecondPassConfig, ShowConfig)
 from fastneurons.info import _ranges
 from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header
 
 CLASSES = {"record": RecordConfig, "merge": MergeConfig, "analyze": AnalyzeConfig, "demo": DemoConfig,
            "bench": BenchConfig, "info": InfoConfig, "show": ShowConfig, "export": ExportConfig, "lape": LapeConfig,
-           "plan": PlanConfig}
+           "plan": PlanConfig, "second-pass": SecondPassConfig}
 # the least each command needs, and the config it must give (built directly in Python)
 MINIMAL = {
     "record": (["--model", "m", "--corpus", "c.txt", "--out", "o.h5"],
@@ -37,6 +37,7 @@ MINIMAL = {
     "export": (["c.h5", "out"], ExportConfig(store="c.h5", out="out")),
     "lape": (["c.h5"], LapeConfig(store="c.h5")),
     "plan": (["--model", "m"], PlanConfig(model="m")),
+    "second-pass": (["s.h5"], SecondPassConfig(store="s.h5")),
 }
 
 

@@ -136,6 +136,14 @@ def _plan(config):
     print(plan_command(config))
 
 
+@command("second-pass", cfg.SecondPassConfig, "bounded n-gram mode: count a store's candidate pairs exactly")
+def _second_pass(config):
+    from fastneurons.recording.second_pass import second_pass
+
+    path = second_pass(config)
+    print(f"wrote {path}")
+
+
 @command("merge", cfg.MergeConfig, "add compatible counts stores (shards, or other corpora) into one")
 def _merge(config):
     from fastneurons.store import merge_stores

@@ -82,6 +82,10 @@ class RecordConfig:
     ngram_layers: Optional[list] = _list("layers for n-gram tables (default: first half of the model; 'none' for no tables)")
     orders: list = field(default_factory=lambda: [1, 2, 3], metadata={"help": "n-gram orders", "nargs": "+", "type": int})
     ngram_memory: str = _opt("2G", "RAM for in-memory n-gram tables before sorted runs spill to disk")
+    ngrams: str = _opt("exact", "n-gram state: exact (full tables, grow with tokens) or bounded (per-neuron "
+                                "summaries + an exact second pass over the candidates; docs/bounded-ngrams.md)")
+    summary_capacity: int = _opt(2048, "bounded mode: n-grams kept per (layer, order, neuron); above the last "
+                                       "histogram edge and every m_k for exact results")
     compress_runs: bool = _opt(False, "gzip the intermediate n-gram runs on disk: about 13x less temporary "
                                       "disk for long recordings, slower commits (the final store is always compressed)")
     threshold: float = _opt(0.0, "a neuron is active iff its pre-activation > threshold")
@@ -117,6 +121,10 @@ class RecordConfig:
         for name in ("batch_size", "unit_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.ngrams not in ("exact", "bounded"):
+            raise ValueError(f"--ngrams {self.ngrams!r}: choose exact or bounded")
+        if self.summary_capacity < 1:
+            raise ValueError("--summary-capacity must be at least 1")
         if self.commit_seconds < 0:
             raise ValueError("--commit-seconds must be >= 0")
         if not set(self.orders) <= {1, 2, 3} or not self.orders:
@@ -165,7 +173,39 @@ class RecordConfig:
 
     # Settings that change the counts: resume and merge require them to be equal.
     COUNT_SETTINGS = ("seq_len", "full_length", "batch_size", "unit_batches", "threshold",
-                      "gated_product", "count_bos", "orders", "positions")
+                      "gated_product", "count_bos", "orders", "positions", "ngrams", "summary_capacity")
+
+
+@dataclass
+class SecondPassConfig:
+    """`fastneurons second-pass`: count a bounded store's candidate pairs exactly (pass 2).
+
+    Runs the recorded model again over the units the store holds (after `merge` for sharded
+    recordings); `record --ngrams bounded` runs it itself when it is not sharded."""
+
+    store: str = field(metadata={"help": "a finished bounded counts file", "positional": True})
+    max_coverage: int = _opt(50, "detector candidates: the largest m_k the analyses will use")
+    coverage: float = _opt(0.95, "coverage share the analyses will use")
+    cover_rate: float = _opt(0.95, "cover rate the analyses will use")
+    model: Optional[str] = _opt(None, "checkpoint (default: the model recorded in the store)")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N (same as the first pass for identical bits)")
+    threads: Optional[int] = _opt(None, "CPU threads (same as the first pass for identical bits)")
+    commit_seconds: float = _opt(60.0, "save pass 2's progress at most this often (a rerun after a kill continues from it)")
+    progress: bool = _opt(True, "show a progress bar")
+
+    def validate(self) -> "SecondPassConfig":
+        if self.commit_seconds < 0:
+            raise ValueError("--commit-seconds must be >= 0")
+        if self.max_coverage < 1:
+            raise ValueError("--max-coverage must be at least 1")
+        for name in ("coverage", "cover_rate"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1]")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"--device {self.device!r}: choose auto, cpu, cuda or cuda:N")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        return self
 
 
 @dataclass

@@ -102,6 +102,7 @@ def describe_store(path) -> dict:
             "layers": _ranges(counts.layers),
             "ngram_layers": _ranges(counts.ngram_layers) or "none",
             "orders": counts.ngram_orders if counts.ngram_layers else "none",
+            "ngram_mode": _ngram_mode(counts),
             "positions": f"{counts.max_positions} (pos_active recorded)" if counts.has_positions
             else f"{counts.max_positions} (no pos_active)",
             "seq_len": meta.get("seq_len"),
@@ -109,6 +110,14 @@ def describe_store(path) -> dict:
             "domains": [f"{label} ({int(t)} tokens)" for label, t in zip(counts.domains, counts.domain_tokens)],
             "size": f"{os.path.getsize(path) / 2**20:.1f} MiB",
         }
+
+
+def _ngram_mode(counts) -> str:
+    """'exact', or 'bounded' with its capacity and whether the second pass ran."""
+    if counts.ngram_mode == "exact":
+        return "exact"
+    done = "second pass done" if counts.second_pass_done else "second pass not run (fastneurons second-pass)"
+    return f"bounded (summary capacity {counts.metadata.get('summary_capacity')}; {done})"
 
 
 def _ranges(values) -> str:

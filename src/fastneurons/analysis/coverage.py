@@ -78,6 +78,52 @@ def coverage_and_mass(neuron, count, num_neurons: int, coverage: float = 0.95) -
     return sizes, mass
 
 
+UNKNOWN = np.iinfo(np.int64).max  # an upper bound of C_k(n) that the table cannot give
+
+
+def coverage_bounds(neuron, count, num_neurons: int, coverage: float = 0.95, *, mass=None,
+                    bound=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lower, upper, mass)``: C_k(n) lies in [lower, upper] (equal when exact; 0 where A = 0).
+
+    The table holds exact counts; ``mass`` is the exact A_k(n) (default: the table's own sums) and
+    ``bound[n]`` the largest count any n-gram missing from the table can have (default 0: the table
+    is complete). The top-m sums are exact while the m-th count is >= bound (no missing n-gram can
+    outrank it); beyond that each further n-gram adds at most ``bound``, and all of them together at
+    most the missing mass plus the table's next counts (docs/bounded-ngrams.md).
+    ``upper`` is ``UNKNOWN`` where the table's counts do not reach ``coverage * A``."""
+    neuron, count = check_table(neuron, count, num_neurons)
+    if mass is None:
+        sizes, mass = coverage_and_mass(neuron, count, num_neurons, coverage)
+        return sizes, sizes.copy(), mass
+    mass = np.asarray(mass, dtype=np.int64)
+    bound = np.zeros(num_neurons, np.int64) if bound is None else np.asarray(bound, dtype=np.int64)
+    fraction = exact_fraction(coverage, "coverage")
+    sorted_count = _sorted_by_neuron_count_desc(neuron, count, num_neurons)
+    rows = np.bincount(neuron, minlength=num_neurons)
+    ends = np.cumsum(rows)
+    starts = ends - rows
+    cumulative = np.concatenate(([0], np.cumsum(sorted_count)))
+    before = cumulative[starts]
+    need = ceil_fraction(mass, fraction)
+    first_enough = np.searchsorted(cumulative, before + need, side="left")
+    upper = np.where(first_enough <= ends, first_enough - starts, UNKNOWN)
+    row_neuron = np.repeat(np.arange(num_neurons), rows)
+    outranking = np.bincount(row_neuron, weights=sorted_count >= bound[row_neuron],
+                             minlength=num_neurons).astype(np.int64)  # M*: rows no missing n-gram beats
+    exact = (bound == 0) | (upper <= outranking)
+    # past the top M*, j more n-grams add at most min(j * bound, missing mass + the next j table counts)
+    rest = before + (cumulative[starts + outranking] - before)
+    short = need - (rest - before)  # still needed after the top M*
+    missing = mass - (cumulative[ends] - before)
+    step = np.maximum(bound, 1)
+    by_bound = (short + step - 1) // step
+    by_mass = np.where(short > missing, np.searchsorted(cumulative, rest + short - missing, side="left")
+                       - (starts + outranking), 0)
+    lower = np.where(exact, upper, outranking + np.maximum(by_bound, by_mass))
+    alive = mass > 0
+    return np.where(alive, lower, 0), np.where(alive, upper, 0), mass
+
+
 def coverage_sizes(neuron, count, num_neurons: int, coverage: float = 0.95) -> np.ndarray:
     """C_k(n) for every neuron (int64 [F]); 0 for neurons with A_k(n) = 0."""
     return coverage_and_mass(neuron, count, num_neurons, coverage)[0]
@@ -107,9 +153,10 @@ class CoverageHistogram(Result):
 
     labels: list
     lower: list
-    counts: np.ndarray
+    counts: np.ndarray  # neurons whose bin is certain
     fractions: np.ndarray
     neurons: int
+    uncertain: np.ndarray  # per bin, neurons whose bin is unknown and whose C is at least that bin
 
 
 def _bin_labels(lower: tuple) -> list:
@@ -117,37 +164,56 @@ def _bin_labels(lower: tuple) -> list:
     return labels + [f"{lower[-1]}+"]
 
 
-def coverage_histogram(sizes, bins=PAPER_BINS) -> CoverageHistogram:
-    """Histogram of coverage sizes over bins given by their lower bounds (first must be 1, last open)."""
+def coverage_histogram(sizes, bins=PAPER_BINS, upper=None) -> CoverageHistogram:
+    """Histogram of coverage sizes over bins given by their lower bounds (first must be 1, last open).
+
+    With ``upper`` (C_k(n) in [sizes, upper]), a neuron counts in a bin only when both bounds fall
+    in it; the others count in ``uncertain`` at the bin of their lower bound ("at least")."""
     lower = tuple(int(b) for b in bins)
     if not lower or lower[0] != 1 or any(b >= a for a, b in zip(lower[1:], lower[:-1])):
         raise ValueError(f"bins must be strictly increasing lower bounds starting at 1, got {bins}")
     sizes = np.asarray(sizes)
-    sizes = sizes[sizes > 0]
+    upper = sizes if upper is None else np.asarray(upper)
+    alive = sizes > 0
+    sizes, upper = sizes[alive], upper[alive]
     index = np.searchsorted(np.asarray(lower), sizes, side="right") - 1
-    counts = np.bincount(index, minlength=len(lower)).astype(np.int64)
+    upper_index = np.searchsorted(np.asarray(lower), upper, side="right") - 1
+    certain = index == upper_index
+    counts = np.bincount(index[certain], minlength=len(lower)).astype(np.int64)
+    uncertain = np.bincount(index[~certain], minlength=len(lower)).astype(np.int64)
     total = int(sizes.size)
     fractions = counts / total if total else np.zeros(len(lower))
     return CoverageHistogram(labels=_bin_labels(lower), lower=list(lower), counts=counts,
-                             fractions=fractions, neurons=total)
+                             fractions=fractions, neurons=total, uncertain=uncertain)
 
 
 @dataclass(frozen=True, eq=False)
 class Coverage(Result):
-    """One (layer, k): coverage histogram, plus C_k(n) and A_k(n) per neuron."""
+    """One (layer, k): coverage histogram, plus bounds of C_k(n) and A_k(n) per neuron.
+
+    ``sizes`` is the lower bound and ``upper`` the upper bound of C_k(n) (equal, = C_k(n), for the
+    ``certified`` neurons: all of them with exact tables)."""
 
     layer: int | None
     k: int
     coverage: float
     neurons_with_mass: int
+    certified: int  # neurons with mass whose C_k(n) is exact
+    bin_certified: int  # neurons with mass whose histogram bin is certain
     histogram: CoverageHistogram
     sizes: np.ndarray = field(metadata=PER_NEURON)
+    upper: np.ndarray = field(metadata=PER_NEURON)
     mass: np.ndarray = field(metadata=PER_NEURON)
 
 
 def neuron_coverage(neuron, count, num_neurons: int, k: int, *, coverage: float = 0.95,
-                    bins=PAPER_BINS, layer: int | None = None) -> Coverage:
-    """Coverage sizes, masses and their histogram for one (layer, k) n-gram table."""
-    sizes, mass = coverage_and_mass(neuron, count, num_neurons, coverage)
-    return Coverage(layer=layer, k=int(k), coverage=float(coverage), neurons_with_mass=int((mass > 0).sum()),
-                    histogram=coverage_histogram(sizes, bins), sizes=sizes, mass=mass)
+                    bins=PAPER_BINS, layer: int | None = None, mass=None, bound=None) -> Coverage:
+    """Coverage bounds, masses and their histogram for one (layer, k) n-gram table (``mass`` and
+    ``bound`` as in ``coverage_bounds``: for tables that leave out n-grams of bounded count)."""
+    lower, upper, mass = coverage_bounds(neuron, count, num_neurons, coverage, mass=mass, bound=bound)
+    histogram = coverage_histogram(lower, bins, upper)
+    alive = mass > 0
+    return Coverage(layer=layer, k=int(k), coverage=float(coverage), neurons_with_mass=int(alive.sum()),
+                    certified=int((alive & (lower == upper)).sum()),
+                    bin_certified=int(histogram.counts.sum()), histogram=histogram, sizes=lower,
+                    upper=upper, mass=mass)

@@ -51,6 +51,7 @@ class Detectors(Result):
     ngram_seen: np.ndarray
     ngram_tokens: list | None  # per row of ngram_keys, the token strings (None without a vocab)
     candidates: np.ndarray = field(metadata=PER_NEURON)  # bool [F]
+    num_uncertain: int = 0  # neurons that may be candidates but whose detector status the table cannot decide
 
     def ngram_ids(self, i: int) -> list:
         """Token-id tuples of detector i's covered n-grams."""
@@ -84,6 +85,16 @@ class Detectors(Result):
         return out
 
 
+def covered_ngrams_complete(bound, rare_limit, cover_rate: float = 0.95, min_count: int = 1) -> np.ndarray:
+    """Per neuron, whether a table missing only n-grams of count <= ``bound[n]``, but holding every
+    pair whose n-gram is seen <= ``rare_limit[n]`` times, holds all of G(n) (bool [F]).
+
+    A missing g has active <= bound, so it is in G(n) only if seen[g] <= bound / cover_rate."""
+    fraction = exact_fraction(cover_rate, "cover_rate")
+    could = (np.asarray(bound, dtype=np.int64) * fraction.denominator) // fraction.numerator
+    return (could < max(int(min_count), 1)) | (np.asarray(rare_limit, dtype=np.int64) >= could)
+
+
 def _seen_of_rows(keys: np.ndarray, seen_key: np.ndarray, seen_count: np.ndarray) -> np.ndarray:
     """ngram_seen count for each key; every key must be present in the seen table."""
     where = np.searchsorted(seen_key, keys)
@@ -97,13 +108,16 @@ def _seen_of_rows(keys: np.ndarray, seen_key: np.ndarray, seen_count: np.ndarray
 def find_detectors(table, seen, num_neurons: int, k: int, *, max_coverage: int | None = None,
                    cover_rate: float = 0.95, min_count: int = 1, coverage: float = 0.95,
                    pack_bits: int = 16, vocab=None, layer: int | None = None,
-                   sizes=None, mass=None) -> Detectors:
+                   sizes=None, mass=None, upper=None, complete=None) -> Detectors:
     """Detectors of order k (SPEC §3): candidates with 0 < A_k(n), C_k(n) <= m_k whose covered n-grams
     G(n) = {g : active[g,n] >= cover_rate * seen[g], seen[g] >= min_count} hold >= coverage * A_k(n).
 
     `table` = (key uint64, neuron, count) sorted by (key, neuron); `seen` = (key, count) sorted by key;
     `max_coverage` defaults to m_k = 5, 50, 50 for k = 1, 2, 3. `sizes`/`mass` may pass precomputed
     `coverage_and_mass` results. Comparisons are exact in integers (rates read as decimal fractions).
+    Tables that leave n-grams out (bounded mode) pass `upper` (C_k(n) in [sizes, upper]) and
+    `complete` (bool [F]: the table holds every n-gram that could be in G(n)); neurons whose status
+    these leave open are counted in `num_uncertain`, never listed as detectors or non-detectors.
     """
     key, neuron, count = table
     key = np.asarray(key, dtype=np.uint64)
@@ -125,7 +139,10 @@ def find_detectors(table, seen, num_neurons: int, k: int, *, max_coverage: int |
     if sizes is None or mass is None:
         sizes, mass = coverage_and_mass(neuron, count, num_neurons, coverage)
 
-    candidates = (mass > 0) & (sizes <= max_coverage)
+    upper = sizes if upper is None else np.asarray(upper)
+    complete = np.ones(num_neurons, dtype=bool) if complete is None else np.asarray(complete, dtype=bool)
+    maybe = (mass > 0) & (sizes <= max_coverage)
+    candidates = maybe & (upper <= max_coverage) & complete
     rows = np.flatnonzero(candidates[neuron])
     row_seen = _seen_of_rows(key[rows], seen_key, seen_count)
     covered = (row_seen >= int(min_count)) & (count[rows] >= ceil_fraction(row_seen, cover_fraction))
@@ -151,6 +168,7 @@ def find_detectors(table, seen, num_neurons: int, k: int, *, max_coverage: int |
         covered_share=covered_mass[neurons] / np.maximum(mass[neurons], 1),
         ngram_offsets=offsets.astype(np.int64), ngram_keys=ngram_keys, ngram_active=count[rows],
         ngram_seen=_seen_of_rows(ngram_keys, seen_key, seen_count), ngram_tokens=tokens, candidates=candidates,
+        num_uncertain=int((maybe & ~candidates).sum()),
     )
 
 

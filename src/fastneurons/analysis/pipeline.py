@@ -10,7 +10,8 @@ import numpy as np
 from fastneurons.analysis._json import Result, jsonable
 from fastneurons.analysis.coverage import PAPER_BINS, neuron_coverage
 from fastneurons.analysis.dead import dead_neurons
-from fastneurons.analysis.detectors import DEFAULT_MAX_COVERAGE, detected_ngrams_by_layer, find_detectors
+from fastneurons.analysis.detectors import (DEFAULT_MAX_COVERAGE, covered_ngrams_complete, detected_ngrams_by_layer,
+                                            find_detectors)
 from fastneurons.analysis.domains import domain_breakdown
 from fastneurons.analysis.positional import positional_neurons
 from fastneurons.analysis.suppression import as_float_matrix, select_controls, summarize_suppression, suppression
@@ -130,6 +131,23 @@ def _suppression_per_layer(counts, settings, weights, detectors_k1, active_of, p
     return results
 
 
+def _ngram_table(counts, layer, k, settings):
+    """(key, neuron, count, mass, bound, complete) of one (layer, k): from ``ngram_table`` (either
+    n-gram mode, with the bounds of what it leaves out) or, for readers without it, ``ngram_active``."""
+    if not hasattr(counts, "ngram_table"):
+        return (*counts.ngram_active(layer, k), None, None, None)
+    table = counts.ngram_table(layer, k)
+    complete = covered_ngrams_complete(table.bound, table.rare_limit, settings.cover_rate, settings.min_count)
+    return table.key, table.neuron, table.count, table.mass, table.bound, complete
+
+
+def _certificates(coverage, detectors) -> dict:
+    """How many neurons of one (layer, k) have exact results (all of them with exact tables)."""
+    return {"layer": coverage.layer, "neurons_with_mass": coverage.neurons_with_mass,
+            "certified": coverage.certified, "bin_certified": coverage.bin_certified,
+            "uncertain_candidates": detectors.num_uncertain}
+
+
 def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=None, *, progress=None) -> AnalysisResults:
     """Run every analysis on a counts reader (see docs/analysis.md for the interface it must offer).
 
@@ -168,14 +186,15 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
         seen = counts.ngram_seen(k)
         coverage[k], detectors[k] = {}, {}
         for layer in ngram_layers:
-            key, neuron, count = counts.ngram_active(layer, k)
+            key, neuron, count, mass, bound, complete = _ngram_table(counts, layer, k, settings)
             coverage[k][layer] = neuron_coverage(neuron, count, num_neurons, k, coverage=settings.coverage,
-                                                bins=settings.bins, layer=layer)
+                                                 bins=settings.bins, layer=layer, mass=mass, bound=bound)
             detectors[k][layer] = find_detectors(
                 (key, neuron, count), seen, num_neurons, k, max_coverage=settings.max_coverage[k],
                 cover_rate=settings.cover_rate, min_count=settings.min_count, coverage=settings.coverage,
                 pack_bits=int(counts.pack_bits), vocab=vocab, layer=layer,
-                sizes=coverage[k][layer].sizes, mass=coverage[k][layer].mass)
+                sizes=coverage[k][layer].sizes, mass=coverage[k][layer].mass, upper=coverage[k][layer].upper,
+                complete=complete)
         detected[k] = detected_ngrams_by_layer([detectors[k][layer] for layer in ngram_layers], vocab)
 
     per_layer_suppression, overall, skipped = {}, None, None
@@ -193,6 +212,8 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
         "num_positional": [positional[layer].num_positional for layer in positional],
         "num_positional_corrected": [positional[layer].num_positional_corrected for layer in positional],
         "num_detectors": {k: [detectors[k][layer].num_detectors for layer in ngram_layers] for k in orders},
+        "ngram_certified": {k: [_certificates(coverage[k][layer], detectors[k][layer]) for layer in ngram_layers]
+                            for k in orders},
     }
     return AnalysisResults(
         neuron_definition=metadata.get("neuron_definition"), threshold=metadata.get("threshold"),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fastneurons.models import architectures as archs
-from fastneurons.config import RecordConfig, parse_bytes
+from fastneurons.config import RecordConfig, SecondPassConfig, parse_bytes
 from fastneurons.recording.corpus import CorpusPlan, parse_corpus_arg, plan_corpus
 from fastneurons.recording.counter import attach_counters
 from fastneurons.kernels import PinnedHostCopies, require_cuda_build
@@ -31,6 +31,7 @@ from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams.keys import pack_bits_for_vocab
 from fastneurons.progress import bars, counting_bar
 from fastneurons.models.offload import LayerStreamer
+from fastneurons.recording import second_pass
 from fastneurons.recording.distributed import torchrun_job
 from fastneurons.recording.layer_major import run_block
 from fastneurons.plan import choose_block_units
@@ -108,10 +109,13 @@ class NgramFeed:
     """The n-gram state of a recording: one accumulator per n-gram layer fed with its activation bits,
     and the layer-independent seen counts fed with each micro-batch's token ids."""
 
-    def __init__(self, ngram_layers, *, num_neurons: int, orders, pack_bits: int):
-        self.layers = {layer: NgramAccumulator(num_neurons, orders=orders, pack_bits=pack_bits)
-                       for layer in ngram_layers}
-        self.seen = SeenAccumulator(orders=orders, pack_bits=pack_bits) if self.layers else None
+    def __init__(self, ngram_layers, *, num_neurons: int, orders, pack_bits: int, make_accumulator=None,
+                 count_seen: bool = True):
+        # --ngrams switch: exact tables by default; bounded passes summaries (pass 1) or candidate counters (pass 2)
+        make_accumulator = make_accumulator or (
+            lambda layer: NgramAccumulator(num_neurons, orders=orders, pack_bits=pack_bits))
+        self.layers = {layer: make_accumulator(layer) for layer in ngram_layers}
+        self.seen = SeenAccumulator(orders=orders, pack_bits=pack_bits) if self.layers and count_seen else None
         self.host_copies = PinnedHostCopies()  # bits to the n-gram tables via pinned buffers
         self._tokens = None
 
@@ -150,7 +154,7 @@ class LayerTaps:
     """The recorded layers' counters: `attach_counters` on each layer's neuron module (the public path),
     started from the store's totals, with the n-gram layers' bits handed to an `NgramFeed`."""
 
-    def __init__(self, recording: Recording, dense: DenseCounts):
+    def __init__(self, recording: Recording, dense: DenseCounts, *, make_accumulator=None, count_seen: bool = True):
         model, arch, config = recording.model, recording.arch, recording.config
         gated = config.gated_product
         self.layers = list(recording.layers)
@@ -159,7 +163,8 @@ class LayerTaps:
                       for layer in self.layers]
         num_neurons = dense.active.shape[1]
         self.ngrams = NgramFeed(recording.ngram_layers, num_neurons=num_neurons, orders=config.orders,
-                                pack_bits=recording.pack_bits)
+                                pack_bits=recording.pack_bits, make_accumulator=make_accumulator,
+                                count_seen=count_seen)
         layer_of = dict(zip(self.names, self.layers))
         self.handle = attach_counters(
             model, self.names, max_positions=dense.pos_seen.shape[0], threshold=config.threshold,
@@ -184,6 +189,12 @@ class LayerTaps:
         """A new micro-batch: the following forward counts it, and its seen n-grams are counted (once)."""
         self.handle.set_positions(batch.positions, batch.counted, domain=batch.domain)
         self.ngrams.add_tokens(cpu_arrays)
+
+    def end_unit(self) -> None:
+        """Units ended (bounded mode folds its summaries here, so their state follows the units)."""
+        for accumulator in self.ngrams.layers.values():
+            if hasattr(accumulator, "end_unit"):
+                accumulator.end_unit()
 
     def ngram_bytes(self) -> int:
         return self.ngrams.nbytes
@@ -271,6 +282,8 @@ def build_header(recording: Recording) -> Header:
         "batch_size": int(config.batch_size),
         "unit_batches": int(config.unit_batches),
         "gated_product": bool(config.gated_product),
+        "ngram_mode": config.ngrams,
+        "summary_capacity": int(config.summary_capacity) if config.ngrams == "bounded" else None,
     }
     manifest = plan.manifest()
     corpus = Corpus(plan.fingerprint, manifest, np.zeros(plan.num_units, dtype=bool), len(plan.domains))
@@ -337,9 +350,23 @@ def record(config: RecordConfig, log=print) -> Path:
     (recording/distributed.py)."""
     job = torchrun_job(config.validate())
     if job is None:
-        return _record(apply_torchrun(config), log)
+        path = _record(apply_torchrun(config), log)
+        if config.ngrams == "bounded" and config.shard is None and "{rank}" not in config.out:
+            _second_pass(config, path, log)  # a shard's second pass runs after the merge
+        return path
     _record(job.rank_config, log)
-    return job.merge(log)
+    path = job.merge(log)
+    if config.ngrams == "bounded" and job.rank == 0:
+        _second_pass(config, path, log)
+    return path
+
+
+def _second_pass(config: RecordConfig, path: Path, log) -> None:
+    """Pass 2 of a bounded recording (skipped when the store records no n-gram layers)."""
+    if second_pass.is_bounded_store(path):
+        second_pass.second_pass(SecondPassConfig(store=str(path), device=config.device, threads=config.threads,
+                                                 commit_seconds=config.commit_seconds, progress=config.progress),
+                                log=log)
 
 
 def _record(config: RecordConfig, log) -> Path:
@@ -369,8 +396,11 @@ def _record(config: RecordConfig, log) -> Path:
                           ngram_layers=ngram_layers, seq_len=seq_len, pack_bits=pack_bits, device=device, dtype=dtype)
     header = build_header(recording)
     memory = parse_bytes(config.ngram_memory)
+    bounded = config.ngrams == "bounded" and bool(ngram_layers)
+    restored = second_pass.stored_summaries(config.out) if bounded and config.resume else None
     if config.resume and Path(config.out).exists():
-        writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs)
+        writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs,
+                                     extra_groups=second_pass.keep_summaries(restored))
         _warn_if_float_setup_differs(writer.previous_meta, header.meta, log)
     else:
         writer = CountsWriter.create(config.out, header, memory, compress_runs=config.compress_runs)
@@ -379,7 +409,10 @@ def _record(config: RecordConfig, log) -> Path:
     todo = [u for u in plan.units_for_shard(shard, shards) if not writer.holds(0, u)]
     log(f"recording {len(layers)} layers of {arch.name} on {device} ({str(dtype).replace('torch.', '')}): "
         f"{len(todo)} units to go of {plan.num_units} in the plan -> {config.out}")
-    taps = LayerTaps(recording, writer.dense)
+    make = second_pass.summary_accumulators(config, header.meta["num_neurons"], pack_bits) if bounded else None
+    taps = LayerTaps(recording, writer.dense, make_accumulator=make)
+    if bounded:
+        second_pass.attach(writer, taps, restored)
     budget = None if config.gpu_memory is None else parse_bytes(config.gpu_memory)
     try:
         streamer = (loaded.streamer(device, layers[-1]) if lazy
@@ -430,6 +463,7 @@ def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter
                           after=spill)
                 if bar is not None:
                     bar.update(sum(micro.num_tokens for micro, _ in micros))
+            taps.end_unit()  # bounded summaries fold per block (one unit each unless layer-major)
             done.extend(block)
             final = position == len(blocks) - 1
             if final or time.monotonic() - last_commit >= config.commit_seconds:

@@ -170,6 +170,21 @@ def _headline(results) -> str:
     return _table(headers, table_rows, numeric=set(range(len(headers))) - text_columns)
 
 
+def _certificates(results) -> str:
+    """Per layer and order, how many neurons' C_k(n) and bins are exact (bounded n-gram mode)."""
+    table = (results.summary or {}).get("ngram_certified") or {}
+    rows = [(row["layer"], k, row["neurons_with_mass"], row["certified"], row["bin_certified"],
+             row["uncertain_candidates"]) for k, per_layer in table.items() for row in per_layer]
+    if not rows:
+        return ""
+    if all(r[2] == r[3] and r[5] == 0 for r in rows):
+        return "<p class=\"note\">Every neuron's coverage C_k(n) and detector status is exact.</p>"
+    headers = ["layer", "k", "neurons with mass", "C_k(n) certified", "bin certified", "uncertain candidates"]
+    return ("<p class=\"note\">Bounded n-gram state: coverage bins of uncertified neurons are reported as "
+            "'at least' bins, uncertain candidates are neither listed nor counted as detectors.</p>"
+            + _table(headers, rows, numeric=set(range(len(headers)))))
+
+
 def _limited(rows, what: str, csv_name: str) -> tuple:
     note = (f"<p class=\"note\">Showing the first {MAX_ROWS} of {len(rows):,} {what}; all are in "
             f"<code>{csv_name}</code>.</p>" if len(rows) > MAX_ROWS else "")
@@ -282,7 +297,7 @@ def model_section_html(section: ModelSection, level: int = 2) -> str:
             notes.append(reason)
     if notes:
         parts.append("<ul class=\"warn\">" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
-    parts += [f"<{h2}>Against the paper</{h2}>", _paper_block(r), f"<{h2}>Per layer</{h2}>", _headline(r)]
+    parts += [f"<{h2}>Against the paper</{h2}>", _paper_block(r), f"<{h2}>Per layer</{h2}>", _headline(r), _certificates(r)]
     if section.figures or section.skipped:
         parts.append(f"<{h2}>Figures</{h2}>")
     parts += [figure_html(figure) for figure in section.figures]

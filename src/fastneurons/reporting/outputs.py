@@ -144,14 +144,17 @@ def positional_rows(results) -> list:
 
 
 def coverage_rows(results) -> list:
-    """One row per (k, layer, coverage bin): how many neurons (and which share) fall in the bin."""
+    """One row per (k, layer, coverage bin): how many neurons (and which share) fall in the bin, and how
+    many more are at least in it (bounded n-gram mode: bin not certain)."""
     rows = []
     for k, per_layer in results.coverage.items():
         for layer, coverage in per_layer.items():
             histogram = coverage.histogram
-            columns = zip(histogram.labels, histogram.counts.tolist(), histogram.fractions.tolist())
-            for label, count, fraction in columns:
-                rows.append({"k": k, "layer": layer, "bin": label, "neurons": count, "fraction": fraction})
+            columns = zip(histogram.labels, histogram.counts.tolist(), histogram.fractions.tolist(),
+                          histogram.uncertain.tolist())
+            for label, count, fraction, at_least in columns:
+                rows.append({"k": k, "layer": layer, "bin": label, "neurons": count, "fraction": fraction,
+                             "uncertain_at_least": at_least})
     return rows
 
 

@@ -24,7 +24,9 @@ SCHEMA_VERSION = 1
 # Metadata fields that must agree for two stores (or a store and a resumed run) to be added.
 _SETTING_KEYS = ("architecture", "model_config", "compute_dtype", "threshold", "neuron_definition",
                  "count_bos", "pack_bits", "num_neurons", "max_positions", "layers", "ngram_layers",
-                 "orders", "positions", "seq_len", "full_length", "batch_size", "unit_batches")
+                 "orders", "positions", "seq_len", "full_length", "batch_size", "unit_batches", "ngram_mode",
+                 "summary_capacity")
+_SETTING_DEFAULTS = {"ngram_mode": "exact"}  # stores written before the setting existed
 
 
 class StoreError(ValueError):
@@ -63,7 +65,7 @@ class Header:
         return list(self.meta["orders"])
 
     def settings(self) -> dict:
-        return {key: self.meta.get(key) for key in _SETTING_KEYS}
+        return {key: self.meta.get(key, _SETTING_DEFAULTS.get(key)) for key in _SETTING_KEYS}
 
 
 @dataclass

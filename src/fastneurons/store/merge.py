@@ -10,6 +10,7 @@ import numpy as np
 
 from fastneurons.store.format import (Corpus, DenseCounts, Header, StoreError, _atomic_h5, _check_file, _ngram_group, _write_dense,
                      _write_header, compatibility_problem, read_dense, read_header)
+from fastneurons.store.summaries import is_bounded, merge_summaries, read_summaries, write_summaries
 from fastneurons.store.writer import merge_ngram_groups
 
 
@@ -93,6 +94,9 @@ def merge_stores(inputs, out, ngram_memory: int) -> Path:
             _write_dense(f, merged, dense)
             group = _ngram_group(f, merged, [])
             merge_ngram_groups(group, [src["ngrams"] for src in files if "ngrams" in src], merged, ngram_memory)
+            if is_bounded(merged.meta) and merged.ngram_layers:  # pass-2 counts are not carried: rerun it
+                write_summaries(f, merge_summaries([read_summaries(src, header, path)
+                                                    for src, header, path in zip(files, headers, paths)]))
 
         _atomic_h5(out, write)
     finally:

@@ -12,7 +12,9 @@ import h5py
 import numpy as np
 
 from fastneurons.ngrams import runs as ngram_runs
-from fastneurons.ngrams.accumulator import merge_many
+from fastneurons.ngrams.accumulator import Table, merge_many
+from fastneurons.ngrams.bounded import HeldTable
+from fastneurons.store import summaries as bounded_store
 from fastneurons.store.format import DenseCounts, StoreError, _check_file, read_dense, read_header, runs_dir, seen_path, table_path
 
 
@@ -128,20 +130,49 @@ class Counts:
         if "ngrams" in self._file and sub in self._file["ngrams"]:
             tables.append(ngram_runs.read_table(self._file["ngrams"][sub]))
         for name in self._pending:
-            with h5py.File(runs_dir(self.path) / name, "r") as run:
-                if sub in run["ngrams"]:
-                    tables.append(ngram_runs.read_table(run["ngrams"][sub]))
+            try:
+                with h5py.File(runs_dir(self.path) / name, "r") as run:
+                    if sub in run["ngrams"]:
+                        tables.append(ngram_runs.read_table(run["ngrams"][sub]))
+            except OSError as err:  # the recording compacted or finished since this view opened
+                raise StoreError(f"{self.path} changed while being read (its recording moved on: {name} is "
+                                 "gone); read it again") from err
         if not tables:
             raise KeyError(f"no n-gram table {sub} in {self.path}")
         return merge_many(tables)
 
-    def ngram_active(self, layer: int, k: int):
-        """(key uint64, neuron uint32, count int64) sorted by (key, neuron): SPEC ngram_active[k]."""
+    @property
+    def ngram_mode(self) -> str:
+        """'exact' (full ngram_active tables) or 'bounded' (summaries + pass-2 counts)."""
+        return "bounded" if bounded_store.is_bounded(self.header.meta) else "exact"
+
+    @property
+    def second_pass_done(self) -> bool:
+        """Bounded mode: whether the exact pass-2 counts are in the store (always True for exact tables)."""
+        return self.ngram_mode == "exact" or bounded_store.has_counted(self._file)
+
+    def _check_table(self, layer: int, k: int) -> None:
         if layer not in self.ngram_layers or k not in self.ngram_orders:
             raise KeyError(f"no n-gram table for layer {layer}, order {k} "
                            f"(layers {self.ngram_layers}, orders {self.ngram_orders})")
+
+    def ngram_active(self, layer: int, k: int):
+        """(key uint64, neuron uint32, count int64) sorted by (key, neuron): SPEC ngram_active[k]."""
+        self._check_table(layer, k)
+        if self.ngram_mode == "bounded":
+            raise StoreError(f"{self.path} was recorded with --ngrams bounded: it holds no full ngram_active "
+                             "tables; read ngram_table(layer, k) (exact counts of the pairs held, with bounds)")
         table = self._merged(table_path(layer, k))
         return table.key, table.neuron, table.count
+
+    def ngram_table(self, layer: int, k: int) -> HeldTable:
+        """What the analyses read in either mode: exact counts of the pairs held, A_k(n), and the bound
+        of every pair left out (all zero for exact tables)."""
+        self._check_table(layer, k)
+        if self.ngram_mode == "bounded":
+            return bounded_store.read_held(self._file, layer, k, self.path)
+        key, neuron, count = self.ngram_active(layer, k)
+        return HeldTable.exact(Table(key, neuron, count, k), self.num_neurons)
 
     def ngram_seen(self, k: int):
         """(key uint64, count int64) sorted by key: SPEC ngram_seen[k]."""

@@ -23,7 +23,8 @@ def merge_ngram_groups(dest: h5py.Group, sources: list, header: Header, ngram_me
     """Every table the header asks for, merged from the `ngrams` groups `sources` into `dest` (bounded memory);
     a table no source holds (e.g. an empty shard) is written empty, of the right kind.
     ``progress(tables, desc)``, when given, wraps the list of tables (e.g. a tqdm bar)."""
-    subs = [table_path(layer, k) for layer in header.ngram_layers for k in header.orders]
+    bounded = header.meta.get("ngram_mode", "exact") == "bounded"  # no full tables: summaries live apart
+    subs = [] if bounded else [table_path(layer, k) for layer in header.ngram_layers for k in header.orders]
     subs += [seen_path(k) for k in header.orders] if header.ngram_layers else []
     for sub in each(progress, subs, "merge n-grams"):
         groups = [src[sub] for src in sources if sub in src]
@@ -49,6 +50,7 @@ class CountsWriter:
         self.ngram_memory = ngram_memory
         self.complete = False
         self.progress = None  # progress(tables, desc) -> iterable: how merges show progress (None: silently)
+        self.extra_groups = None  # callable(h5py.File): more state every snapshot writes (bounded summaries)
         self._next_run = 1 + max((int(name[4:10]) for name in self.pending if name[4:10].isdigit()), default=0)
 
     # -- opening
@@ -69,8 +71,11 @@ class CountsWriter:
         return writer
 
     @classmethod
-    def resume(cls, path, header: Header, ngram_memory: int, compress_runs: bool = False) -> "CountsWriter":
-        """Continue ``path``: its settings and corpus must equal ``header``'s; leftovers are removed."""
+    def resume(cls, path, header: Header, ngram_memory: int, compress_runs: bool = False,
+               extra_groups=None) -> "CountsWriter":
+        """Continue ``path``: its settings and corpus must equal ``header``'s; leftovers are removed.
+
+        ``extra_groups`` (see ``__init__``) is in place before the first snapshot this writes."""
         path = Path(path)
         _check_file(path)
         try:
@@ -79,7 +84,7 @@ class CountsWriter:
                 dense = read_dense(f, path)
                 complete = bool(f.attrs["complete"])
                 pending = json.loads(f["ngrams"].attrs.get("pending_runs", "[]")) if "ngrams" in f else []
-                has_tables = "ngrams" in f and any(key != "seen" for key in f["ngrams"].keys())
+                has_tables = "ngrams" in f and len(f["ngrams"].keys()) > 0  # seen alone too (bounded mode)
         except OSError as err:
             raise StoreError(f"{path}: cannot be read ({err}); it cannot be resumed") from err
         problem = compatibility_problem(old, header)
@@ -95,6 +100,7 @@ class CountsWriter:
                 leftover.unlink()
         writer = cls(path, header, dense, pending, ngram_memory, compress_runs)
         writer.previous_meta = old.meta  # the last run's metadata, for the caller's checks
+        writer.extra_groups = extra_groups
         if complete and has_tables:
             writer._tables_to_run()
         return writer
@@ -187,6 +193,8 @@ class CountsWriter:
             _write_header(f, self.header, complete)
             _write_dense(f, self.header, self.dense, final=False, empty=empty)
             _ngram_group(f, self.header, self.pending)
+            if self.extra_groups is not None:
+                self.extra_groups(f)
 
         _atomic_h5(self.path, write)
 
@@ -201,6 +209,8 @@ class CountsWriter:
                 group = _ngram_group(f, self.header, [])
                 merge_ngram_groups(group, [src["ngrams"] for src in files], self.header, self.ngram_memory,
                                    progress=self.progress)
+                if self.extra_groups is not None:
+                    self.extra_groups(f)
 
             _atomic_h5(self.path, write)
         finally:

@@ -1,0 +1,276 @@
+"""The bounded n-gram mode's state: per-neuron Misra-Gries summaries (pass 1) and the exact count of
+the candidate pairs they name (pass 2). The proofs of the bounds are in docs/bounded-ngrams.md.
+
+A ``Summary`` of one (layer, order) keeps, per neuron, at most ``capacity`` n-grams with counts that
+under-count the truth by at most ``delta[n]``, and the exact mass ``A_k(n)``; it does not grow with
+tokens and merges (shards) with the same guarantee. A ``CandidatePlan`` fixes which pairs pass 2
+counts: every tracked pair, and for neurons that may be detector candidates every pair whose n-gram
+is rare enough (``seen <= rare_limit[n]``) to be in G(n) without being tracked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastneurons.analysis.coverage import ceil_fraction, exact_fraction
+from fastneurons.ngrams import summary as kernels
+from fastneurons.ngrams.accumulator import NgramAccumulator, Table, check_chunk, merge_two
+from fastneurons.ngrams.keys import check_orders, ngram_rows_and_keys
+from fastneurons.ngrams.runs import group_by_neuron
+
+DEFAULT_CAPACITY = 2048  # > the paper's last histogram edge (2001) and > every m_k
+FOLD_EVENTS = 1 << 22  # fold pending events after this many, or as many as the summaries hold (and per unit)
+RARE_FLUSH_ROWS = 1 << 20  # pending rare pairs collapsed into a table beyond this many
+
+
+@dataclass
+class Summary:
+    """Misra-Gries summary of one (layer, order): ``table`` counts satisfy
+    ``true - delta[n] <= count <= true``; any n-gram not in it has ``true <= delta[n]``."""
+
+    table: Table
+    delta: np.ndarray  # int64 [F]: total subtracted from neuron n's counters
+    mass: np.ndarray  # int64 [F]: exact A_k(n), the neuron's stream length
+    capacity: int
+
+    @classmethod
+    def empty(cls, num_neurons: int, order: int, capacity: int = DEFAULT_CAPACITY) -> Summary:
+        """The summary of no tokens."""
+        if int(capacity) < 1:
+            raise ValueError(f"summary capacity must be at least 1, got {capacity}")
+        zeros = np.zeros(int(num_neurons), dtype=np.int64)
+        return cls(Table.empty(order), zeros, zeros.copy(), int(capacity))
+
+    @property
+    def num_neurons(self) -> int:
+        return int(self.delta.size)
+
+    @property
+    def order(self) -> int:
+        return int(self.table.order)
+
+    def absorb(self, table: Table, delta=None, mass=None) -> Summary:
+        """This summary plus an exact table (``delta`` None) or another summary's parts, pruned to
+        ``capacity`` per neuron (Agarwal et al.'s merge: the errors add, plus the cut)."""
+        if mass is None:
+            mass = np.zeros(self.num_neurons, dtype=np.int64)
+            kernels.add_mass(table.neuron, table.count, mass)
+        merged = merge_two(self.table, table)
+        shared = merged.count is self.table.count or merged.count is table.count
+        count = merged.count.copy() if shared else merged.count  # merge_two may hand back an input
+        new_delta = self.delta + (0 if delta is None else delta)
+        keep = kernels.prune_to_capacity(merged.neuron, count, self.num_neurons, self.capacity, new_delta)
+        if not keep.all():
+            merged = Table(merged.key[keep], merged.neuron[keep], count[keep], self.order)
+        else:
+            merged = Table(merged.key, merged.neuron, count, self.order)
+        return Summary(merged, new_delta, self.mass + mass, self.capacity)
+
+    def merge(self, other: Summary) -> Summary:
+        """Two summaries of disjoint token streams (shards) as one, with the same guarantee."""
+        if (other.num_neurons, other.order) != (self.num_neurons, self.order):
+            raise ValueError("cannot merge summaries of different widths or orders")
+        if other.capacity != self.capacity:
+            raise ValueError(f"cannot merge summaries of capacity {self.capacity} and {other.capacity}")
+        return self.absorb(other.table, other.delta, other.mass)
+
+
+class SummaryAccumulator:
+    """One layer's pass-1 state: a ``Summary`` per order, fed like ``NgramAccumulator``.
+
+    Events are expanded to exact chunk tables (the same kernels as the exact mode) and folded into
+    the summaries once the pending events reach ``FOLD_EVENTS`` or the summaries' size, and at every
+    unit end: all decided by the data, so the summaries are a function of the units' sequence (resume
+    after a kill continues to the same state)."""
+
+    def __init__(self, num_neurons: int, orders=(1, 2, 3), pack_bits: int = 16,
+                 capacity: int = DEFAULT_CAPACITY, vocab_size: int | None = None):
+        self.orders = check_orders(orders)
+        self.pending = NgramAccumulator(num_neurons, self.orders, pack_bits, vocab_size)
+        self.summaries = {k: Summary.empty(num_neurons, k, capacity) for k in self.orders}
+
+    def add(self, bits, token_ids, positions, counted) -> None:
+        """Take one chunk (see ``NgramAccumulator.add``)."""
+        self.pending.add(bits, token_ids, positions, counted)
+        held = sum(summary.table.rows for summary in self.summaries.values())
+        if self.pending._pending_events >= max(FOLD_EVENTS, held):  # a fold costs O(held): amortised O(1)/event
+            self.fold()
+
+    def fold(self) -> None:
+        """Fold everything pending into the summaries."""
+        tables = self.pending.tables()
+        self.pending.clear()
+        for k in self.orders:
+            if tables[k].rows:
+                self.summaries[k] = self.summaries[k].absorb(tables[k])
+
+    def end_unit(self) -> None:
+        """A unit ended: fold, so the state does not depend on where commits fall."""
+        self.fold()
+
+    def restore(self, summaries: dict) -> None:
+        """Continue from stored summaries (resume)."""
+        self.summaries = {k: summaries[k] for k in self.orders}
+
+    # the runner's spill interface: there are no exact tables to spill, and the state is fixed-size
+    def tables(self) -> dict:
+        return {}
+
+    def clear(self) -> None:
+        pass
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+
+@dataclass
+class CandidatePlan:
+    """The pairs pass 2 counts for one (layer, order): ``key/neuron`` (every tracked pair, sorted by
+    (key, neuron)) and, per neuron, ``rare_limit`` (pairs with n-grams seen at most this often are
+    counted too; 0 = none)."""
+
+    key: np.ndarray  # uint64 [P]
+    neuron: np.ndarray  # uint32 [P]
+    rare_limit: np.ndarray  # int64 [F]
+    order: int
+
+    @property
+    def rare_mask(self) -> np.ndarray:
+        """Bits of the neurons with a rare limit, as one row of uint64 words."""
+        num_neurons = self.rare_limit.size
+        words = np.zeros(((num_neurons + 63) // 64) * 64, dtype=bool)
+        words[:num_neurons] = self.rare_limit > 0
+        return np.packbits(words, bitorder="little").view(np.uint64).copy()
+
+
+def possible_candidates(summary: Summary, max_coverage: int, coverage: float) -> np.ndarray:
+    """Neurons whose C_k(n) may be <= ``max_coverage`` given the summary's upper bounds (bool [F])."""
+    offsets, _, counts = group_by_neuron(summary.table, summary.num_neurons)
+    cumulative = np.concatenate(([0], np.cumsum(counts)))
+    take = np.minimum(np.diff(offsets), int(max_coverage))
+    top = cumulative[offsets[:-1] + take] - cumulative[offsets[:-1]]
+    upper = top + int(max_coverage) * summary.delta  # each of the top m can be under-counted by delta
+    need = ceil_fraction(summary.mass, exact_fraction(coverage, "coverage"))
+    return (summary.mass > 0) & (upper >= need)
+
+
+def plan_candidates(summary: Summary, max_coverage: int = 50, coverage: float = 0.95,
+                    cover_rate: float = 0.95) -> CandidatePlan:
+    """Pass 2's pairs: the tracked ones, and rare ones for neurons that may be candidates.
+
+    An untracked n-gram g of neuron n has active <= delta[n]; it can be in G(n) only if
+    active >= cover_rate * seen[g], so only if seen[g] <= delta[n] / cover_rate."""
+    fraction = exact_fraction(cover_rate, "cover_rate")
+    limit = (summary.delta * fraction.denominator) // fraction.numerator
+    limit = np.where(possible_candidates(summary, max_coverage, coverage), limit, 0).astype(np.int64)
+    return CandidatePlan(summary.table.key, summary.table.neuron, limit, summary.order)
+
+
+def _pairs_table(key: np.ndarray, neuron: np.ndarray, order: int) -> Table:
+    """(key, neuron) rows -> Table of their multiplicities, sorted by (key, neuron)."""
+    if key.size == 0:
+        return Table.empty(order)
+    sort = np.lexsort((neuron, key))
+    key, neuron = key[sort], neuron[sort]
+    starts = np.flatnonzero(np.concatenate(([True], (key[1:] != key[:-1]) | (neuron[1:] != neuron[:-1]))))
+    counts = np.diff(np.concatenate((starts, [key.size]))).astype(np.int64)
+    return Table(key[starts], neuron[starts], counts, order)
+
+
+class CandidateCounter:
+    """One layer's pass-2 state: exact counts of the planned pairs, fed like ``NgramAccumulator``."""
+
+    def __init__(self, plans: dict, seen: dict, pack_bits: int = 16):
+        self.plans = plans
+        self.seen = seen  # {k: SeenTable} of the whole corpus (pass 1)
+        self.pack_bits = pack_bits
+        self.counts = {k: np.zeros(plan.key.size, dtype=np.int64) for k, plan in plans.items()}
+        self.masks = {k: plan.rare_mask for k, plan in plans.items()}
+        self.rare = {k: Table.empty(k) for k in plans}
+        self._rare_pending = {k: [] for k in plans}
+        self._rare_rows = 0
+
+    def add(self, bits, token_ids, positions, counted) -> None:
+        """Count one chunk's planned pairs."""
+        num_neurons = next(iter(self.plans.values())).rare_limit.size
+        token_ids, positions, counted, bits = check_chunk(token_ids, positions, counted, bits, num_neurons)
+        for k, plan in self.plans.items():
+            rows, keys = ngram_rows_and_keys(token_ids, positions, counted, k, self.pack_bits)
+            if rows.size == 0:
+                continue
+            mask = self.masks[k]
+            bound = kernels.rare_row_events(bits, rows, mask) if mask.any() else 0
+            out_key = np.empty(bound, dtype=np.uint64)
+            out_neuron = np.empty(bound, dtype=np.uint32)
+            written = kernels.count_candidates(bits, rows, keys, self.seen[k].lookup(keys), plan.key,
+                                               plan.neuron, self.counts[k], plan.rare_limit, mask,
+                                               out_key, out_neuron)
+            if written:
+                self._rare_pending[k].append((out_key[:written], out_neuron[:written]))
+                self._rare_rows += written
+        if self._rare_rows >= RARE_FLUSH_ROWS:
+            self._collapse()
+
+    def _collapse(self) -> None:
+        for k, parts in self._rare_pending.items():
+            if parts:
+                fresh = _pairs_table(np.concatenate([p[0] for p in parts]),
+                                     np.concatenate([p[1] for p in parts]), k)
+                self.rare[k] = merge_two(self.rare[k], fresh)
+            self._rare_pending[k] = []
+        self._rare_rows = 0
+
+    def tables(self) -> dict:
+        """{k: Table} of exact counts: the planned pairs seen at least once, and the rare pairs."""
+        self._collapse()
+        out = {}
+        for k, plan in self.plans.items():
+            hit = self.counts[k] > 0
+            tracked = Table(plan.key[hit], plan.neuron[hit], self.counts[k][hit], k)
+            out[k] = merge_two(tracked, self.rare[k])
+        return out
+
+    def state(self) -> dict:
+        """{k: (planned pair counts, rare Table)} so far: what a resumable pass 2 saves."""
+        self._collapse()
+        return {k: (self.counts[k], self.rare[k]) for k in self.plans}
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``state()`` saved under the same plans."""
+        for k, (counts, rare) in state.items():
+            if counts.shape != self.counts[k].shape:
+                raise ValueError(f"saved pass-2 counts of order {k} do not match the plan")
+            self.counts[k], self.rare[k] = counts.astype(np.int64), rare
+
+    def clear(self) -> None:
+        pass
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+
+
+@dataclass
+class HeldTable:
+    """What the analyses read of one (layer, order), in either mode: exact counts of the pairs held,
+    the exact ``mass`` A_k(n), ``bound[n]`` >= the count of any pair left out, and ``rare_limit[n]``
+    (every pair whose n-gram is seen at most this often is held)."""
+
+    key: np.ndarray
+    neuron: np.ndarray
+    count: np.ndarray
+    mass: np.ndarray
+    bound: np.ndarray
+    rare_limit: np.ndarray
+
+    @classmethod
+    def exact(cls, table: Table, num_neurons: int) -> HeldTable:
+        """A complete exact table: nothing left out."""
+        mass = np.zeros(int(num_neurons), dtype=np.int64)
+        kernels.add_mass(table.neuron, table.count, mass)
+        zeros = np.zeros(int(num_neurons), dtype=np.int64)
+        return cls(table.key, table.neuron, table.count, mass, zeros, zeros.copy())

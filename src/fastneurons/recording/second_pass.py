@@ -1,0 +1,214 @@
+"""The bounded n-gram mode's recording glue: pass-1 summaries ride in every store snapshot, and
+``second_pass`` runs the recorded model again over the store's units to count the candidate pairs
+exactly (docs/bounded-ngrams.md). It saves its progress beside the store (``STORE.pass2``) every
+``commit_seconds`` and rewrites the store atomically at the end, so a kill loses neither pass.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from fastneurons.config import RecordConfig, SecondPassConfig, parse_bytes
+from fastneurons.models import architectures as archs
+from fastneurons.models.loading import load_model, load_tokenizer
+from fastneurons.models.offload import LayerStreamer
+from fastneurons.ngrams import runs as ngram_runs
+from fastneurons.ngrams.accumulator import SeenTable
+from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, plan_candidates
+from fastneurons.progress import counting_bar
+from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
+from fastneurons.store import DenseCounts, StoreError, open_counts
+from fastneurons.store.format import _atomic_h5, read_header, table_path
+from fastneurons.store.summaries import COUNTED, SUMMARIES, is_bounded, read_summaries, write_counted, write_summaries
+
+
+def summary_accumulators(config: RecordConfig, num_neurons: int, pack_bits: int):
+    """The taps' accumulator factory of pass 1: one ``SummaryAccumulator`` per n-gram layer."""
+    return lambda layer: SummaryAccumulator(num_neurons, config.orders, pack_bits, config.summary_capacity)
+
+
+def stored_summaries(path) -> dict | None:
+    """The summaries a bounded store holds (read before a resume rewrites it), None if it has none."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with h5py.File(path, "r") as f:
+        return read_summaries(f, read_header(f, path), path) if SUMMARIES in f else None
+
+
+def keep_summaries(restored: dict | None):
+    """A snapshot writer of the stored summaries, for the snapshots a resume writes before ``attach``."""
+    if restored is None:
+        return None
+    return lambda f: write_summaries(f, restored)
+
+
+def attach(writer, taps, restored: dict | None) -> None:
+    """Continue the taps' summaries from ``restored`` and make every snapshot of ``writer`` hold them."""
+    if restored is not None:
+        for layer, accumulator in taps.ngrams.layers.items():
+            accumulator.restore({k: restored[(layer, k)] for k in accumulator.orders})
+    elif any(corpus.units.any() for corpus in writer.header.corpora):
+        raise StoreError(f"{writer.path} holds units but no n-gram summaries: it cannot be resumed in bounded mode")
+
+    def write(f):
+        write_summaries(f, {(layer, k): summary for layer, acc in taps.ngrams.layers.items()
+                            for k, summary in acc.summaries.items()})
+
+    writer.extra_groups = write
+
+
+def is_bounded_store(path) -> bool:
+    """Whether the store at ``path`` was recorded in bounded mode with n-gram layers (needs pass 2)."""
+    with h5py.File(path, "r") as f:
+        header = read_header(f, Path(path))
+    return is_bounded(header.meta) and bool(header.ngram_layers)
+
+
+def _pass1_inputs(path: Path):
+    """Header, summaries, seen tables and held units of a finished bounded store (or a clear refusal)."""
+    with open_counts(path) as counts:
+        header = counts.header
+        if not is_bounded(header.meta):
+            raise StoreError(f"{path} holds exact n-gram tables (--ngrams exact): it needs no second pass")
+        if not counts.complete:
+            raise StoreError(f"{path} is an unfinished recording: finish it with record --resume first")
+        if len(header.corpora) != 1:
+            raise StoreError(f"{path} holds {len(header.corpora)} corpora: run the second pass on each corpus's "
+                             "store (its units must be replayed from its own corpus files)")
+        if not header.ngram_layers:
+            raise StoreError(f"{path} has no n-gram layers: nothing to count")
+        seen = {k: SeenTable(*counts.ngram_seen(k), k) for k in header.orders}
+        summaries = read_summaries(counts._file, header, path)
+    return header, summaries, seen, np.flatnonzero(header.corpora[0].units)
+
+
+def progress_path(path: Path) -> Path:
+    """Where pass 2 saves its progress (counts so far and units done) until it rewrites the store."""
+    return path.with_name(path.name + ".pass2")
+
+
+def _plan_fingerprint(plans: dict, units: np.ndarray) -> str:
+    """Identifies what pass 2 counts: the plans and the units (a saved progress must match it)."""
+    digest = hashlib.sha1(np.ascontiguousarray(units).tobytes())
+    for key in sorted(plans):
+        plan = plans[key]
+        digest.update(repr(key).encode())
+        for array in (plan.key, plan.neuron, plan.rare_limit):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _save_progress(path: Path, fingerprint: str, done: list, taps) -> None:
+    """Atomically save pass 2's counts so far and the units they cover."""
+    def write(f):
+        f.attrs["fingerprint"] = fingerprint
+        f.create_dataset("units", data=np.asarray(done, dtype=np.int64))
+        for layer, counter in taps.ngrams.layers.items():
+            for k, (counts, rare) in counter.state().items():
+                group = f.create_group(table_path(layer, k))
+                group.create_dataset("counts", data=counts)
+                ngram_runs.write_table(group.create_group("rare"), rare, compress=False, check=False)
+
+    _atomic_h5(path, write)
+
+
+def _load_progress(path: Path, fingerprint: str, taps, log) -> set:
+    """Units already counted by an interrupted pass 2 of the same plan (their counts restored)."""
+    if not path.exists():
+        return set()
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("fingerprint") != fingerprint:
+                log(f"ignoring {path}: saved by a second pass of other summaries or units")
+                return set()
+            for layer, counter in taps.ngrams.layers.items():
+                counter.restore({k: (f[table_path(layer, k)]["counts"][()],
+                                     ngram_runs.read_table(f[table_path(layer, k)]["rare"]))
+                                 for k in counter.plans})
+            return set(f["units"][()].tolist())
+    except (OSError, KeyError) as err:
+        log(f"ignoring {path}: unreadable ({err})")
+        return set()
+
+
+def second_pass(config: SecondPassConfig, log=print) -> Path:
+    """Pass 2 of a bounded store: count every planned (n-gram, neuron) pair exactly over its units."""
+    from fastneurons.recording.runner import (LayerTaps, Recording, _batch_tensors, _pin_threads, _unit_tokens,
+                                              resolve_device)
+
+    config = config.validate()
+    path = Path(config.store)
+    header, summaries, seen, units = _pass1_inputs(path)
+    meta = header.meta
+    recorded = RecordConfig(**meta["record_config"])
+    plans = {key: plan_candidates(summary, config.max_coverage, config.coverage, config.cover_rate)
+             for key, summary in summaries.items()}
+    device = resolve_device(config.device)
+    _pin_threads(config.threads or meta.get("torch_threads"))
+    loaded = load_model(config.model or recorded.model, dtype=getattr(torch, meta["compute_dtype"]))
+    model, arch = loaded.model, loaded.arch
+    tokenizer = load_tokenizer(recorded.tokenizer) if recorded.tokenizer else loaded.tokenizer
+    plan = plan_corpus([parse_corpus_arg(arg) for arg in recorded.corpus], tokenizer, seq_len=meta["seq_len"],
+                       batch_size=meta["batch_size"], unit_batches=meta["unit_batches"],
+                       max_tokens=recorded.max_tokens, full_length=meta["full_length"], bos_id=recorded.bos_id,
+                       vocab_size=int(model.get_input_embeddings().weight.shape[0]))
+    if plan.fingerprint != header.corpora[0].fingerprint:
+        raise StoreError(f"cannot run the second pass of {path}: its corpus differs from the one the first pass "
+                         "read (files, their contents, the token budget or the tokenizer changed)")
+    layers, orders, pack_bits = header.ngram_layers, header.orders, int(meta["pack_bits"])
+    dense = DenseCounts.zeros(len(layers), meta["num_neurons"], meta["max_positions"], len(plan.domains),
+                              positions=False)  # scratch: pass 1 holds the dense counts
+    make = lambda layer: CandidateCounter({k: plans[(layer, k)] for k in orders}, seen, pack_bits)  # noqa: E731
+    recording = Recording(config=recorded, loaded=loaded, tokenizer=tokenizer, plan=plan, layers=list(layers),
+                          ngram_layers=list(layers), seq_len=meta["seq_len"], pack_bits=pack_bits, device=device,
+                          dtype=getattr(torch, meta["compute_dtype"]))
+    taps = LayerTaps(recording, dense, make_accumulator=make, count_seen=False)
+    pairs = sum(plan_.key.size for plan_ in plans.values())
+    log(f"second pass over {units.size} units of {path}: {pairs} tracked pairs, "
+        f"{sum(int((p.rare_limit > 0).sum()) for p in plans.values())} (layer, order, neuron) with rare pairs")
+    budget = None if recorded.gpu_memory is None else parse_bytes(recorded.gpu_memory)
+    saved, fingerprint = progress_path(path), _plan_fingerprint(plans, units)
+    done = sorted(_load_progress(saved, fingerprint, taps, log))
+    todo = [int(u) for u in units if int(u) not in set(done)]
+    if done:
+        log(f"continuing the second pass saved in {saved}: {len(done)} units counted, {len(todo)} to go")
+    last_save = time.monotonic()
+    try:
+        with LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget), torch.inference_mode(), \
+                counting_bar(config.progress, total=sum(_unit_tokens(plan, u) for u in todo), desc="second pass",
+                             unit="tok") as bar:
+            for index in todo:
+                unit = plan.unit(index)
+                for micro in unit.batches:
+                    batch, cpu = _batch_tensors(micro, unit.domain, meta["count_bos"], device)
+                    taps.set_batch(batch, cpu)
+                    archs.run_until(model, arch, batch.input_ids, batch.attention_mask, layers[-1])
+                    if bar is not None:
+                        bar.update(micro.num_tokens)
+                done.append(index)
+                if index != todo[-1] and time.monotonic() - last_save >= config.commit_seconds:
+                    _save_progress(saved, fingerprint, done, taps)
+                    last_save = time.monotonic()
+    finally:
+        taps.remove()
+    tables = {(layer, k): table for layer, acc in taps.ngrams.layers.items() for k, table in acc.tables().items()}
+    settings = {"max_coverage": config.max_coverage, "coverage": config.coverage, "cover_rate": config.cover_rate}
+
+    def write(f):
+        with h5py.File(path, "r") as src:
+            for key, value in src.attrs.items():
+                f.attrs[key] = value
+            for name in src:
+                if name != COUNTED:
+                    src.copy(src[name], f, name)
+        write_counted(f, tables, plans, settings)
+
+    _atomic_h5(path, write)
+    saved.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,84 @@
+"""The bounded n-gram mode in the store (docs/store-schema.md): pass-1 summaries, pass-2 counts.
+
+``summaries/layer{l}/k{k}``: the Misra-Gries summary (a table group plus ``delta`` and ``mass``
+[F], attr ``capacity``). ``counted/layer{l}/k{k}``: pass 2's exact counts (a table group plus
+``rare_limit`` [F]); the ``counted`` group's attrs hold the settings that planned it. A store
+snapshot rewrites ``summaries``; ``counted`` exists only in a finished store whose second pass ran.
+"""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from fastneurons.ngrams import runs as ngram_runs
+from fastneurons.ngrams.bounded import HeldTable, Summary
+from fastneurons.store.format import Header, StoreError, _write_json_attr, table_path
+
+SUMMARIES = "summaries"
+COUNTED = "counted"
+
+
+def is_bounded(meta: dict) -> bool:
+    """Whether a store's metadata says it was recorded in the bounded n-gram mode."""
+    return meta.get("ngram_mode", "exact") == "bounded"
+
+
+def write_summaries(f: h5py.File, summaries: dict) -> None:
+    """Write {(layer, k): Summary} under ``summaries/`` of an open (new) file."""
+    root = f.create_group(SUMMARIES)
+    for (layer, k), summary in summaries.items():
+        group = root.create_group(table_path(layer, k))
+        ngram_runs.write_table(group.create_group("table"), summary.table, check=False)
+        group.create_dataset("delta", data=summary.delta)
+        group.create_dataset("mass", data=summary.mass)
+        group.attrs["capacity"] = int(summary.capacity)
+
+
+def read_summaries(f: h5py.File, header: Header, path) -> dict:
+    """{(layer, k): Summary} of a bounded store (every n-gram layer and order of its header)."""
+    out = {}
+    for layer in header.ngram_layers:
+        for k in header.orders:
+            sub = f"{SUMMARIES}/{table_path(layer, k)}"
+            if sub not in f:
+                raise StoreError(f"{path}: bounded store without its summary {sub} (corrupt or not finished)")
+            group = f[sub]
+            table = ngram_runs.read_table(group["table"])
+            table.order = k
+            out[(layer, k)] = Summary(table, group["delta"][()].astype(np.int64),
+                                      group["mass"][()].astype(np.int64), int(group.attrs["capacity"]))
+    return out
+
+
+def merge_summaries(parts: list) -> dict:
+    """Summaries of disjoint shards, merged (Agarwal et al.): same keys in every part."""
+    merged = dict(parts[0])
+    for part in parts[1:]:
+        merged = {key: merged[key].merge(part[key]) for key in merged}
+    return merged
+
+
+def write_counted(f: h5py.File, tables: dict, plans: dict, settings: dict) -> None:
+    """Write pass 2's {(layer, k): Table} with their plans' rare limits under ``counted/``."""
+    root = f.create_group(COUNTED)
+    _write_json_attr(root, "settings", settings)
+    for (layer, k), table in tables.items():
+        group = root.create_group(table_path(layer, k))
+        ngram_runs.write_table(group.create_group("table"), table, check=False)
+        group.create_dataset("rare_limit", data=plans[(layer, k)].rare_limit)
+
+
+def has_counted(f: h5py.File) -> bool:
+    return COUNTED in f
+
+
+def read_held(f: h5py.File, layer: int, k: int, path) -> HeldTable:
+    """The analyses' view of a bounded store's (layer, k): pass 2's exact counts with the bounds."""
+    if COUNTED not in f:
+        raise StoreError(f"{path}: a bounded store whose second pass has not run (it holds summaries, not "
+                         f"counts): run `fastneurons second-pass {path}` first")
+    counted = f[f"{COUNTED}/{table_path(layer, k)}"]
+    summary = f[f"{SUMMARIES}/{table_path(layer, k)}"]
+    table = ngram_runs.read_table(counted["table"])
+    return HeldTable(table.key, table.neuron, table.count, summary["mass"][()].astype(np.int64),
+                     summary["delta"][()].astype(np.int64), counted["rare_limit"][()].astype(np.int64))

@@ -1,0 +1,326 @@
+"""The bounded n-gram mode (docs/bounded-ngrams.md) against the exact tables.
+
+Kernels: the Misra-Gries guarantee and pass 2's exact counts on random bits. End to end: random-weight
+and planted OPTs recorded in both modes give identical detectors, G(n), detected n-gram sets, Fig. 4
+counts, suppression and C_k(n) for every certified neuron; a summary made too small leaves neurons
+uncertified and says so; resume after an interruption, shards + merge + second pass stay exact.
+"""
+import dataclasses
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fastneurons.analysis import AnalysisSettings, analyze_counts
+from fastneurons.cli import main
+from fastneurons.info import describe_store
+from fastneurons.analysis.coverage import UNKNOWN, coverage_bounds, coverage_sizes_naive
+from fastneurons.config import SecondPassConfig
+from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
+from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, plan_candidates
+from fastneurons.recording import runner
+from fastneurons.recording import second_pass as second_pass_module
+from fastneurons.recording.second_pass import second_pass
+from fastneurons.store import StoreError, merge_stores, open_counts
+
+from test_runner import _config, _opt, corpus  # noqa: F401  (corpus is a fixture)
+
+QUIET = dict(log=lambda *a: None)
+
+
+def _random_chunk(seed, rows=3000, neurons=100, density=0.1, vocab=40, seq=150):
+    rng = np.random.default_rng(seed)
+    ids = rng.zipf(1.3, rows) % vocab
+    positions = np.tile(np.arange(seq), rows // seq).astype(np.int32)
+    active = rng.random((rows, neurons)) < density * (1 + (np.arange(neurons) % 3 == 0))
+    padded = np.concatenate([active, np.zeros((rows, (-neurons) % 64), bool)], axis=1)
+    bits = np.packbits(padded, axis=1, bitorder="little").view(np.uint64)
+    return bits, ids, positions, positions >= 1
+
+
+def _as_dict(table):
+    return dict(zip(zip(table.key.tolist(), table.neuron.tolist()), table.count.tolist()))
+
+
+@pytest.mark.parametrize("capacity", [3, 10, 50])
+def test_summaries_undercount_by_at_most_delta_and_merge_with_the_same_guarantee(capacity):
+    bits, ids, pos, counted = _random_chunk(0)
+    exact = NgramAccumulator(100)
+    exact.add(bits, ids, pos, counted)
+    truth = exact.tables()
+    halves = []
+    for part in (slice(0, 1500), slice(1500, 3000)):
+        acc = SummaryAccumulator(100, capacity=capacity)
+        for start in range(part.start, part.stop, 300):
+            acc.add(bits[start:start + 300], ids[start:start + 300], pos[start:start + 300], counted[start:start + 300])
+            acc.end_unit()
+        halves.append(acc.summaries)
+    for k in (1, 2, 3):
+        merged = halves[0][k].merge(halves[1][k])
+        true = _as_dict(truth[k])
+        for summary in (merged,):
+            held = _as_dict(summary.table)
+            assert np.bincount(summary.table.neuron, minlength=100).max() <= capacity
+            np.testing.assert_array_equal(summary.mass, np.bincount(truth[k].neuron, truth[k].count, 100))
+            for (key, n), c in true.items():
+                assert c - summary.delta[n] <= held.get((key, n), 0) <= c
+            assert not set(held) - set(true)
+            # Misra-Gries: delta <= (N - N_held) / (capacity + 1)
+            kept = np.bincount(summary.table.neuron, summary.table.count, 100)
+            assert (summary.delta * (capacity + 1) <= summary.mass - kept).all()
+
+
+def test_second_pass_counts_exactly_the_planned_and_rare_pairs():
+    bits, ids, pos, counted = _random_chunk(1, density=0.03)
+    exact = NgramAccumulator(100)
+    exact.add(bits, ids, pos, counted)
+    truth = exact.tables()
+    seen_acc = SeenAccumulator()
+    seen_acc.add(ids, pos, counted)
+    seen = seen_acc.tables()
+    acc = SummaryAccumulator(100, capacity=6)
+    acc.add(bits, ids, pos, counted)
+    acc.end_unit()
+    for k in (1, 2, 3):
+        plan = plan_candidates(acc.summaries[k], max_coverage=400)  # loose: many neurons get rare pairs
+        assert (plan.rare_limit > 0).any()
+        counter = CandidateCounter({k: plan}, seen)
+        for start in range(0, 3000, 750):
+            counter.add(bits[start:start + 750], ids[start:start + 750], pos[start:start + 750], counted[start:start + 750])
+        got = _as_dict(counter.tables()[k])
+        true = _as_dict(truth[k])
+        seen_of = dict(zip(seen[k].key.tolist(), seen[k].count.tolist()))
+        planned = set(zip(plan.key.tolist(), plan.neuron.tolist()))
+        want = {pair: c for pair, c in true.items()
+                if pair in planned or seen_of[pair[0]] <= plan.rare_limit[pair[1]]}
+        assert got == want
+
+
+def test_coverage_bounds_bracket_the_exact_coverage():
+    bits, ids, pos, counted = _random_chunk(2, density=0.05)
+    exact = NgramAccumulator(100)
+    exact.add(bits, ids, pos, counted)
+    for k, table in exact.tables().items():
+        true = coverage_sizes_naive(table.neuron, table.count, 100)
+        mass = np.bincount(table.neuron, table.count, 100)
+        rng = np.random.default_rng(k)
+        # leave out n-grams of small count: a table of exact counts missing pairs with count <= bound
+        bound = rng.integers(0, 4, 100)
+        kept = table.count > bound[table.neuron]
+        lower, upper, _ = coverage_bounds(table.neuron[kept], table.count[kept], 100, mass=mass, bound=bound)
+        alive = mass > 0
+        assert (lower[alive] <= true[alive]).all()
+        assert ((upper[alive] >= true[alive]) | (upper[alive] == UNKNOWN)).all()
+        exact_rows = alive & (lower == upper)
+        np.testing.assert_array_equal(lower[exact_rows], true[exact_rows])
+        assert exact_rows[bound == 0].sum() == alive[bound == 0].sum()
+
+
+def _results(path, **settings):
+    with open_counts(path) as counts:
+        return analyze_counts(counts, AnalysisSettings(**settings))
+
+
+def assert_same_ngram_results(exact, bounded, expect_all_certified=True):
+    """Identical detectors, G(n), detected sets and Fig. 4 counts; identical C_k(n) where certified."""
+    for k in exact.orders:
+        for layer in exact.ngram_layers:
+            e, b = exact.coverage[k][layer], bounded.coverage[k][layer]
+            certified = (b.sizes == b.upper) & (b.mass > 0)
+            np.testing.assert_array_equal(b.mass, e.mass)
+            np.testing.assert_array_equal(b.sizes[certified], e.sizes[certified])
+            assert ((b.sizes <= e.sizes) & ((b.upper >= e.sizes) | (b.upper == UNKNOWN))).all()
+            assert b.certified == int(certified.sum())
+            # certain bins are right: the exact histogram minus the uncertain neurons' true bins
+            assert (b.histogram.counts <= e.histogram.counts).all()
+            assert b.histogram.counts.sum() + b.histogram.uncertain.sum() == e.histogram.neurons
+            de, db = exact.detectors[k][layer], bounded.detectors[k][layer]
+            if expect_all_certified:
+                assert b.bin_certified == e.neurons_with_mass and db.num_uncertain == 0
+                np.testing.assert_array_equal(b.histogram.counts, e.histogram.counts)
+            if db.num_uncertain == 0:
+                np.testing.assert_array_equal(db.neurons, de.neurons)
+                for name in ("ngram_offsets", "ngram_keys", "ngram_active", "ngram_seen", "coverage_size",
+                             "covered_mass", "mass"):
+                    np.testing.assert_array_equal(getattr(db, name), getattr(de, name), err_msg=name)
+            else:  # every detector it lists is a true detector with the same G(n)
+                for i, n in enumerate(db.neurons.tolist()):
+                    j = de.neurons.tolist().index(n)
+                    np.testing.assert_array_equal(db.ngram_keys[db.ngram_offsets[i]:db.ngram_offsets[i + 1]],
+                                                  de.ngram_keys[de.ngram_offsets[j]:de.ngram_offsets[j + 1]])
+        if all(bounded.detectors[k][layer].num_uncertain == 0 for layer in exact.ngram_layers):
+            d_e, d_b = exact.detected_ngrams[k], bounded.detected_ngrams[k]
+            for name in ("num_detectors", "set_size", "cumulative_size", "new_overall", "new_vs_previous"):
+                assert getattr(d_b, name) == getattr(d_e, name), name
+
+
+@pytest.mark.parametrize("capacity", [2048, 64])
+def test_random_opt_bounded_equals_exact(tmp_path, corpus, capacity):  # noqa: F811
+    model = _opt(tmp_path, "opt")
+    exact = _config(model, corpus, tmp_path / "exact.h5")
+    bounded = _config(model, corpus, tmp_path / "bounded.h5", ngrams="bounded", summary_capacity=capacity)
+    runner.record(exact, **QUIET)
+    runner.record(bounded, **QUIET)
+    with open_counts(bounded.out) as counts:
+        assert counts.ngram_mode == "bounded"
+        with pytest.raises(StoreError, match="bounded"):
+            counts.ngram_active(0, 1)
+        pruned = any(counts.ngram_table(layer, k).bound.any() for layer in (0, 1) for k in (1, 2, 3))
+    assert pruned == (capacity == 64)  # the small summaries were cut, the large ones never
+    e, b = _results(exact.out), _results(bounded.out)
+    assert_same_ngram_results(e, b, expect_all_certified=capacity == 2048)
+    assert sum(b.detectors[k][layer].num_uncertain for k in b.orders for layer in b.ngram_layers) == 0
+    assert b.tokens == e.tokens
+
+
+def test_a_summary_too_small_leaves_neurons_uncertified_and_says_so(tmp_path, corpus):  # noqa: F811
+    model = _opt(tmp_path, "opt")
+    exact = _config(model, corpus, tmp_path / "exact.h5")
+    small = _config(model, corpus, tmp_path / "small.h5", ngrams="bounded", summary_capacity=3)
+    runner.record(exact, **QUIET)
+    runner.record(small, **QUIET)
+    e, b = _results(exact.out), _results(small.out)
+    uncertified = sum(b.coverage[k][layer].neurons_with_mass - b.coverage[k][layer].certified
+                      for k in b.orders for layer in b.ngram_layers)
+    uncertain_bins = sum(int(b.coverage[k][layer].histogram.uncertain.sum()) for k in b.orders for layer in b.ngram_layers)
+    assert uncertified > 0 and uncertain_bins > 0
+    assert_same_ngram_results(e, b, expect_all_certified=False)
+    summary = b.summary["ngram_certified"]
+    assert summary[3][0]["certified"] < summary[3][0]["neurons_with_mass"]
+    assert "uncertain_candidates" in summary[3][0]
+    report = tmp_path / "report"
+    assert main(["analyze", small.out, "--out", str(report), "--no-suppression", "--formats", "svg"]) == 0
+    results = json.loads((report / "results.json").read_text())
+    assert results["summary"]["ngram_certified"]["3"][0]["certified"] == summary[3][0]["certified"]
+    assert "C_k(n) certified" in (report / "report.html").read_text()
+
+
+def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus, monkeypatch):  # noqa: F811
+    model = _opt(tmp_path, "opt")
+    full = _config(model, corpus, tmp_path / "full.h5", ngrams="bounded", summary_capacity=5)
+    runner.record(full, **QUIET)
+    part = _config(model, corpus, tmp_path / "part.h5", ngrams="bounded", summary_capacity=5)
+    commits = {"n": 0}
+    original = runner.CountsWriter.commit
+
+    def failing_commit(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        commits["n"] += 1
+        if commits["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.CountsWriter, "commit", failing_commit)
+    with pytest.raises(KeyboardInterrupt):
+        runner.record(part, **QUIET)
+    monkeypatch.setattr(runner.CountsWriter, "commit", original)
+    with pytest.raises(StoreError, match="unfinished"):
+        second_pass(SecondPassConfig(store=part.out, progress=False), **QUIET)
+    # pass 1 resumes; then pass 2 is killed after saving its progress twice, and a rerun continues it
+    saves = {"n": 0}
+    original_save = second_pass_module._save_progress
+
+    def failing_save(*args, **kwargs):
+        original_save(*args, **kwargs)
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(second_pass_module, "_save_progress", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        runner.record(dataclasses.replace(part, resume=True), **QUIET)
+    monkeypatch.setattr(second_pass_module, "_save_progress", original_save)
+    with open_counts(part.out) as counts:
+        assert counts.complete and not counts.second_pass_done
+    assert second_pass_module.progress_path(Path(part.out)).exists()
+    said = []
+    second_pass(SecondPassConfig(store=part.out, progress=False, commit_seconds=0), log=said.append)
+    assert not second_pass_module.progress_path(Path(part.out)).exists()
+    assert any("continuing the second pass" in line for line in said), said
+    with h5py.File(full.out, "r") as a, h5py.File(part.out, "r") as b:
+        for name in ("summaries", "counted"):
+            def same(path, obj, name=name):
+                if isinstance(obj, h5py.Dataset):
+                    np.testing.assert_array_equal(obj[()], b[name][path][()], err_msg=path)
+            a[name].visititems(same)
+    assert_same_ngram_results(_results(full.out), _results(part.out), expect_all_certified=False)
+
+
+def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811
+    model = _opt(tmp_path, "opt")
+    exact = _config(model, corpus, tmp_path / "exact.h5")
+    runner.record(exact, **QUIET)
+    shards = []
+    for i in range(3):
+        shard = _config(model, corpus, tmp_path / f"s{i}.h5", shard=f"{i}/3", ngrams="bounded")
+        runner.record(shard, **QUIET)
+        shards.append(shard.out)
+    with open_counts(shards[0]) as counts, pytest.raises(StoreError, match="second pass"):
+        counts.ngram_table(0, 1)
+    merged = merge_stores(shards, tmp_path / "merged.h5", ngram_memory=1 << 20)
+    with pytest.raises(StoreError, match="ngram_mode"):
+        merge_stores([exact.out, shards[0]], tmp_path / "mixed.h5", ngram_memory=1 << 20)
+    assert "second pass not run" in describe_store(merged)["ngram_mode"]
+    assert main(["analyze", str(merged), "--out", str(tmp_path / "report"), "--no-suppression"]) == 2
+    assert main(["second-pass", str(merged), "--no-progress"]) == 0
+    assert "second pass done" in describe_store(merged)["ngram_mode"]
+    assert_same_ngram_results(_results(exact.out), _results(merged))
+    with pytest.raises(StoreError, match="no second pass"):
+        second_pass(SecondPassConfig(store=exact.out, progress=False), **QUIET)
+
+
+@pytest.mark.parametrize("capacity", [2048, 64])
+def test_planted_opt_bounded_equals_exact_with_suppression(tmp_path, capacity):
+    from fastneurons.demo.command import build_demo_model, check_planted, format_checks, frequent_tokens
+    from fastneurons.demo.stdlib_text import stdlib_text
+    from fastneurons.models.architectures import ModelWeights
+    from fastneurons.models.loading import gpt2_tokenizer, load_model
+    from fastneurons.config import RecordConfig
+
+    corpus = stdlib_text(tmp_path / "stdlib", max_bytes=150_000)
+    spec = build_demo_model(tmp_path / "model", frequent_tokens(corpus, gpt2_tokenizer(), count=9), 128, 0)
+    loaded = load_model(str(tmp_path / "model"))
+    weights = ModelWeights(loaded.model, loaded.arch)
+    results = {}
+    for mode in ("exact", "bounded"):
+        out = tmp_path / f"{mode}.h5"
+        runner.record(RecordConfig(model=str(tmp_path / "model"), corpus=[str(p) for p in corpus], out=str(out),
+                                   tokens="20k", seq_len=128, full_length=True, progress=False, ngrams=mode,
+                                   summary_capacity=capacity), **QUIET)
+        with open_counts(out) as counts:
+            results[mode] = analyze_counts(counts, weights=weights)
+    checks = check_planted(results["bounded"], spec, 128)
+    assert all(c.ok for c in checks), format_checks(checks)
+    exact, bounded = results["exact"], results["bounded"]
+    assert_same_ngram_results(exact, bounded, expect_all_certified=False)
+    # the summaries were pruned (more n-grams than the capacity), and the detectors still came out certified
+    assert any(bounded.coverage[k][layer].certified < bounded.coverage[k][layer].neurons_with_mass
+               for k in bounded.orders for layer in bounded.ngram_layers)
+    assert all(bounded.detectors[k][layer].num_uncertain == 0 for k in bounded.orders for layer in bounded.ngram_layers)
+    for layer, e in exact.suppression.items():
+        b = bounded.suppression[layer]
+        assert b.num_suppressing == e.num_suppressing and b.num_detectors == e.num_detectors
+        np.testing.assert_array_equal(b.trigger_percentile, e.trigger_percentile)
+    assert bounded.suppression_overall.fraction_suppressing == exact.suppression_overall.fraction_suppressing
+
+
+def test_a_store_whose_runs_vanish_while_read_gives_one_clear_error(tmp_path, corpus, monkeypatch):  # noqa: F811
+    """Reading a partial store while its recording compacts or finishes: a StoreError, not an HDF5 error."""
+    model = _opt(tmp_path, "opt")
+    part = _config(model, corpus, tmp_path / "part.h5", ngram_memory="1K")
+    original = runner.CountsWriter.commit
+
+    def failing_commit(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.CountsWriter, "commit", failing_commit)
+    with pytest.raises(KeyboardInterrupt):
+        runner.record(part, **QUIET)
+    with open_counts(part.out) as counts:
+        assert not counts.complete
+        for run in (tmp_path / "part.h5.runs").iterdir():  # what finalize does to the runs
+            run.unlink()
+        with pytest.raises(StoreError, match="changed while being read"):
+            counts.ngram_seen(1)
