@@ -56,6 +56,16 @@ def parse_shard(text) -> tuple[int, int]:
     return index, total
 
 
+def require_finite(config) -> None:
+    """Refuse NaN and infinity in every float field of a settings dataclass, naming the flag.
+
+    A NaN passes every ``<``/``>`` range check (all comparisons are false), so it is refused first."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{item.name.replace('_', '-')} {value}: must be a finite number")
+
+
 def _opt(default, help, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
@@ -102,6 +112,7 @@ class RecordConfig:
         """Check every setting that can be checked without I/O; returns self."""
         if not self.corpus:
             raise ValueError("no corpus files given")
+        require_finite(self)
         if self.tokens is not None:
             parse_count(self.tokens)
         parse_bytes(self.ngram_memory)
@@ -166,6 +177,7 @@ class MergeConfig:
     inputs: list = field(metadata={"help": "counts files to add", "nargs": "+", "positional": True})
     out: str = field(metadata={"help": "output counts file", "flag": "-o"})
     ngram_memory: str = _opt("2G", "RAM for merging n-gram tables")
+    overwrite: bool = _opt(False, "replace an existing -o file (never one of the inputs)")
 
     def validate(self) -> "MergeConfig":
         if len(self.inputs) < 2:
@@ -234,6 +246,8 @@ class DemoConfig:
     progress: bool = _opt(True, "show a progress bar")
 
     def validate(self) -> "DemoConfig":
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be at least 1")
         parse_count(self.tokens)
         parse_bytes(self.corpus_bytes)
         if self.seq_len < 64:
