@@ -132,7 +132,7 @@ def _record(config):
 def _merge(config):
     from fastneurons.store import merge_stores
 
-    path = merge_stores(config.inputs, config.out, cfg.parse_bytes(config.ngram_memory))
+    path = merge_stores(config.inputs, config.out, cfg.parse_bytes(config.ngram_memory), overwrite=config.overwrite)
     print(f"wrote {path}")
 
 

@@ -102,6 +102,8 @@ class RecordConfig:
     dtype: str = _opt("auto", "model dtype: auto (float32 on CPU, float16 on GPU), float32, float16, bfloat16")
     gpu_memory: Optional[str] = _opt(None, "GPU memory budget for weights, e.g. 4G; layers stream when the model does not fit")
     resume: bool = _opt(False, "continue an interrupted run in --out (same settings required; starts it if missing)")
+    rerecord_lost_runs: bool = _opt(False, "with --resume: when n-gram run files of --out are missing or damaged, "
+                                           "record the n-grams of the units they held again (dense counts are kept)")
     shard: Optional[str] = _opt(None, "i/N: record only units i, i+N, ... (merge the shards afterwards)")
     tokenizer: Optional[str] = _opt(None, "tokenizer to use instead of the checkpoint's own")
     bos_id: Optional[int] = _opt(None, "BOS id prepended to each sequence (default: the tokenizer's)")

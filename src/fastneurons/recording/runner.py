@@ -26,7 +26,7 @@ from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams.keys import pack_bits_for_vocab
 from fastneurons.models.offload import LayerStreamer
-from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreError
+from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreError, StoreLock, check_output_path
 
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "torch_dtype", "dtype", "use_cache", "output_hidden_states",
                          "output_attentions", "return_dict", "name_or_path"}
@@ -192,7 +192,7 @@ def build_header(config: RecordConfig, loaded, tokenizer, plan, layers, ngram_la
         "model": {key: value for key, value in loaded.source.items() if key != "config"},
         "compute_dtype": str(dtype).replace("torch.", ""),
         "device": str(device),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(),  # pinned by _pin_threads before the model loads
         "tokenizer": getattr(tokenizer, "name_or_path", "") or "",
         "neuron_definition": archs.neuron_definition(arch, config.threshold, config.gated_product),
         "threshold": float(config.threshold),
@@ -246,12 +246,19 @@ def apply_torchrun(config: RecordConfig, environ=os.environ) -> RecordConfig:
     return config
 
 
-def _pin_threads(threads) -> None:
-    """Fix torch's and numba's thread counts for the whole run (same count -> same float results)."""
+def _pin_threads(threads) -> int:
+    """Fix numba's, then torch's thread count for the whole run (same count -> same float results); returns it.
+
+    numba first: its first ``set_num_threads`` starts its OpenMP layer, which resets the process's
+    OpenMP thread count, torch's included (``--threads 1`` used to run and be stored as 2)."""
     import numba
 
-    torch.set_num_threads(threads or torch.get_num_threads())
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    wanted = threads or torch.get_num_threads()
+    numba.set_num_threads(min(wanted, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(wanted)
+    if torch.get_num_threads() != wanted:
+        raise RecordingError(f"--threads {wanted}: torch runs {torch.get_num_threads()} threads")
+    return wanted
 
 
 FLOAT_SETUP = ("device", "torch_threads")  # not settings (resume allows them) but they can move float sums
@@ -269,8 +276,22 @@ def _warn_if_float_setup_differs(before: dict, meta: dict, log) -> None:
 
 
 def record(config: RecordConfig, log=print) -> Path:
-    """Run a recording described by ``config``; returns the path of the finished store."""
+    """Run a recording described by ``config``; returns the path of the finished store.
+
+    One writer per store: the store's lock is held from before anything is written to the end, and
+    a resume checks the store it continues (readable, its n-gram runs intact) before loading the model."""
     config = apply_torchrun(config.validate())
+    with StoreLock(config.out):
+        if config.resume and Path(config.out).exists():
+            CountsWriter.check_resumable(config.out, rerecord_lost=config.rerecord_lost_runs)
+        elif not config.resume:
+            check_output_path(Path(config.out), "--out")
+            if Path(config.out).exists():
+                raise StoreError(f"{config.out} exists: pass --resume to continue it, or choose another --out")
+        return _record_locked(config, log)
+
+
+def _record_locked(config: RecordConfig, log) -> Path:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     _pin_threads(config.threads)
@@ -292,7 +313,8 @@ def record(config: RecordConfig, log=print) -> Path:
     header = build_header(config, loaded, tokenizer, plan, layers, ngram_layers, seq_len, pack_bits, dtype, device)
     memory = parse_bytes(config.ngram_memory)
     if config.resume and Path(config.out).exists():
-        writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs)
+        writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs,
+                                     rerecord_lost=config.rerecord_lost_runs)
         _warn_if_float_setup_differs(writer.previous_meta, header.meta, log)
     else:
         writer = CountsWriter.create(config.out, header, memory, compress_runs=config.compress_runs)
@@ -300,9 +322,20 @@ def record(config: RecordConfig, log=print) -> Path:
     todo = [u for u in plan.units_for_shard(shard, shards) if not writer.holds(0, u)]
     log(f"recording {len(layers)} layers of {arch.name} on {device} ({str(dtype).replace('torch.', '')}): "
         f"{len(todo)} units to go of {plan.num_units} in the plan -> {config.out}")
+    budget = None if config.gpu_memory is None else parse_bytes(config.gpu_memory)
+    if writer.lost_units:
+        log(f"recording the n-grams of {len(writer.lost_units)} units again (their runs were lost)")
+        scratch = DenseCounts.zeros(len(layers), writer.dense.active.shape[1], seq_len,
+                                    len(writer.header.domain_labels), positions=False)
+        taps = LayerTaps(model, arch, layers, ngram_layers, config.orders, pack_bits, scratch, device,
+                         config.threshold, config.gated_product)
+        try:
+            with LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget), torch.inference_mode():
+                _rerecord_ngrams(config, plan, writer, taps, model, arch, layers[-1], device, memory)
+        finally:
+            taps.remove()
     taps = LayerTaps(model, arch, layers, ngram_layers, config.orders, pack_bits, writer.dense, device,
                      config.threshold, config.gated_product)
-    budget = None if config.gpu_memory is None else parse_bytes(config.gpu_memory)
     try:
         with LayerStreamer(model, arch, device, layers[-1], gpu_memory_bytes=budget), torch.inference_mode():
             _run_units(config, plan, todo, taps, writer, model, arch, layers[-1], device, memory)
@@ -325,15 +358,18 @@ def _run_units(config, plan, todo, taps, writer, model, arch, last_layer, device
     """Run the units in ``todo``; commit at most every ``commit_seconds``; the last commit finalizes."""
     total = sum(_unit_tokens(plan, u) for u in todo)
     last_commit, done, new_runs = time.monotonic(), [], []
+    in_tables = []  # units with n-grams in the tables not yet written to a run
     with _progress(config, total) as bar:
         for position, index in enumerate(todo):
             unit = plan.unit(index)
+            in_tables.append(index)
             for micro in unit.batches:
                 batch, cpu = _batch_tensors(micro, unit.domain, config.count_bos, device)
                 taps.set_batch(batch, cpu)
                 archs.run_until(model, arch, batch.input_ids, batch.attention_mask, last_layer)
                 if taps.ngram_bytes() > memory:
-                    new_runs.append(writer.write_run(*taps.take_tables()))
+                    new_runs.append(writer.write_run(*taps.take_tables(), units=in_tables))
+                    in_tables = [index]
             done.append(index)
             if bar is not None:
                 bar.update(_unit_tokens(plan, index))
@@ -342,9 +378,29 @@ def _run_units(config, plan, todo, taps, writer, model, arch, last_layer, device
                 totals = taps.totals()
                 _check_nans(totals, writer.header.layers)
                 if taps.ngrams:
-                    new_runs.append(writer.write_run(*taps.take_tables()))
+                    new_runs.append(writer.write_run(*taps.take_tables(), units=in_tables))
+                in_tables = []
                 writer.commit(totals, 0, done, new_runs, final=final)
                 last_commit, done, new_runs = time.monotonic(), [], []
+
+
+def _rerecord_ngrams(config, plan, writer, taps, model, arch, last_layer, device, memory) -> None:
+    """Record the n-gram tables of ``writer.lost_units`` again through ``taps``, whose dense counters are
+    thrown away (the store's dense counts already hold those units), and commit them as new runs."""
+    new_runs, in_tables = [], []
+    for index in writer.lost_units:
+        unit = plan.unit(index)
+        in_tables.append(index)
+        for micro in unit.batches:
+            batch, cpu = _batch_tensors(micro, unit.domain, config.count_bos, device)
+            taps.set_batch(batch, cpu)
+            archs.run_until(model, arch, batch.input_ids, batch.attention_mask, last_layer)
+            if taps.ngram_bytes() > memory:
+                new_runs.append(writer.write_run(*taps.take_tables(), units=in_tables))
+                in_tables = [index]
+    new_runs.append(writer.write_run(*taps.take_tables(), units=in_tables))
+    writer.lost_units = []
+    writer.commit(writer.dense, 0, [], new_runs)
 
 
 def _check_nans(totals: DenseCounts, layers) -> None:

@@ -155,12 +155,15 @@ def _write_dense(f: h5py.File, header: Header, dense: DenseCounts, final: bool =
     f["domains"].create_dataset("active", data=dense.domain_active)
 
 
-def _ngram_group(f: h5py.File, header: Header, pending_runs: list) -> h5py.Group:
+def _ngram_group(f: h5py.File, header: Header, pending_runs: list, run_units: Optional[dict] = None) -> h5py.Group:
+    """The /ngrams group; a snapshot also lists its pending runs and the units each one holds."""
     group = f.create_group("ngrams")
     _write_json_attr(group, "layers", header.ngram_layers)
     _write_json_attr(group, "orders", header.orders)
     group.attrs["pack_bits"] = int(header.meta["pack_bits"])
     _write_json_attr(group, "pending_runs", list(pending_runs))
+    if run_units is not None:
+        _write_json_attr(group, "run_units", {name: run_units.get(name) for name in pending_runs})
     return group
 
 
@@ -191,6 +194,15 @@ def _check_file(path: Path) -> None:
         raise StoreError(f"{path}: no such counts file")
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path}: not an HDF5 file (corrupt or not a fastneurons store)")
+
+
+def check_output_path(path: Path, flag: str) -> None:
+    """Refuse an output path that cannot be a store file, naming why (a directory, a file as its folder)."""
+    if path.is_dir():
+        raise StoreError(f"{flag} {path} is a directory: give the path of the counts file, e.g. {path / 'counts.h5'}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise StoreError(f"{flag} {path}: {parent} is a file, not a folder")
 
 
 def read_header(f: h5py.File, path) -> Header:
