@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import typing
 
@@ -162,23 +163,34 @@ def _info(config):
         print(("\n" if i else "") + format_lines(describe_store(path)))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the command stops cleanly, keeping what it committed."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config_cls, _, func = _COMMANDS[args.command]
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         config = _config_from(args, config_cls) if config_cls is not None else None
         func(config)
-    except KeyboardInterrupt:
-        print("fastneurons: interrupted; everything committed so far is kept (continue with --resume)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"fastneurons {args.command}: {'terminated' if isinstance(err, Terminated) else 'interrupted'}; "
+              "everything committed so far is kept (a recording: continue it with --resume)", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     except (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError) as err:
         if getattr(args, "debug", False):
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"fastneurons {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

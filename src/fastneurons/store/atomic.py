@@ -5,6 +5,8 @@ write that fails on a full disk surfaces in h5py's deallocators, where it cannot
 leaves the library in a state where the next flush or close segfaults. HDF5 therefore writes
 through ``GuardedFile``: a Python file object that remembers the first failed write and reports
 success to HDF5, so the library finishes and closes normally; the error is raised once it has.
+For the same reason a Ctrl-C or SIGTERM during a write must not raise inside HDF5's callbacks: it
+stops the writing, lets HDF5 finish, and is delivered once the temporary file is discarded.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import io
 import os
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import h5py
@@ -29,6 +33,7 @@ class GuardedFile(io.RawIOBase):
         super().__init__()
         self._raw = open(path, "w+b", buffering=0)
         self.error = None
+        self.signal = None  # a SIGINT/SIGTERM that arrived inside HDF5's I/O, delivered after the write
 
     def readable(self) -> bool:
         return True
@@ -43,7 +48,7 @@ class GuardedFile(io.RawIOBase):
         return self._raw.readinto(buffer)
 
     def write(self, data) -> int:
-        if self.error is None:
+        if self.error is None and self.signal is None:
             try:
                 return self._raw.write(data)
             except OSError as err:
@@ -95,15 +100,18 @@ def atomic_h5(path: Path, write) -> None:
     except OSError as err:
         raise StoreError(f"cannot write {path}: {_write_failure(err, path)}") from err
     try:
-        with h5py.File(guarded, "w") as f:
+        with _signals_deferred(guarded), h5py.File(guarded, "w") as f:
             write(f)
     except Exception:
-        if guarded.error is None:  # not a failed write: the caller's own error (e.g. an unreadable source)
+        if guarded.error is None and guarded.signal is None:  # the caller's own error (e.g. an unreadable source)
             _discard(guarded, tmp)
             raise
     except BaseException:
         _discard(guarded, tmp)
         raise
+    if guarded.signal is not None:
+        _discard(guarded, tmp)
+        signal.raise_signal(guarded.signal)  # now outside HDF5: Ctrl-C raises KeyboardInterrupt, SIGTERM ends
     try:
         guarded.sync()  # raises the first failed write, also one that made `write` fail above
         guarded.close()
@@ -113,6 +121,38 @@ def atomic_h5(path: Path, write) -> None:
         reason = err.args[0] if isinstance(err, WriteFailed) else err
         raise StoreError(f"cannot write {path}: {_write_failure(reason, path)}") from err
     _fsync_dir(path.parent)
+
+
+_CALLED_BY_HDF5 = {getattr(GuardedFile, name).__code__ for name in ("readinto", "write", "seek", "tell", "truncate",
+                                                                    "flush", "readable", "writable", "seekable")}
+
+
+class _signals_deferred:
+    """While HDF5 writes: a SIGINT or SIGTERM that lands inside HDF5's I/O is noted on the file (which then
+    stops writing) and delivered after the write; one that lands in Python code is delivered at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, guarded: GuardedFile):
+        self.guarded, self.previous = guarded, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        if frame is not None and frame.f_code in _CALLED_BY_HDF5:  # raising here would break HDF5
+            self.guarded.signal = self.guarded.signal or signum
+            return
+        self.__exit__()
+        signal.raise_signal(signum)  # the usual handler, in the Python code it interrupted
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
 
 
 def _discard(guarded, tmp: Path) -> None:
