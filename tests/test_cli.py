@@ -341,10 +341,13 @@ def test_merge_refuses_an_existing_output_unless_overwrite_and_never_an_input(tm
 def test_record_names_an_out_that_is_a_directory_or_exists(tmp_path, capsys):
     """An --out that is a directory used to get "exists: pass --resume"; both are refused before the model loads."""
     base = ["record", "--model", str(tmp_path / "no-model"), "--corpus", "c.txt", "--out"]
+    (tmp_path / "c.txt").write_text("text")
     assert main(base + [str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
     assert main(base + [str(tmp_path), "--resume"]) == 2
     assert "is a directory" in capsys.readouterr().err
+    assert main(base + [str(tmp_path / "c.txt" / "o.h5")]) == 2  # a file where a folder should be
+    assert "is a file, not a folder" in capsys.readouterr().err
     existing = write_store(tmp_path / "s.h5", [0], [], ["d"], [10], [0])
     assert main(base + [str(existing)]) == 2
     assert "exists: pass --resume" in capsys.readouterr().err

@@ -228,3 +228,8 @@ def test_analysis_settings_refuse_non_finite_floats(name, value):
 
 def test_merge_overwrite_defaults_to_off():
     assert MergeConfig(inputs=["a.h5", "b.h5"], out="m.h5").overwrite is False
+
+
+def test_rerecord_lost_runs_implies_resume():
+    assert record_config(rerecord_lost_runs=True).validate().resume is True
+    assert record_config().validate().resume is False

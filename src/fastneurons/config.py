@@ -102,7 +102,7 @@ class RecordConfig:
     dtype: str = _opt("auto", "model dtype: auto (float32 on CPU, float16 on GPU), float32, float16, bfloat16")
     gpu_memory: Optional[str] = _opt(None, "GPU memory budget for weights, e.g. 4G; layers stream when the model does not fit")
     resume: bool = _opt(False, "continue an interrupted run in --out (same settings required; starts it if missing)")
-    rerecord_lost_runs: bool = _opt(False, "with --resume: when n-gram run files of --out are missing or damaged, "
+    rerecord_lost_runs: bool = _opt(False, "implies --resume: when n-gram run files of --out are missing or damaged, "
                                            "record the n-grams of the units they held again (dense counts are kept)")
     shard: Optional[str] = _opt(None, "i/N: record only units i, i+N, ... (merge the shards afterwards)")
     tokenizer: Optional[str] = _opt(None, "tokenizer to use instead of the checkpoint's own")
@@ -145,6 +145,7 @@ class RecordConfig:
             raise ValueError(f"--device {self.device!r}: choose auto, cpu, cuda or cuda:N")
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be at least 1")
+        self.resume = self.resume or self.rerecord_lost_runs  # it continues a store
         return self
 
     @property

@@ -281,11 +281,11 @@ def record(config: RecordConfig, log=print) -> Path:
     One writer per store: the store's lock is held from before anything is written to the end, and
     a resume checks the store it continues (readable, its n-gram runs intact) before loading the model."""
     config = apply_torchrun(config.validate())
+    check_output_path(Path(config.out), "--out")
     with StoreLock(config.out):
         if config.resume and Path(config.out).exists():
             CountsWriter.check_resumable(config.out, rerecord_lost=config.rerecord_lost_runs)
         elif not config.resume:
-            check_output_path(Path(config.out), "--out")
             if Path(config.out).exists():
                 raise StoreError(f"{config.out} exists: pass --resume to continue it, or choose another --out")
         return _record_locked(config, log)
