@@ -351,6 +351,10 @@ def test_record_names_an_out_that_is_a_directory_or_exists(tmp_path, capsys):
     existing = write_store(tmp_path / "s.h5", [0], [], ["d"], [10], [0])
     assert main(base + [str(existing)]) == 2
     assert "exists: pass --resume" in capsys.readouterr().err
+    assert main(base + [str(tmp_path / "c.txt")]) == 2
+    assert "exists and is not a counts store" in capsys.readouterr().err
+    assert main(base + [str(tmp_path / "c.txt"), "--resume"]) == 2
+    assert "not an HDF5 file" in capsys.readouterr().err and (tmp_path / "c.txt").read_text() == "text"
 
 
 def test_info_says_who_writes_a_store(tmp_path, capsys):

@@ -286,8 +286,7 @@ def record(config: RecordConfig, log=print) -> Path:
         if config.resume and Path(config.out).exists():
             CountsWriter.check_resumable(config.out, rerecord_lost=config.rerecord_lost_runs)
         elif not config.resume:
-            if Path(config.out).exists():
-                raise StoreError(f"{config.out} exists: pass --resume to continue it, or choose another --out")
+            CountsWriter.check_new(config.out)
         return _record_locked(config, log)
 
 

@@ -55,9 +55,8 @@ class CountsWriter:
     def create(cls, path, header: Header, ngram_memory: int, overwrite: bool = False,
                compress_runs: bool = False) -> "CountsWriter":
         path = Path(path)
-        check_output_path(path, "--out")
-        if path.exists() and not overwrite:
-            raise StoreError(f"{path} exists: pass --resume to continue it, or choose another --out")
+        if not overwrite:
+            cls.check_new(path)
         if runs_dir(path).exists():
             shutil.rmtree(runs_dir(path))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +97,16 @@ class CountsWriter:
         if stored.complete and stored.has_tables:
             writer._tables_to_run()
         return writer
+
+    @staticmethod
+    def check_new(path) -> None:
+        """Refuse a new store's path that is a directory or an existing file, naming which."""
+        path = Path(path)
+        check_output_path(path, "--out")
+        if path.exists() and not h5py.is_hdf5(path):
+            raise StoreError(f"{path} exists and is not a counts store: choose another --out")
+        if path.exists():
+            raise StoreError(f"{path} exists: pass --resume to continue it, or choose another --out")
 
     @staticmethod
     def check_resumable(path, rerecord_lost: bool = False) -> None:
