@@ -5,8 +5,10 @@ continues an unfinished store and refuses another setting or corpus; unreadable 
 files are refused with a StoreError; adding and merging stores sums counters exactly and refuses
 overlapping units and incompatible settings. Recording end to end is tested in tests/test_runner.py.
 """
+import errno
 import json
 import os
+import signal
 
 import h5py
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 from fastneurons.ngrams.accumulator import SeenTable, Table
 from fastneurons.store import (Corpus, CountsWriter, DenseCounts, Header, StoreError, StoreLock, add_stores,
                                compatibility_problem, merge_stores, open_counts, runs_dir, table_path)
+from fastneurons.store import atomic
 from fastneurons.store.lock import lock_path
 
 LAYERS = [3, 7]  # not 0..L-1: rows of the dense arrays must map to these layer numbers
@@ -483,3 +486,78 @@ def test_a_reader_keeps_its_snapshot_while_the_writer_compacts_and_finishes(tmp_
         writer.finalize()
         assert not runs_dir(path).exists() and counts.units_held == 1
         assert_tables(counts, parts[0][2])
+
+
+class _FullDisk:
+    """A raw file that takes ``room`` bytes, then fails like a full disk (ENOSPC)."""
+
+    def __init__(self, raw, room):
+        self.raw, self.room = raw, room
+
+    def write(self, data):
+        if self.room < len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.raw.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk(room)``: from now on every store file written gets ``room`` bytes."""
+    def limit(room):
+        original = atomic.GuardedFile.__init__
+
+        def init(self, path):
+            original(self, path)
+            self._raw = _FullDisk(self._raw, room)
+        monkeypatch.setattr(atomic.GuardedFile, "__init__", init)
+    return limit
+
+
+@pytest.mark.parametrize("step", ["snapshot", "run", "compaction", "finalize", "merge"])
+def test_every_write_path_fails_with_one_line_and_keeps_the_last_commit(tmp_path, full_disk, step):
+    """A failed write used to end in h5py "Exception ignored" tracebacks and a segfault (run writes,
+    compaction); every path now raises the one `cannot write` StoreError and leaves the store as it was."""
+    path = tmp_path / "s.h5"
+    writer = CountsWriter.create(path, make_header(), MEMORY)
+    runs = [writer.write_run(*random_tables(seed)[:2], units=[0]) for seed in range(16 if step == "compaction" else 1)]
+    writer.commit(random_dense(1), 0, [0], runs)
+    other = tmp_path / "other.h5"
+    if step == "merge":
+        writer.finalize()
+        finished_store(other, make_header(), random_dense(2), [1], random_tables(30)[:2])
+    before = path.read_bytes()
+    full_disk(2000)
+    action = {"snapshot": lambda: writer.commit(random_dense(3), 0, [1]),
+              "run": lambda: writer.write_run(*random_tables(40)[:2], units=[1]),
+              "compaction": lambda: writer.compact(),
+              "finalize": lambda: writer.finalize(),
+              "merge": lambda: merge_stores([path, other], tmp_path / "m.h5", MEMORY)}[step]
+    with pytest.raises(StoreError, match="cannot write .*: No space left on device.*nothing committed was lost"):
+        action()
+    assert path.read_bytes() == before and not list(tmp_path.rglob("*.tmp"))
+    with open_counts(path) as counts:
+        assert counts.units_held == 1
+
+
+def test_ctrl_c_during_a_write_discards_it_and_keeps_the_last_commit(tmp_path):
+    path = tmp_path / "s.h5"
+    writer = CountsWriter.create(path, make_header(), MEMORY)
+    writer.commit(random_dense(1), 0, [0])
+    before = path.read_bytes()
+
+    def interrupted(f):
+        f.create_dataset("x", data=np.arange(1000))
+        signal.raise_signal(signal.SIGINT)  # lands in Python code: raised at once, HDF5 closes normally
+        f.create_dataset("y", data=np.arange(1000))
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic.atomic_h5(path, interrupted)
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    writer.commit(random_dense(2), 0, [1])  # and writing goes on
+    with open_counts(path) as counts:
+        assert counts.units_held == 2
