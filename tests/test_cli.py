@@ -362,3 +362,11 @@ def test_info_says_who_writes_a_store(tmp_path, capsys):
     with StoreLock(store):
         assert main(["info", str(store)]) == 0
         assert f"being written by pid {os.getpid()} " in info_blocks(capsys.readouterr().out)[0]["state"]
+
+
+def test_demo_refuses_a_folder_holding_a_demo_before_rewriting_it(tmp_path, capsys):
+    """A second demo into the same folder used to rewrite its corpus and model, then fail at counts.h5."""
+    write_store(tmp_path / "counts.h5", [0], [], ["d"], [10], [0])
+    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "counts.h5 exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counts.h5"]
