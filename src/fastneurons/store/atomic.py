@@ -95,31 +95,31 @@ def atomic_h5(path: Path, write) -> None:
     from fastneurons.store.format import StoreError
 
     tmp = path.with_name(path.name + ".tmp")
-    try:
+    guarded, stage = None, "open"
+    try:  # whatever stops it (a failure, Ctrl-C even during fsync), the temporary file goes
         guarded = GuardedFile(tmp)
-    except OSError as err:
-        raise StoreError(f"cannot write {path}: {_write_failure(err, path)}") from err
-    try:
-        with _signals_deferred(guarded), h5py.File(guarded, "w") as f:
-            write(f)
-    except Exception:
-        if guarded.error is None and guarded.signal is None:  # the caller's own error (e.g. an unreadable source)
-            _discard(guarded, tmp)
-            raise
-    except BaseException:
-        _discard(guarded, tmp)
-        raise
-    if guarded.signal is not None:
-        _discard(guarded, tmp)
-        signal.raise_signal(guarded.signal)  # now outside HDF5: Ctrl-C raises KeyboardInterrupt, SIGTERM ends
-    try:
+        stage = "write"
+        try:
+            with _signals_deferred(guarded), h5py.File(guarded, "w") as f:
+                write(f)
+        except Exception:
+            if guarded.error is None and guarded.signal is None:
+                raise  # not a failed write: the caller's own error (e.g. an unreadable source)
+        if guarded.signal is not None:
+            signal.raise_signal(guarded.signal)  # now outside HDF5: Ctrl-C raises KeyboardInterrupt
+        stage = "commit"
         guarded.sync()  # raises the first failed write, also one that made `write` fail above
         guarded.close()
         os.replace(tmp, path)  # fails for an output path that is a directory
     except OSError as err:
         _discard(guarded, tmp)
+        if stage == "write":
+            raise
         reason = err.args[0] if isinstance(err, WriteFailed) else err
         raise StoreError(f"cannot write {path}: {_write_failure(reason, path)}") from err
+    except BaseException:
+        _discard(guarded, tmp)
+        raise
     _fsync_dir(path.parent)
 
 
