@@ -167,15 +167,21 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the command stops cleanly, keeping what it committed."""
 
 
-def _terminate(signum, frame):
-    raise Terminated()
+def _stop(signum, frame):
+    """SIGINT / SIGTERM: stop where raising is safe (never inside HDF5's callbacks or a finalizer)."""
+    from fastneurons.store.atomic import deliver_later, unsafe_to_raise
+
+    if unsafe_to_raise(frame):
+        deliver_later(signum)
+        return
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config_cls, _, func = _COMMANDS[args.command]
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         config = _config_from(args, config_cls) if config_cls is not None else None
         func(config)
@@ -190,7 +196,8 @@ def main(argv=None) -> int:
         print(f"fastneurons {args.command}: error: {message}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 

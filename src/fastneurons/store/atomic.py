@@ -5,8 +5,9 @@ write that fails on a full disk surfaces in h5py's deallocators, where it cannot
 leaves the library in a state where the next flush or close segfaults. HDF5 therefore writes
 through ``GuardedFile``: a Python file object that remembers the first failed write and reports
 success to HDF5, so the library finishes and closes normally; the error is raised once it has.
-For the same reason a Ctrl-C or SIGTERM during a write must not raise inside HDF5's callbacks: it
-stops the writing, lets HDF5 finish, and is delivered once the temporary file is discarded.
+For the same reason a Ctrl-C or SIGTERM during a write must not raise inside HDF5's callbacks (nor in
+a finalizer, where it would be swallowed): it is raised only in ordinary Python code, and sent again
+a moment later when it lands elsewhere.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ class GuardedFile(io.RawIOBase):
         super().__init__()
         self._raw = open(path, "w+b", buffering=0)
         self.error = None
-        self.signal = None  # a SIGINT/SIGTERM that arrived inside HDF5's I/O, delivered after the write
 
     def readable(self) -> bool:
         return True
@@ -48,7 +48,7 @@ class GuardedFile(io.RawIOBase):
         return self._raw.readinto(buffer)
 
     def write(self, data) -> int:
-        if self.error is None and self.signal is None:
+        if self.error is None:
             try:
                 return self._raw.write(data)
             except OSError as err:
@@ -103,10 +103,8 @@ def atomic_h5(path: Path, write) -> None:
             with _signals_deferred(guarded), h5py.File(guarded, "w") as f:
                 write(f)
         except Exception:
-            if guarded.error is None and guarded.signal is None:
+            if guarded.error is None:
                 raise  # not a failed write: the caller's own error (e.g. an unreadable source)
-        if guarded.signal is not None:
-            signal.raise_signal(guarded.signal)  # now outside HDF5: Ctrl-C raises KeyboardInterrupt
         stage = "commit"
         guarded.sync()  # raises the first failed write, also one that made `write` fail above
         guarded.close()
@@ -127,9 +125,30 @@ _CALLED_BY_HDF5 = {getattr(GuardedFile, name).__code__ for name in ("readinto", 
                                                                     "flush", "readable", "writable", "seekable")}
 
 
+def unsafe_to_raise(frame) -> bool:
+    """Whether an exception raised in ``frame`` would break HDF5 (its I/O callbacks) or be swallowed
+    (a finalizer or weakref callback prints "Exception ignored" and the program goes on)."""
+    for _ in range(8):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code in _CALLED_BY_HDF5 or code.co_name == "__del__" or code.co_filename.endswith(
+                ("weakref.py", "_weakrefset.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def deliver_later(signum) -> None:
+    """Send ``signum`` to this process again shortly, so that it lands in code where it can be raised."""
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
 class _signals_deferred:
-    """While HDF5 writes: a SIGINT or SIGTERM that lands inside HDF5's I/O is noted on the file (which then
-    stops writing) and delivered after the write; one that lands in Python code is delivered at once."""
+    """While HDF5 writes, a SIGINT or SIGTERM is raised only where that is safe (see ``unsafe_to_raise``);
+    one that lands elsewhere is sent again a moment later."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -143,11 +162,15 @@ class _signals_deferred:
         return self
 
     def _note(self, signum, frame) -> None:
-        if frame is not None and frame.f_code in _CALLED_BY_HDF5:  # raising here would break HDF5
-            self.guarded.signal = self.guarded.signal or signum
+        if unsafe_to_raise(frame):
+            deliver_later(signum)
+            return
+        previous = self.previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)  # e.g. Python's KeyboardInterrupt, or the CLI's handler
             return
         self.__exit__()
-        signal.raise_signal(signum)  # the usual handler, in the Python code it interrupted
+        signal.raise_signal(signum)  # the default action (SIGTERM ends the process)
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self.previous.items():
