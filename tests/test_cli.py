@@ -8,6 +8,7 @@ describes the installation or hand-made counts stores (no model is loaded anywhe
 """
 import argparse
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from fastneurons.cli import _COMMANDS, _config_from, build_parser, main
 from fastneurons.config import (AnalyzeConfig, BenchConfig, DemoConfig, ExportConfig, InfoConfig, LapeConfig,
                                 MergeConfig, PlanConfig, RecordConfig, SecondPassConfig, ShowConfig)
 from fastneurons.info import _ranges
-from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header
+from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreLock, open_counts
 
 CLASSES = {"record": RecordConfig, "merge": MergeConfig, "analyze": AnalyzeConfig, "demo": DemoConfig,
            "bench": BenchConfig, "info": InfoConfig, "show": ShowConfig, "export": ExportConfig, "lape": LapeConfig,
@@ -317,3 +318,74 @@ def test_bench_flags_are_parsed_here_and_bad_ones_exit_2(capsys, argv, message):
 
     assert bench_main(argv) == 2  # python -m fastneurons.bench goes through cli.main
     assert message in capsys.readouterr().err
+@pytest.mark.parametrize("argv, reason", [
+    (["record", "--model", "m", "--corpus", "c.txt", "--out", "{tmp}/o.h5", "--threshold", "nan"], "--threshold nan"),
+    (["record", "--model", "m", "--corpus", "c.txt", "--out", "{tmp}/o.h5", "--commit-seconds", "nan"], "--commit-seconds"),
+    (["record", "--model", "m", "--corpus", "c.txt", "--out", "{tmp}/o.h5", "--commit-seconds", "inf"], "--commit-seconds"),
+    (["analyze", "c.h5", "--out", "{tmp}/report", "--smooth", "nan"], "--smooth nan"),
+    (["analyze", "c.h5", "--out", "{tmp}/report", "--smooth", "inf"], "--smooth inf"),
+    (["analyze", "c.h5", "--out", "{tmp}/report", "--mi-threshold", "nan"], "--mi-threshold nan"),
+])
+def test_non_finite_settings_are_refused_before_any_file_is_touched(tmp_path, argv, reason, capsys):
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert reason in err and "finite" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # no store, no half report folder
+
+
+def test_merge_refuses_an_existing_output_unless_overwrite_and_never_an_input(tmp_path, capsys):
+    """`merge -o` used to replace any existing file (a store, notes.txt) silently, exit 0."""
+    a = write_store(tmp_path / "a.h5", [0], [], ["d"], [10], [0, 1])
+    b = write_store(tmp_path / "b.h5", [0], [], ["d"], [5], [2])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert main(["merge", str(a), str(b), "-o", str(notes)]) == 2
+    assert f"{notes} exists" in capsys.readouterr().err and notes.read_text() == "my notes"
+    before = a.read_bytes()
+    assert main(["merge", str(a), str(b), "-o", str(a), "--overwrite"]) == 2
+    assert "one of its inputs" in capsys.readouterr().err and a.read_bytes() == before
+    link = tmp_path / "a-link.h5"
+    os.link(a, link)  # another name of an input is that input
+    assert main(["merge", str(a), str(b), "-o", str(link), "--overwrite"]) == 2
+    assert "one of its inputs" in capsys.readouterr().err and a.read_bytes() == before
+    assert main(["merge", str(a), str(b), "-o", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["merge", str(a), str(b), "-o", str(notes), "--overwrite"]) == 0
+    with open_counts(notes) as counts:
+        assert counts.complete and counts.units_held == 3 and counts.tokens == 15
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-link.h5", "a.h5", "b.h5", "notes.txt"]  # no lock left
+
+
+def test_record_names_an_out_that_is_a_directory_or_exists(tmp_path, capsys):
+    """An --out that is a directory used to get "exists: pass --resume"; both are refused before the model loads."""
+    base = ["record", "--model", str(tmp_path / "no-model"), "--corpus", "c.txt", "--out"]
+    (tmp_path / "c.txt").write_text("text")
+    assert main(base + [str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(base + [str(tmp_path), "--resume"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(base + [str(tmp_path / "c.txt" / "o.h5")]) == 2  # a file where a folder should be
+    assert "is a file, not a folder" in capsys.readouterr().err
+    existing = write_store(tmp_path / "s.h5", [0], [], ["d"], [10], [0])
+    assert main(base + [str(existing)]) == 2
+    assert "exists: pass --resume" in capsys.readouterr().err
+    assert main(base + [str(tmp_path / "c.txt")]) == 2
+    assert "exists and is not a counts store" in capsys.readouterr().err
+    assert main(base + [str(tmp_path / "c.txt"), "--resume"]) == 2
+    assert "not an HDF5 file" in capsys.readouterr().err and (tmp_path / "c.txt").read_text() == "text"
+
+
+def test_info_says_who_writes_a_store(tmp_path, capsys):
+    store = write_store(tmp_path / "s.h5", [0], [], ["d"], [10], [0], final=False)
+    with StoreLock(store):
+        assert main(["info", str(store)]) == 0
+        assert f"being written by pid {os.getpid()} " in info_blocks(capsys.readouterr().out)[0]["state"]
+
+
+def test_demo_refuses_a_folder_holding_a_demo_before_rewriting_it(tmp_path, capsys):
+    """A second demo into the same folder used to rewrite its corpus and model, then fail at counts.h5."""
+    write_store(tmp_path / "counts.h5", [0], [], ["d"], [10], [0])
+    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "counts.h5 exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counts.h5"]

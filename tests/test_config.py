@@ -205,3 +205,31 @@ def test_demo_validate():
 def test_record_validate_refuses_bad_ngram_layers(ngram_layers):
     with pytest.raises(ValueError, match="--ngram-layers"):
         record_config(ngram_layers=ngram_layers).validate()
+
+
+@pytest.mark.parametrize("name", ["threshold", "commit_seconds"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_record_refuses_non_finite_floats(name, value):
+    """NaN passes every range check (all comparisons are false): --threshold nan used to make a 0-unit
+    store before the kernel refused it, --commit-seconds nan disabled intermediate commits."""
+    with pytest.raises(ValueError, match=f"--{name.replace('_', '-')} .*finite"):
+        record_config(**{name: value}).validate()
+
+
+@pytest.mark.parametrize("name", ["smooth", "mi_threshold", "coverage", "cover_rate", "log_base", "eps_weak",
+                                  "null_quantile"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_analysis_settings_refuse_non_finite_floats(name, value):
+    from fastneurons.analysis.pipeline import AnalysisSettings
+
+    with pytest.raises(ValueError, match="finite"):
+        AnalyzeConfig(counts=["c.h5"], settings=AnalysisSettings(**{name: value})).validate()
+
+
+def test_merge_overwrite_defaults_to_off():
+    assert MergeConfig(inputs=["a.h5", "b.h5"], out="m.h5").overwrite is False
+
+
+def test_rerecord_lost_runs_implies_resume():
+    assert record_config(rerecord_lost_runs=True).validate().resume is True
+    assert record_config().validate().resume is False

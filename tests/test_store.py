@@ -5,15 +5,20 @@ continues an unfinished store and refuses another setting or corpus; unreadable 
 files are refused with a StoreError; adding and merging stores sums counters exactly and refuses
 overlapping units and incompatible settings. Recording end to end is tested in tests/test_runner.py.
 """
+import errno
 import json
+import os
+import signal
 
 import h5py
 import numpy as np
 import pytest
 
 from fastneurons.ngrams.accumulator import SeenTable, Table
-from fastneurons.store import (Corpus, CountsWriter, DenseCounts, Header, StoreError, add_stores,
+from fastneurons.store import (Corpus, CountsWriter, DenseCounts, Header, StoreError, StoreLock, add_stores,
                                compatibility_problem, merge_stores, open_counts, runs_dir, table_path)
+from fastneurons.store import atomic
+from fastneurons.store.lock import lock_path
 
 LAYERS = [3, 7]  # not 0..L-1: rows of the dense arrays must map to these layer numbers
 NEURONS, POSITIONS = 5, 6
@@ -383,3 +388,176 @@ def test_missing_output_folders_are_created(tmp_path):
     merged = merge_stores([a, b], tmp_path / "out" / "all.h5", ngram_memory=MEMORY)
     with open_counts(merged) as counts:
         assert counts.complete and counts.units_held == 2
+
+
+def _labelled_header(labels, sha="same-bytes", fingerprint=None):
+    domains = [{"label": label, "path": f"{label}.txt", "sha256": sha, "kind": "text"} for label in labels]
+    manifest = {"domains": domains, "settings": {"max_tokens": None}}
+    fingerprint = fingerprint or "fp-" + "-".join(labels) + sha
+    return Header(make_meta(), None, [Corpus(fingerprint, manifest, np.zeros(UNITS, bool), len(labels))], list(labels))
+
+
+@pytest.mark.parametrize("labels, sha, message", [
+    (["code", "other"], "same-bytes", "domain 'prosé' is now labelled 'other'; the contents are the same"),
+    (["code", "prosé"], "other-bytes", "the contents of code.txt differ"),
+    (["code"], "same-bytes", "recorded on 2 corpus files, 1 are given"),
+])
+def test_resume_names_how_the_corpus_differs(tmp_path, labels, sha, message):
+    """The same corpus under another file name used to be blamed on its contents."""
+    path = tmp_path / "r.h5"
+    CountsWriter.create(path, _labelled_header(LABELS), MEMORY).commit(random_dense(16), 0, [0])
+    with pytest.raises(StoreError, match="the corpus differs") as err:
+        CountsWriter.resume(path, _labelled_header(labels, sha), MEMORY)
+    assert message in str(err.value)
+
+
+def test_one_writer_per_store(tmp_path):
+    path = tmp_path / "s.h5"
+    with StoreLock(path):
+        assert lock_path(path).read_text().startswith(f"pid {os.getpid()} on ")
+        with pytest.raises(StoreError, match=f"s.h5 is being written by pid {os.getpid()} on "):
+            StoreLock(path).acquire()
+    assert not lock_path(path).exists()
+    lock_path(path).write_text("pid 1 on a-crashed-host\n")  # left by a killed writer: the lock is free
+    with StoreLock(path):
+        assert lock_path(path).read_text().startswith(f"pid {os.getpid()} ")
+
+
+def _store_with_runs(path, units_per_run):
+    writer = CountsWriter.create(path, make_header(), MEMORY)
+    runs = [writer.write_run(*random_tables(seed)[:2], units=units) for seed, units in enumerate(units_per_run)]
+    writer.commit(random_dense(1), 0, sorted(set().union(*map(set, units_per_run))), runs)
+    return runs
+
+
+def test_lost_runs_are_refused_before_work_or_their_units_rerecorded(tmp_path):
+    """A missing or cut-off run used to surface only at the final merge, as a raw HDF5 error, after every
+    remaining unit had been recorded; and every later resume redid the work and failed again."""
+    path = tmp_path / "r.h5"
+    runs = _store_with_runs(path, [[0], [1], [1, 2], [3]])  # unit 1 spans runs 1 and 2
+    with h5py.File(path, "r") as f:
+        assert json.loads(f["ngrams"].attrs["run_units"]) == dict(zip(runs, [[0], [1], [1, 2], [3]]))
+    (runs_dir(path) / runs[1]).unlink()
+    before = path.read_bytes()
+    for check in (lambda: CountsWriter.check_resumable(path), lambda: CountsWriter.resume(path, make_header(), MEMORY)):
+        with pytest.raises(StoreError, match=f"{runs[1]} \\(missing\\).*--rerecord-lost-runs.*2 units"):
+            check()
+    assert path.read_bytes() == before and (runs_dir(path) / runs[2]).exists()
+    with open_counts(path) as counts:
+        assert counts.lost_runs == {runs[1]: "missing"}
+    writer = CountsWriter.resume(path, make_header(), MEMORY, rerecord_lost=True)
+    assert writer.lost_units == [1, 2] and writer.pending == [runs[0], runs[3]]  # run 2 shares unit 1: dropped
+    assert not (runs_dir(path) / runs[2]).exists()
+    with pytest.raises(StoreError, match="cannot be finished"):
+        writer.finalize()
+
+
+def test_damaged_run_and_runs_of_unknown_units_cost_every_unit(tmp_path):
+    path = tmp_path / "r.h5"
+    runs = _store_with_runs(path, [[0], [1]])
+    run = runs_dir(path) / runs[0]
+    run.write_bytes(run.read_bytes()[:1000])
+    with pytest.raises(StoreError, match=f"{runs[0]} \\(damaged"):
+        CountsWriter.resume(path, make_header(), MEMORY)
+    with h5py.File(path, "r+") as f:  # a store written before runs listed their units
+        del f["ngrams"].attrs["run_units"]
+    writer = CountsWriter.resume(path, make_header(), MEMORY, rerecord_lost=True)
+    assert writer.lost_units == [0, 1] and writer.pending == []
+
+
+def test_compaction_keeps_the_units_of_its_runs(tmp_path):
+    path = tmp_path / "c.h5"
+    writer = CountsWriter.create(path, make_header(), MEMORY)
+    runs = [writer.write_run(*random_tables(seed)[:2], units=[seed % UNITS]) for seed in range(17)]
+    writer.commit(random_dense(2), 0, range(UNITS), runs)
+    assert len(writer.pending) == 1
+    with h5py.File(path, "r") as f:
+        assert json.loads(f["ngrams"].attrs["run_units"]) == {writer.pending[0]: list(range(UNITS))}
+
+
+def test_a_reader_keeps_its_snapshot_while_the_writer_compacts_and_finishes(tmp_path):
+    """Runs are opened with the store: a compaction or the final merge deleting them does not break a reader."""
+    path = tmp_path / "s.h5"
+    writer = CountsWriter.create(path, make_header(), MEMORY)
+    parts = [random_tables(seed) for seed in range(17)]
+    writer.commit(random_dense(3), 0, [0], [writer.write_run(*parts[0][:2])])
+    with open_counts(path) as counts:
+        writer.commit(random_dense(4), 0, [1], [writer.write_run(*part[:2]) for part in parts[1:]])  # compacts
+        writer.finalize()
+        assert not runs_dir(path).exists() and counts.units_held == 1
+        assert_tables(counts, parts[0][2])
+
+
+class _FullDisk:
+    """A raw file that takes ``room`` bytes, then fails like a full disk (ENOSPC)."""
+
+    def __init__(self, raw, room):
+        self.raw, self.room = raw, room
+
+    def write(self, data):
+        if self.room < len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.raw.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk(room)``: from now on every store file written gets ``room`` bytes."""
+    def limit(room):
+        original = atomic.GuardedFile.__init__
+
+        def init(self, path):
+            original(self, path)
+            self._raw = _FullDisk(self._raw, room)
+        monkeypatch.setattr(atomic.GuardedFile, "__init__", init)
+    return limit
+
+
+@pytest.mark.parametrize("step", ["snapshot", "run", "compaction", "finalize", "merge"])
+def test_every_write_path_fails_with_one_line_and_keeps_the_last_commit(tmp_path, full_disk, step):
+    """A failed write used to end in h5py "Exception ignored" tracebacks and a segfault (run writes,
+    compaction); every path now raises the one `cannot write` StoreError and leaves the store as it was."""
+    path = tmp_path / "s.h5"
+    writer = CountsWriter.create(path, make_header(), MEMORY)
+    runs = [writer.write_run(*random_tables(seed)[:2], units=[0]) for seed in range(16 if step == "compaction" else 1)]
+    writer.commit(random_dense(1), 0, [0], runs)
+    other = tmp_path / "other.h5"
+    if step == "merge":
+        writer.finalize()
+        finished_store(other, make_header(), random_dense(2), [1], random_tables(30)[:2])
+    before = path.read_bytes()
+    full_disk(2000)
+    action = {"snapshot": lambda: writer.commit(random_dense(3), 0, [1]),
+              "run": lambda: writer.write_run(*random_tables(40)[:2], units=[1]),
+              "compaction": lambda: writer.compact(),
+              "finalize": lambda: writer.finalize(),
+              "merge": lambda: merge_stores([path, other], tmp_path / "m.h5", MEMORY)}[step]
+    with pytest.raises(StoreError, match="cannot write .*: No space left on device.*nothing committed was lost"):
+        action()
+    assert path.read_bytes() == before and not list(tmp_path.rglob("*.tmp"))
+    with open_counts(path) as counts:
+        assert counts.units_held == 1
+
+
+def test_ctrl_c_during_a_write_discards_it_and_keeps_the_last_commit(tmp_path):
+    path = tmp_path / "s.h5"
+    writer = CountsWriter.create(path, make_header(), MEMORY)
+    writer.commit(random_dense(1), 0, [0])
+    before = path.read_bytes()
+
+    def interrupted(f):
+        f.create_dataset("x", data=np.arange(1000))
+        signal.raise_signal(signal.SIGINT)  # lands in Python code: raised at once, HDF5 closes normally
+        f.create_dataset("y", data=np.arange(1000))
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic.atomic_h5(path, interrupted)
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    writer.commit(random_dense(2), 0, [1])  # and writing goes on
+    with open_counts(path) as counts:
+        assert counts.units_held == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import typing
 
@@ -148,7 +149,7 @@ def _second_pass(config):
 def _merge(config):
     from fastneurons.store import merge_stores
 
-    path = merge_stores(config.inputs, config.out, cfg.parse_bytes(config.ngram_memory))
+    path = merge_stores(config.inputs, config.out, cfg.parse_bytes(config.ngram_memory), overwrite=config.overwrite)
     print(f"wrote {path}")
 
 
@@ -207,25 +208,41 @@ def _lape(config):
     from fastneurons.reporting.export import lape_report
 
     print(lape_report(config))
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the command stops cleanly, keeping what it committed."""
+
+
+def _stop(signum, frame):
+    """SIGINT / SIGTERM: stop where raising is safe (never inside HDF5's callbacks or a finalizer)."""
+    from fastneurons.store.atomic import deliver_later, unsafe_to_raise
+
+    if unsafe_to_raise(frame):
+        deliver_later(signum)
+        return
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config_cls, _, func = _COMMANDS[args.command]
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         config = _config_from(args, config_cls) if config_cls is not None else None
         func(config)
-    except KeyboardInterrupt:
-        print("fastneurons: interrupted; everything committed so far is kept (continue with --resume)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"fastneurons {args.command}: {'terminated' if isinstance(err, Terminated) else 'interrupted'}; "
+              "everything committed so far is kept (a recording: continue it with --resume)", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     except (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError) as err:
         if getattr(args, "debug", False):
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"fastneurons {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 

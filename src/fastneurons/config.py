@@ -56,6 +56,16 @@ def parse_shard(text) -> tuple[int, int]:
     return index, total
 
 
+def require_finite(config) -> None:
+    """Refuse NaN and infinity in every float field of a settings dataclass, naming the flag.
+
+    A NaN passes every ``<``/``>`` range check (all comparisons are false), so it is refused first."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{item.name.replace('_', '-')} {value}: must be a finite number")
+
+
 def _opt(default, help, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
@@ -101,6 +111,8 @@ class RecordConfig:
     weights: str = _opt("auto", "eager (load the whole checkpoint), lazy (safetensors read layer by layer from an mmap: "
                                 "host RAM holds a few layers) or auto (lazy when the checkpoint exceeds half the free RAM)")
     resume: bool = _opt(False, "continue an interrupted run in --out (same settings required; starts it if missing)")
+    rerecord_lost_runs: bool = _opt(False, "implies --resume: when n-gram run files of --out are missing or damaged, "
+                                           "record the n-grams of the units they held again (dense counts are kept)")
     shard: Optional[str] = _opt(None, "i/N: record only units i, i+N, ... (merge the shards afterwards)")
     tokenizer: Optional[str] = _opt(None, "tokenizer to use instead of the checkpoint's own")
     bos_id: Optional[int] = _opt(None, "BOS id prepended to each sequence (default: the tokenizer's)")
@@ -111,6 +123,7 @@ class RecordConfig:
         """Check every setting that can be checked without I/O; returns self."""
         if not self.corpus:
             raise ValueError("no corpus files given")
+        require_finite(self)
         if self.tokens is not None:
             parse_count(self.tokens)
         parse_bytes(self.ngram_memory)
@@ -149,6 +162,7 @@ class RecordConfig:
             parse_count(self.block_tokens)
         if self.weights not in ("auto", "eager", "lazy"):
             raise ValueError(f"--weights {self.weights!r}: choose auto, eager or lazy")
+        self.resume = self.resume or self.rerecord_lost_runs  # it continues a store
         return self
 
     @property
@@ -251,6 +265,7 @@ class MergeConfig:
     inputs: list = field(metadata={"help": "counts files to add", "nargs": "+", "positional": True})
     out: str = field(metadata={"help": "output counts file", "flag": "-o"})
     ngram_memory: str = _opt("2G", "RAM for merging n-gram tables")
+    overwrite: bool = _opt(False, "replace an existing -o file (never one of the inputs)")
 
     def validate(self) -> "MergeConfig":
         if len(self.inputs) < 2:
@@ -366,6 +381,8 @@ class DemoConfig:
     progress: bool = _opt(True, "show a progress bar")
 
     def validate(self) -> "DemoConfig":
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be at least 1")
         parse_count(self.tokens)
         parse_bytes(self.corpus_bytes)
         if self.seq_len < 64:

@@ -92,7 +92,7 @@ def describe_store(path) -> dict:
         planned = [int(c.units.size) for c in header.corpora]
         return {
             "store": str(path),
-            "state": "complete" if counts.complete else "partial (continue it with record --resume)",
+            "state": _state(path, counts),
             "units": " + ".join(f"{held}/{total}" for held, total in zip(units, planned)),
             "tokens": counts.tokens,
             "model": meta.get("model", {}).get("spec") or meta.get("model", {}).get("path", ""),
@@ -118,6 +118,19 @@ def _ngram_mode(counts) -> str:
         return "exact"
     done = "second pass done" if counts.second_pass_done else "second pass not run (fastneurons second-pass)"
     return f"bounded (summary capacity {counts.metadata.get('summary_capacity')}; {done})"
+def _state(path, counts) -> str:
+    """complete, partial (and how to continue it), or being written (by whom)."""
+    from fastneurons.store.lock import writer_of
+
+    if counts.complete:
+        return "complete"
+    holder = writer_of(path)
+    if holder:
+        return f"partial, being written by {holder}"
+    if counts.lost_runs:
+        lost = ", ".join(f"{name} ({problem})" for name, problem in counts.lost_runs.items())
+        return f"partial, n-gram runs lost: {lost}; continue it with record --resume --rerecord-lost-runs"
+    return "partial (continue it with record --resume)"
 
 
 def _ranges(values) -> str:

@@ -45,6 +45,9 @@ class AnalysisSettings:
 
     def validate(self) -> "AnalysisSettings":
         """Raise ValueError naming the first bad parameter; return self when all are valid."""
+        from fastneurons.config import require_finite
+
+        require_finite(self)  # NaN passes every range check below
         for name in ("coverage", "cover_rate"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")

@@ -110,6 +110,8 @@ def run_demo(config: DemoConfig, log=print) -> Path:
 
     config.validate()
     out = Path(config.out)
+    if (out / "counts.h5").exists():  # before anything under it is rewritten (corpus, model)
+        raise ValueError(f"{out / 'counts.h5'} exists: choose another --out for a new demo")
     out.mkdir(parents=True, exist_ok=True)
     corpus = stdlib_text(out / "corpus", max_bytes=parse_bytes(config.corpus_bytes))
     log(f"corpus: {', '.join(f'{p.name} ({p.stat().st_size // 1024} KiB)' for p in corpus)} from the Python standard library")

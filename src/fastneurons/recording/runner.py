@@ -35,7 +35,7 @@ from fastneurons.recording import second_pass
 from fastneurons.recording.distributed import torchrun_job
 from fastneurons.recording.layer_major import run_block
 from fastneurons.plan import choose_block_units
-from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreError
+from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreError, StoreLock, check_output_path
 
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "torch_dtype", "dtype", "use_cache", "output_hidden_states",
                          "output_attentions", "return_dict", "name_or_path"}
@@ -265,7 +265,7 @@ def build_header(recording: Recording) -> Header:
         "model": {key: value for key, value in loaded.source.items() if key != "config"},
         "compute_dtype": str(recording.dtype).replace("torch.", ""),
         "device": str(recording.device),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(),  # pinned by _pin_threads before the model loads
         "tokenizer": getattr(tokenizer, "name_or_path", "") or "",
         "neuron_definition": archs.neuron_definition(arch, config.threshold, config.gated_product),
         "threshold": float(config.threshold),
@@ -321,12 +321,19 @@ def apply_torchrun(config: RecordConfig, environ=os.environ) -> RecordConfig:
     return config
 
 
-def _pin_threads(threads) -> None:
-    """Fix torch's and numba's thread counts for the whole run (same count -> same float results)."""
+def _pin_threads(threads) -> int:
+    """Fix numba's, then torch's thread count for the whole run (same count -> same float results); returns it.
+
+    numba first: its first ``set_num_threads`` starts its OpenMP layer, which resets the process's
+    OpenMP thread count, torch's included (``--threads 1`` used to run and be stored as 2)."""
     import numba
 
-    torch.set_num_threads(threads or torch.get_num_threads())
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    wanted = threads or torch.get_num_threads()
+    numba.set_num_threads(min(wanted, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(wanted)
+    if torch.get_num_threads() != wanted:
+        raise RecordingError(f"--threads {wanted}: torch runs {torch.get_num_threads()} threads")
+    return wanted
 
 
 FLOAT_SETUP = ("device", "torch_threads")  # not settings (resume allows them) but they can move float sums
@@ -370,6 +377,19 @@ def _second_pass(config: RecordConfig, path: Path, log) -> None:
 
 
 def _record(config: RecordConfig, log) -> Path:
+    """One process's recording into ``config.out``. One writer per store: the store's lock is held from
+    before anything is written to the end, and a resume checks the store it continues (readable, its
+    n-gram runs intact) before loading the model."""
+    check_output_path(Path(config.out), "--out")
+    with StoreLock(config.out):
+        if config.resume and Path(config.out).exists():
+            CountsWriter.check_resumable(config.out, rerecord_lost=config.rerecord_lost_runs)
+        elif not config.resume:
+            CountsWriter.check_new(config.out)
+        return _record_locked(config, log)
+
+
+def _record_locked(config: RecordConfig, log) -> Path:
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # streams, events and the kernel's context then stay on this GPU
@@ -400,7 +420,8 @@ def _record(config: RecordConfig, log) -> Path:
     restored = second_pass.stored_summaries(config.out) if bounded and config.resume else None
     if config.resume and Path(config.out).exists():
         writer = CountsWriter.resume(config.out, header, memory, compress_runs=config.compress_runs,
-                                     extra_groups=second_pass.keep_summaries(restored))
+                                     extra_groups=second_pass.keep_summaries(restored),
+                                     rerecord_lost=config.rerecord_lost_runs)
         _warn_if_float_setup_differs(writer.previous_meta, header.meta, log)
     else:
         writer = CountsWriter.create(config.out, header, memory, compress_runs=config.compress_runs)
@@ -409,6 +430,8 @@ def _record(config: RecordConfig, log) -> Path:
     todo = [u for u in plan.units_for_shard(shard, shards) if not writer.holds(0, u)]
     log(f"recording {len(layers)} layers of {arch.name} on {device} ({str(dtype).replace('torch.', '')}): "
         f"{len(todo)} units to go of {plan.num_units} in the plan -> {config.out}")
+    if writer.lost_units:
+        _rerecord_ngrams(recording, writer, log)
     make = second_pass.summary_accumulators(config, header.meta["num_neurons"], pack_bits) if bounded else None
     taps = LayerTaps(recording, writer.dense, make_accumulator=make)
     if bounded:
@@ -441,26 +464,31 @@ def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter
     total = sum(_unit_tokens(plan, u) for u in todo)
     last_commit, done, new_runs = time.monotonic(), [], []
 
-    def spill():
+    in_tables = []  # units with n-grams in the tables not yet written to a run
+
+    def spill(block):
+        nonlocal in_tables
         if taps.ngram_bytes() > memory:
-            new_runs.append(writer.write_run(*taps.take_tables()))
+            new_runs.append(writer.write_run(*taps.take_tables(), units=in_tables))
+            in_tables = list(block)  # the running block's units may still have n-grams in the tables
 
     blocks = _blocks(todo, block_units)
     with counting_bar(config.progress, total=total, desc="record", unit="tok") as bar:
         for position, block in enumerate(blocks):
+            in_tables.extend(block)
             micros = [(micro, plan.unit(index).domain) for index in block for micro in plan.unit(index).batches]
             batches = [_batch_tensors(micro, domain, config.count_bos, recording.device) for micro, domain in micros]
             if block_units is None:
                 for (micro, _), (batch, cpu) in zip(micros, batches):
                     taps.set_batch(batch, cpu)
                     archs.run_until(model, arch, batch.input_ids, batch.attention_mask, last_layer)
-                    spill()
+                    spill(block)
                     if bar is not None:
                         bar.update(micro.num_tokens)
             else:
                 run_block(model, arch, [batch for batch, _ in batches], last_layer,
                           start=lambda i: taps.set_batch(*batches[i]), select=lambda i: taps.select(*batches[i]),
-                          after=spill)
+                          after=lambda: spill(block))
                 if bar is not None:
                     bar.update(sum(micro.num_tokens for micro, _ in micros))
             taps.end_unit()  # bounded summaries fold per block (one unit each unless layer-major)
@@ -470,11 +498,43 @@ def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter
                 totals = taps.totals()
                 _check_nans(totals, writer.header.layers)
                 if taps.ngrams.layers:
-                    new_runs.append(writer.write_run(*taps.take_tables()))
+                    new_runs.append(writer.write_run(*taps.take_tables(), units=in_tables))
+                in_tables = []
                 if final and bar is not None:
                     bar.set_postfix_str("merging n-gram tables")
                 writer.commit(totals, 0, done, new_runs, final=final)
                 last_commit, done, new_runs = time.monotonic(), [], []
+
+
+def _rerecord_ngrams(recording: Recording, writer: CountsWriter, log) -> None:
+    """Record the n-gram tables of ``writer.lost_units`` again, through taps whose dense counters are
+    thrown away (the store's dense counts already hold those units), and commit them as new runs."""
+    log(f"recording the n-grams of {len(writer.lost_units)} units again (their runs were lost)")
+    config, plan = recording.config, recording.plan
+    scratch = DenseCounts.zeros(len(recording.layers), writer.dense.active.shape[1], recording.seq_len,
+                                len(writer.header.domain_labels), positions=False)
+    taps = LayerTaps(recording, scratch)
+    memory, new_runs, in_tables = parse_bytes(config.ngram_memory), [], []
+    budget = None if config.gpu_memory is None else parse_bytes(config.gpu_memory)
+    try:
+        with LayerStreamer(recording.model, recording.arch, recording.device, recording.layers[-1],
+                           gpu_memory_bytes=budget), torch.inference_mode():
+            for index in writer.lost_units:
+                unit = plan.unit(index)
+                in_tables.append(index)
+                for micro in unit.batches:
+                    batch, cpu = _batch_tensors(micro, unit.domain, config.count_bos, recording.device)
+                    taps.set_batch(batch, cpu)
+                    archs.run_until(recording.model, recording.arch, batch.input_ids, batch.attention_mask,
+                                    recording.layers[-1])
+                    if taps.ngram_bytes() > memory:
+                        new_runs.append(writer.write_run(*taps.take_tables(), units=in_tables))
+                        in_tables = [index]
+    finally:
+        taps.remove()
+    new_runs.append(writer.write_run(*taps.take_tables(), units=in_tables))
+    writer.lost_units = []
+    writer.commit(writer.dense, 0, [], new_runs)
 
 
 def _check_nans(totals: DenseCounts, layers) -> None:

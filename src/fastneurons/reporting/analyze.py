@@ -199,6 +199,8 @@ def analyze(config: AnalyzeConfig, log=print) -> Path:
     """Run `fastneurons analyze`; returns the path of the (combined) report.html. `log` gets one line per file."""
     config.validate()
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: analyze writes a report folder (results.json, figures, report.html)")
     paths = [Path(p) for p in config.counts]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:

@@ -5,11 +5,7 @@ Everything here is shared by the reader, the writer and merge; it knows nothing 
 """
 from __future__ import annotations
 
-import errno
 import json
-import os
-import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +13,8 @@ from typing import Optional
 
 import h5py
 import numpy as np
+
+from fastneurons.store.atomic import atomic_h5 as _atomic_h5  # noqa: F401 (shared by writer and merge)
 
 FORMAT = "fastneurons.counts"
 SCHEMA_VERSION = 1
@@ -95,52 +93,6 @@ class DenseCounts:
 
 # ----------------------------------------------------------------------------- low-level writing
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_h5(path: Path, write) -> None:
-    """Write an HDF5 file through ``write(h5file)`` to a temporary name, fsync it, rename it over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            write(f)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # h5py reports some failed writes (disk full) as RuntimeError
-        tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {path}: {_write_failure(err, path)}") from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _write_failure(err: Exception, path: Path) -> str:
-    """Why a write failed, in words (the OS reason), and what to do; for a full disk, the free space."""
-    text = getattr(err, "strerror", None) or str(err)
-    match = re.search(r"errno = (\d+)", str(err))
-    code = getattr(err, "errno", None) or (int(match.group(1)) if match else None)
-    if code:
-        text = os.strerror(code) + ("" if os.strerror(code) in text else f" ({text})")
-    if code not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return text + "; nothing committed was lost"
-    try:
-        text += f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on that disk"
-    except OSError:
-        pass
-    return text + ("; nothing committed was lost: free space and run the command again "
-                   "(a recording: with --resume)")
-
-
 def _write_json_attr(obj, name, value) -> None:
     obj.attrs[name] = json.dumps(value, sort_keys=True, default=_json_default)
 
@@ -205,12 +157,15 @@ def _write_dense(f: h5py.File, header: Header, dense: DenseCounts, final: bool =
     f["domains"].create_dataset("active", data=dense.domain_active)
 
 
-def _ngram_group(f: h5py.File, header: Header, pending_runs: list) -> h5py.Group:
+def _ngram_group(f: h5py.File, header: Header, pending_runs: list, run_units: Optional[dict] = None) -> h5py.Group:
+    """The /ngrams group; a snapshot also lists its pending runs and the units each one holds."""
     group = f.create_group("ngrams")
     _write_json_attr(group, "layers", header.ngram_layers)
     _write_json_attr(group, "orders", header.orders)
     group.attrs["pack_bits"] = int(header.meta["pack_bits"])
     _write_json_attr(group, "pending_runs", list(pending_runs))
+    if run_units is not None:
+        _write_json_attr(group, "run_units", {name: run_units.get(name) for name in pending_runs})
     return group
 
 
@@ -241,6 +196,15 @@ def _check_file(path: Path) -> None:
         raise StoreError(f"{path}: no such counts file")
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path}: not an HDF5 file (corrupt or not a fastneurons store)")
+
+
+def check_output_path(path: Path, flag: str) -> None:
+    """Refuse an output path that cannot be a store file, naming why (a directory, a file as its folder)."""
+    if path.is_dir():
+        raise StoreError(f"{flag} {path} is a directory: give the path of the counts file, e.g. {path / 'counts.h5'}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise StoreError(f"{flag} {path}: {parent} is a file, not a folder")
 
 
 def read_header(f: h5py.File, path) -> Header:

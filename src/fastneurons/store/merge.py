@@ -8,9 +8,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fastneurons.store.format import (Corpus, DenseCounts, Header, StoreError, _atomic_h5, _check_file, _ngram_group, _write_dense,
+from fastneurons.store.format import (Corpus, DenseCounts, Header, StoreError, _atomic_h5, _check_file, check_output_path, _ngram_group, _write_dense,
                      _write_header, compatibility_problem, read_dense, read_header)
 from fastneurons.store.summaries import is_bounded, merge_summaries, read_summaries, write_summaries
+from fastneurons.store.lock import StoreLock
 from fastneurons.store.writer import merge_ngram_groups
 
 
@@ -62,12 +63,28 @@ def _blocks(corpora: list, rows):
     return out
 
 
-def merge_stores(inputs, out, ngram_memory: int) -> Path:
-    """Add finished, compatible stores into ``out`` (refuses anything else, saying why)."""
-    paths = [Path(p) for p in inputs]
-    out = Path(out)
-    if out.resolve() in [p.resolve() for p in paths]:
-        raise StoreError("the merge output must not be one of its inputs")
+def merge_stores(inputs, out, ngram_memory: int, overwrite: bool = False) -> Path:
+    """Add finished, compatible stores into ``out`` (refuses anything else, saying why).
+
+    An existing ``out`` is replaced only with ``overwrite``, and never when it is one of the inputs."""
+    paths, out = [Path(p) for p in inputs], Path(out)
+    check_output_path(out, "-o")
+    if any(_same_file(out, path) for path in paths):
+        raise StoreError(f"-o {out}: the merge output must not be one of its inputs")
+    with StoreLock(out):  # also keeps --overwrite off a store that a recording is writing
+        if out.exists() and not overwrite:
+            raise StoreError(f"{out} exists: choose another -o, or pass --overwrite to replace it")
+        return _merge_into(paths, out, ngram_memory)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or a.samefile(b)  # samefile: hard links too
+    except OSError:
+        return False
+
+
+def _merge_into(paths: list, out: Path, ngram_memory: int) -> Path:
     headers, denses = [], []
     for path in paths:
         _check_file(path)

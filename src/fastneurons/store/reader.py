@@ -4,7 +4,7 @@ Analyses need nothing else from the store; pending n-gram runs of a partial stor
 """
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +16,9 @@ from fastneurons.ngrams.accumulator import Table, merge_many
 from fastneurons.ngrams.bounded import HeldTable
 from fastneurons.store import summaries as bounded_store
 from fastneurons.store.format import DenseCounts, StoreError, _check_file, read_dense, read_header, runs_dir, seen_path, table_path
+from fastneurons.store.pending import read_pending, run_problem
+
+_SNAPSHOT_TRIES = 5
 
 
 class Counts:
@@ -28,16 +31,49 @@ class Counts:
     def __init__(self, path):
         self.path = Path(path)
         _check_file(self.path)
+        for attempt in range(_SNAPSHOT_TRIES):  # a recording may commit while we open: take the next snapshot
+            self._open_snapshot()
+            if not self.lost_runs or attempt == _SNAPSHOT_TRIES - 1 or not self._replaced():
+                break
+            self.close()
+        self._layer_index = {layer: i for i, layer in enumerate(self.header.layers)}
+
+    def _open_snapshot(self) -> None:
+        """Open the store and every run its snapshot lists: open files stay readable after a recording
+        replaces the store or removes runs, so this view is one consistent snapshot."""
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
             raise StoreError(f"{self.path}: cannot open ({err})") from err
-        self.header = read_header(self._file, self.path)
-        self.complete = bool(self._file.attrs["complete"])
-        self._pending = json.loads(self._file["ngrams"].attrs.get("pending_runs", "[]")) if "ngrams" in self._file else []
-        self._layer_index = {layer: i for i, layer in enumerate(self.header.layers)}
+        self._inode = os.fstat(self._file.id.get_vfd_handle()).st_ino
+        try:
+            self.header = read_header(self._file, self.path)
+            self.complete = bool(self._file.attrs["complete"])
+            self._pending, _ = read_pending(self._file)
+        except (KeyError, OSError) as err:
+            self._file.close()
+            raise StoreError(f"{self.path}: corrupt store ({err})") from err
+        self._runs, self.lost_runs = {}, {}
+        for name in self._pending:
+            problem = run_problem(runs_dir(self.path) / name, self.header)
+            if problem is None:
+                try:
+                    self._runs[name] = h5py.File(runs_dir(self.path) / name, "r")
+                    continue
+                except OSError as err:
+                    problem = f"damaged ({err})"
+            self.lost_runs[name] = problem  # run name -> 'missing' or 'damaged (...)'
+
+    def _replaced(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except OSError:
+            return False
 
     def close(self) -> None:
+        for run in self._runs.values():
+            run.close()
+        self._runs = {}
         self._file.close()
 
     def __enter__(self):
@@ -129,14 +165,13 @@ class Counts:
         tables = []
         if "ngrams" in self._file and sub in self._file["ngrams"]:
             tables.append(ngram_runs.read_table(self._file["ngrams"][sub]))
-        for name in self._pending:
-            try:
-                with h5py.File(runs_dir(self.path) / name, "r") as run:
-                    if sub in run["ngrams"]:
-                        tables.append(ngram_runs.read_table(run["ngrams"][sub]))
-            except OSError as err:  # the recording compacted or finished since this view opened
-                raise StoreError(f"{self.path} changed while being read (its recording moved on: {name} is "
-                                 "gone); read it again") from err
+        if self.lost_runs:
+            name, problem = next(iter(self.lost_runs.items()))
+            raise StoreError(f"{self.path}: its n-gram run {name} is {problem}: continue the recording with "
+                             "record --resume --rerecord-lost-runs")
+        for run in self._runs.values():
+            if sub in run["ngrams"]:
+                tables.append(ngram_runs.read_table(run["ngrams"][sub]))
         if not tables:
             raise KeyError(f"no n-gram table {sub} in {self.path}")
         return merge_many(tables)

@@ -3,9 +3,10 @@ snapshots, spills n-gram runs, compacts them and finalizes.
 """
 from __future__ import annotations
 
-import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import h5py
 import numpy as np
@@ -13,9 +14,10 @@ import numpy as np
 from fastneurons.ngrams import runs as ngram_runs
 from fastneurons.ngrams.accumulator import SeenTable, Table
 from fastneurons.progress import each
-from fastneurons.store.format import (DenseCounts, Header, StoreError, _atomic_h5, _check_file, _ngram_group, _write_dense,
-                     _write_header, _write_json_attr, compatibility_problem, read_dense, read_header, runs_dir,
-                     seen_path, table_path)
+from fastneurons.store.format import (DenseCounts, Header, StoreError, _atomic_h5, _check_file, _ngram_group,
+                                      _write_dense, _write_header, _write_json_attr, check_output_path,
+                                      compatibility_problem, read_dense, read_header, runs_dir, seen_path, table_path)
+from fastneurons.store.pending import lost_runs, ngram_subs, read_pending, units_to_rerecord
 
 
 def merge_ngram_groups(dest: h5py.Group, sources: list, header: Header, ngram_memory: int,
@@ -23,10 +25,7 @@ def merge_ngram_groups(dest: h5py.Group, sources: list, header: Header, ngram_me
     """Every table the header asks for, merged from the `ngrams` groups `sources` into `dest` (bounded memory);
     a table no source holds (e.g. an empty shard) is written empty, of the right kind.
     ``progress(tables, desc)``, when given, wraps the list of tables (e.g. a tqdm bar)."""
-    bounded = header.meta.get("ngram_mode", "exact") == "bounded"  # no full tables: summaries live apart
-    subs = [] if bounded else [table_path(layer, k) for layer in header.ngram_layers for k in header.orders]
-    subs += [seen_path(k) for k in header.orders] if header.ngram_layers else []
-    for sub in each(progress, subs, "merge n-grams"):
+    for sub in each(progress, ngram_subs(header), "merge n-grams"):
         groups = [src[sub] for src in sources if sub in src]
         if groups:
             ngram_runs.merge_tables(groups, dest.create_group(sub), ngram_memory, compress=compress)
@@ -40,8 +39,10 @@ class CountsWriter:
     """Owns an output store while recording: commits snapshots, spills runs, finalizes."""
 
     def __init__(self, path, header: Header, dense: DenseCounts, pending: list, ngram_memory: int,
-                 compress_runs: bool = False):
+                 compress_runs: bool = False, run_units: Optional[dict] = None):
         self.path = Path(path)
+        self.run_units = dict(run_units or {})  # run name -> the units whose n-grams it holds (None: unknown)
+        self.lost_units = []  # set by resume: units whose n-gram tables were lost, to be recorded again
         self.compress_runs = compress_runs  # gzip the intermediate runs: ~13x less disk, slower commits
         self.previous_meta = None  # set by resume: the metadata the store held before
         self.header = header
@@ -58,8 +59,8 @@ class CountsWriter:
     def create(cls, path, header: Header, ngram_memory: int, overwrite: bool = False,
                compress_runs: bool = False) -> "CountsWriter":
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise StoreError(f"{path} exists: pass --resume to continue it, or choose another --out")
+        if not overwrite:
+            cls.check_new(path)
         if runs_dir(path).exists():
             shutil.rmtree(runs_dir(path))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,38 +73,55 @@ class CountsWriter:
 
     @classmethod
     def resume(cls, path, header: Header, ngram_memory: int, compress_runs: bool = False,
-               extra_groups=None) -> "CountsWriter":
+               extra_groups=None, rerecord_lost: bool = False) -> "CountsWriter":
         """Continue ``path``: its settings and corpus must equal ``header``'s; leftovers are removed.
 
-        ``extra_groups`` (see ``__init__``) is in place before the first snapshot this writes."""
+        ``extra_groups`` (see ``__init__``) is in place before the first snapshot this writes. Its
+        pending runs are checked first: lost ones are refused unless ``rerecord_lost``, which drops
+        them and sets ``lost_units`` (the units whose n-gram tables the caller must record again)."""
         path = Path(path)
-        _check_file(path)
-        try:
-            with h5py.File(path, "r") as f:
-                old = read_header(f, path)
-                dense = read_dense(f, path)
-                complete = bool(f.attrs["complete"])
-                pending = json.loads(f["ngrams"].attrs.get("pending_runs", "[]")) if "ngrams" in f else []
-                has_tables = "ngrams" in f and len(f["ngrams"].keys()) > 0  # seen alone too (bounded mode)
-        except OSError as err:
-            raise StoreError(f"{path}: cannot be read ({err}); it cannot be resumed") from err
+        stored = _read_for_resume(path)
+        old, pending, run_units = stored.header, stored.pending, stored.run_units
         problem = compatibility_problem(old, header)
         if problem:
             raise StoreError(f"cannot resume {path}: {problem}")
         if [c.fingerprint for c in old.corpora] != [c.fingerprint for c in header.corpora]:
-            raise StoreError(f"cannot resume {path}: the corpus differs from the one it was recorded on "
-                             "(files, their contents, the token budget or the tokenizer changed)")
+            raise StoreError(f"cannot resume {path}: the corpus differs from the one it was recorded on: "
+                             f"{corpus_difference(old.corpora, header.corpora)}")
+        dropped, lost_units = check_runs(path, old, pending, run_units, rerecord_lost)
         header = Header(header.meta, header.vocab, old.corpora, old.domain_labels)
         directory = runs_dir(path)
+        kept = [name for name in pending if name not in dropped]
         for leftover in directory.glob("*") if directory.exists() else []:
-            if leftover.name not in pending:
+            if leftover.name not in kept:
                 leftover.unlink()
-        writer = cls(path, header, dense, pending, ngram_memory, compress_runs)
+        writer = cls(path, header, stored.dense, kept, ngram_memory, compress_runs, run_units)
+        writer._next_run = max(writer._next_run, 1 + max((int(n[4:10]) for n in pending if n[4:10].isdigit()), default=0))
         writer.previous_meta = old.meta  # the last run's metadata, for the caller's checks
         writer.extra_groups = extra_groups
-        if complete and has_tables:
+        writer.lost_units = lost_units
+        if stored.complete and stored.has_tables:
             writer._tables_to_run()
         return writer
+
+    @staticmethod
+    def check_new(path) -> None:
+        """Refuse a new store's path that is a directory or an existing file, naming which."""
+        path = Path(path)
+        check_output_path(path, "--out")
+        if path.exists() and not h5py.is_hdf5(path):
+            raise StoreError(f"{path} exists and is not a counts store: choose another --out")
+        if path.exists():
+            raise StoreError(f"{path} exists: pass --resume to continue it, or choose another --out")
+
+    @staticmethod
+    def check_resumable(path, rerecord_lost: bool = False) -> None:
+        """What ``resume`` checks in the store alone (readable, its runs intact), without a model: a
+        resume runs it before loading anything, so a store that cannot be continued costs no work."""
+        path = Path(path)
+        check_output_path(path, "--out")
+        stored = _read_for_resume(path)
+        check_runs(path, stored.header, stored.pending, stored.run_units, rerecord_lost)
 
     def _tables_to_run(self) -> None:
         """A finished store being extended: its merged tables become the first pending run."""
@@ -118,6 +136,7 @@ class CountsWriter:
 
         _atomic_h5(directory / name, write)
         self.pending.append(name)
+        self.run_units[name] = np.flatnonzero(self.header.corpora[0].units).tolist()
         self._snapshot(complete=False)
 
     def holds(self, corpus_index: int, unit: int) -> bool:
@@ -129,10 +148,11 @@ class CountsWriter:
         self._next_run += 1
         return name
 
-    def write_run(self, tables: dict, seen: dict) -> str:
+    def write_run(self, tables: dict, seen: dict, units=None) -> str:
         """Write n-gram tables {(layer, k): Table} and {k: SeenTable} as a new immutable run file.
 
-        The run belongs to the store only once a later ``commit`` lists it.
+        ``units``: the units whose n-grams it holds (all or part of them), so that a lost run costs
+        only those. The run belongs to the store only once a later ``commit`` lists it.
         """
         directory = runs_dir(self.path)
         directory.mkdir(exist_ok=True)
@@ -147,6 +167,7 @@ class CountsWriter:
                 ngram_runs.write_table(group.create_group(seen_path(k)), table, self.compress_runs, check=False)
 
         _atomic_h5(directory / name, write)
+        self.run_units[name] = None if units is None else sorted(int(u) for u in units)
         return name
 
     def commit(self, dense: DenseCounts, corpus_index: int, units, new_runs=(), final: bool = False) -> None:
@@ -183,6 +204,8 @@ class CountsWriter:
         finally:
             for handle in files:
                 handle.close()
+        units = [self.run_units.get(run) for run in old]
+        self.run_units[name] = None if None in units else sorted(set().union(*map(set, units)))
         self.pending = [name]
         self._snapshot(complete=False)
         for run in old:
@@ -192,7 +215,7 @@ class CountsWriter:
         def write(f):
             _write_header(f, self.header, complete)
             _write_dense(f, self.header, self.dense, final=False, empty=empty)
-            _ngram_group(f, self.header, self.pending)
+            _ngram_group(f, self.header, self.pending, self.run_units)
             if self.extra_groups is not None:
                 self.extra_groups(f)
 
@@ -200,6 +223,9 @@ class CountsWriter:
 
     def finalize(self) -> None:
         """Merge every pending run into the store's own tables and mark it complete."""
+        if self.lost_units:
+            raise StoreError(f"{self.path}: the n-gram tables of units {self.lost_units[:5]} were lost and "
+                             "not recorded again; the store cannot be finished")
         directory = runs_dir(self.path)
         files = [h5py.File(directory / run, "r") for run in self.pending]
         try:
@@ -220,3 +246,66 @@ class CountsWriter:
         self.complete = True
         if directory.exists():
             shutil.rmtree(directory)
+
+
+@dataclass
+class _Stored:
+    """What a resume reads from the store it continues."""
+
+    header: Header
+    dense: DenseCounts
+    complete: bool
+    has_tables: bool
+    pending: list
+    run_units: dict
+
+
+def _read_for_resume(path: Path) -> _Stored:
+    check_output_path(path, "--out")
+    _check_file(path)
+    try:
+        with h5py.File(path, "r") as f:
+            pending, run_units = read_pending(f)
+            has_tables = "ngrams" in f and len(f["ngrams"].keys()) > 0  # seen alone too (bounded mode)
+            return _Stored(read_header(f, path), read_dense(f, path), bool(f.attrs["complete"]), has_tables,
+                           pending, run_units)
+    except OSError as err:
+        raise StoreError(f"{path}: cannot be read ({err}); it cannot be resumed") from err
+
+
+def check_runs(path: Path, header: Header, pending: list, run_units: dict, rerecord_lost: bool):
+    """(runs to drop, units to record again) for the store's lost runs; refuses a loss without ``rerecord_lost``."""
+    lost = lost_runs(path, header, pending)
+    if not lost:
+        return [], []
+    dropped, units = units_to_rerecord(list(lost), run_units, header.corpora[0].units)
+    if not rerecord_lost:
+        named = ", ".join(f"{name} ({problem})" for name, problem in list(lost.items())[:3])
+        more = f" and {len(lost) - 3} more" if len(lost) > 3 else ""
+        raise StoreError(f"cannot resume {path}: n-gram run {named}{more}; continue with --resume "
+                         f"--rerecord-lost-runs to record the n-grams of the {len(units)} units they held again "
+                         "(their dense counts are kept)")
+    return dropped, units
+
+
+def corpus_difference(old: list, new: list) -> str:
+    """Why a resumed corpus is not the recorded one, in the user's terms (files, labels, contents, settings)."""
+    if len(old) != len(new):
+        return f"the store holds {len(old)} corpora; one corpus is given"
+    a, b = old[0].manifest, new[0].manifest
+    was, now = a.get("domains", []), b.get("domains", [])
+    if len(was) != len(now):
+        return f"it was recorded on {len(was)} corpus files, {len(now)} are given now"
+    for x, y in zip(was, now):
+        if x.get("sha256") != y.get("sha256"):
+            return f"the contents of {y.get('path')} differ from those of {x.get('path')} (files in recording order)"
+        if x.get("label") != y.get("label"):
+            return (f"domain {x.get('label')!r} is now labelled {y.get('label')!r}; the contents are the same "
+                    f"(a domain is labelled by its file name unless LABEL=PATH): pass {x.get('label')}={y.get('path')}")
+    settings = sorted(k for k in set(a.get("settings", {})) | set(b.get("settings", {}))
+                      if a.get("settings", {}).get(k) != b.get("settings", {}).get(k))
+    if settings:
+        key = settings[0]
+        return (f"the corpus setting {key!r} differs: {a['settings'].get(key)} recorded, "
+                f"{b['settings'].get(key)} now (the token budget, tokenizer or BOS id changed)")
+    return "its tokens differ (the tokenizer changed)"
