@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Optional
 
+from fastneurons.numbers import require_finite
+
 _SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -54,16 +56,6 @@ def parse_shard(text) -> tuple[int, int]:
     if total < 1 or not 0 <= index < total:
         raise ValueError(f"--shard {text!r}: need 0 <= i < N")
     return index, total
-
-
-def require_finite(config) -> None:
-    """Refuse NaN and infinity in every float field of a settings dataclass, naming the flag.
-
-    A NaN passes every ``<``/``>`` range check (all comparisons are false), so it is refused first."""
-    for item in dataclasses.fields(config):
-        value = getattr(config, item.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"--{item.name.replace('_', '-')} {value}: must be a finite number")
 
 
 def _opt(default, help, **extra):

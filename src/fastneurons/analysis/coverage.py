@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 import numpy as np
 
 from fastneurons.analysis._json import PER_NEURON, Result
+from fastneurons.numbers import ceil_fraction, exact_fraction  # noqa: F401 (also imported from here)
 
 # lower bounds of the paper's bins: 1-5, 6-10, 11-20, 21-50, 51-200, 201-1000, 1001-2000, 2001+
 PAPER_BINS = (1, 6, 11, 21, 51, 201, 1001, 2001)
 
 _NEURON_SHIFT = 40  # composite sort key: neuron << 40 | (max_count - count)
-
-
-def exact_fraction(value: float, name: str = "fraction") -> Fraction:
-    """The decimal a rate parameter is written as (0.95 -> 19/20), so thresholds compare integers exactly."""
-    value = float(value)
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {value}")
-    return Fraction(repr(value)).limit_denominator(10**6)
-
-
-def ceil_fraction(values: np.ndarray, fraction: Fraction) -> np.ndarray:
-    """ceil(values * fraction) in exact integer arithmetic, for int64 `values >= 0` and fraction <= 1."""
-    num, den = fraction.numerator, fraction.denominator
-    values = np.asarray(values, dtype=np.int64)
-    quotient, remainder = np.divmod(values, den)
-    return quotient * num + (remainder * num + den - 1) // den
 
 
 def check_table(neuron, count, num_neurons: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,7 +45,7 @@ class AnalysisSettings:
 
     def validate(self) -> "AnalysisSettings":
         """Raise ValueError naming the first bad parameter; return self when all are valid."""
-        from fastneurons.config import require_finite
+        from fastneurons.numbers import require_finite
 
         require_finite(self)  # NaN passes every range check below
         for name in ("coverage", "cover_rate"):

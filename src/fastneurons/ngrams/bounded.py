@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastneurons.analysis.coverage import ceil_fraction, exact_fraction
+from fastneurons.numbers import ceil_fraction, exact_fraction
 from fastneurons.ngrams import summary as kernels
 from fastneurons.ngrams.accumulator import NgramAccumulator, Table, check_chunk, merge_two
 from fastneurons.ngrams.keys import check_orders, ngram_rows_and_keys

@@ -9,7 +9,6 @@ import hashlib
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
@@ -17,14 +16,13 @@ from fastneurons.config import RecordConfig, SecondPassConfig, parse_bytes
 from fastneurons.models import architectures as archs
 from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.models.offload import LayerStreamer
-from fastneurons.ngrams import runs as ngram_runs
 from fastneurons.ngrams.accumulator import SeenTable
 from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, plan_candidates
 from fastneurons.progress import counting_bar
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.store import DenseCounts, StoreError, open_counts
-from fastneurons.store.format import _atomic_h5, read_header, table_path
-from fastneurons.store.summaries import COUNTED, SUMMARIES, is_bounded, read_summaries, write_counted, write_summaries
+from fastneurons.store.summaries import (is_bounded, load_pass2_state, read_stored_summaries, read_summaries,
+                                         save_pass2_state, store_is_bounded, write_second_pass, write_summaries)
 
 
 def summary_accumulators(config: RecordConfig, num_neurons: int, pack_bits: int):
@@ -34,11 +32,12 @@ def summary_accumulators(config: RecordConfig, num_neurons: int, pack_bits: int)
 
 def stored_summaries(path) -> dict | None:
     """The summaries a bounded store holds (read before a resume rewrites it), None if it has none."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    with h5py.File(path, "r") as f:
-        return read_summaries(f, read_header(f, path), path) if SUMMARIES in f else None
+    return read_stored_summaries(path)
+
+
+def is_bounded_store(path) -> bool:
+    """Whether the store at ``path`` was recorded in bounded mode with n-gram layers (needs pass 2)."""
+    return store_is_bounded(path)
 
 
 def keep_summaries(restored: dict | None):
@@ -61,13 +60,6 @@ def attach(writer, taps, restored: dict | None) -> None:
                             for k, summary in acc.summaries.items()})
 
     writer.extra_groups = write
-
-
-def is_bounded_store(path) -> bool:
-    """Whether the store at ``path`` was recorded in bounded mode with n-gram layers (needs pass 2)."""
-    with h5py.File(path, "r") as f:
-        header = read_header(f, Path(path))
-    return is_bounded(header.meta) and bool(header.ngram_layers)
 
 
 def _pass1_inputs(path: Path):
@@ -106,35 +98,27 @@ def _plan_fingerprint(plans: dict, units: np.ndarray) -> str:
 
 def _save_progress(path: Path, fingerprint: str, done: list, taps) -> None:
     """Atomically save pass 2's counts so far and the units they cover."""
-    def write(f):
-        f.attrs["fingerprint"] = fingerprint
-        f.create_dataset("units", data=np.asarray(done, dtype=np.int64))
-        for layer, counter in taps.ngrams.layers.items():
-            for k, (counts, rare) in counter.state().items():
-                group = f.create_group(table_path(layer, k))
-                group.create_dataset("counts", data=counts)
-                ngram_runs.write_table(group.create_group("rare"), rare, compress=False, check=False)
-
-    _atomic_h5(path, write)
+    states = {(layer, k): state for layer, counter in taps.ngrams.layers.items()
+              for k, state in counter.state().items()}
+    save_pass2_state(path, fingerprint, done, states)
 
 
 def _load_progress(path: Path, fingerprint: str, taps, log) -> set:
     """Units already counted by an interrupted pass 2 of the same plan (their counts restored)."""
-    if not path.exists():
-        return set()
     try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("fingerprint") != fingerprint:
-                log(f"ignoring {path}: saved by a second pass of other summaries or units")
-                return set()
-            for layer, counter in taps.ngrams.layers.items():
-                counter.restore({k: (f[table_path(layer, k)]["counts"][()],
-                                     ngram_runs.read_table(f[table_path(layer, k)]["rare"]))
-                                 for k in counter.plans})
-            return set(f["units"][()].tolist())
+        loaded = load_pass2_state(path, fingerprint, {layer: list(counter.plans) for layer, counter
+                                                      in taps.ngrams.layers.items()})
     except (OSError, KeyError) as err:
         log(f"ignoring {path}: unreadable ({err})")
         return set()
+    if loaded is None:
+        if path.exists():
+            log(f"ignoring {path}: saved by a second pass of other summaries or units")
+        return set()
+    units, states = loaded
+    for layer, counter in taps.ngrams.layers.items():
+        counter.restore({k: states[(layer, k)] for k in counter.plans})
+    return units
 
 
 def second_pass(config: SecondPassConfig, log=print) -> Path:
@@ -200,15 +184,6 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
     tables = {(layer, k): table for layer, acc in taps.ngrams.layers.items() for k, table in acc.tables().items()}
     settings = {"max_coverage": config.max_coverage, "coverage": config.coverage, "cover_rate": config.cover_rate}
 
-    def write(f):
-        with h5py.File(path, "r") as src:
-            for key, value in src.attrs.items():
-                f.attrs[key] = value
-            for name in src:
-                if name != COUNTED:
-                    src.copy(src[name], f, name)
-        write_counted(f, tables, plans, settings)
-
-    _atomic_h5(path, write)
+    write_second_pass(path, tables, plans, settings)
     saved.unlink(missing_ok=True)
     return path

@@ -7,12 +7,14 @@ snapshot rewrites ``summaries``; ``counted`` exists only in a finished store who
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 
 from fastneurons.ngrams import runs as ngram_runs
 from fastneurons.ngrams.bounded import HeldTable, Summary
-from fastneurons.store.format import Header, StoreError, _write_json_attr, table_path
+from fastneurons.store.format import Header, StoreError, _atomic_h5, _write_json_attr, read_header, table_path
 
 SUMMARIES = "summaries"
 COUNTED = "counted"
@@ -82,3 +84,62 @@ def read_held(f: h5py.File, layer: int, k: int, path) -> HeldTable:
     table = ngram_runs.read_table(counted["table"])
     return HeldTable(table.key, table.neuron, table.count, summary["mass"][()].astype(np.int64),
                      summary["delta"][()].astype(np.int64), counted["rare_limit"][()].astype(np.int64))
+
+
+def read_stored_summaries(path) -> dict | None:
+    """The summaries a bounded store at ``path`` holds, None if it has none (or does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with h5py.File(path, "r") as f:
+        return read_summaries(f, read_header(f, path), path) if SUMMARIES in f else None
+
+
+def store_is_bounded(path) -> bool:
+    """Whether the store at ``path`` was recorded in bounded mode with n-gram layers (it needs pass 2)."""
+    with h5py.File(path, "r") as f:
+        header = read_header(f, Path(path))
+    return is_bounded(header.meta) and bool(header.ngram_layers)
+
+
+def save_pass2_state(path, fingerprint: str, units, states: dict) -> None:
+    """Atomically save an interrupted pass 2: its units and {(layer, k): (counts, rare Table)}."""
+    def write(f):
+        f.attrs["fingerprint"] = fingerprint
+        f.create_dataset("units", data=np.asarray(units, dtype=np.int64))
+        for (layer, k), (counts, rare) in states.items():
+            group = f.create_group(table_path(layer, k))
+            group.create_dataset("counts", data=counts)
+            ngram_runs.write_table(group.create_group("rare"), rare, compress=False, check=False)
+
+    _atomic_h5(Path(path), write)
+
+
+def load_pass2_state(path, fingerprint: str, orders_by_layer: dict):
+    """(units, {(layer, k): (counts, rare Table)}) saved by ``save_pass2_state`` for the same plan, or
+    None when there is no such file or it was saved for another plan (OSError/KeyError: unreadable)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("fingerprint") != fingerprint:
+            return None
+        states = {(layer, k): (f[table_path(layer, k)]["counts"][()], ngram_runs.read_table(f[table_path(layer, k)]["rare"]))
+                  for layer, orders in orders_by_layer.items() for k in orders}
+        return set(f["units"][()].tolist()), states
+
+
+def write_second_pass(path, tables: dict, plans: dict, settings: dict) -> None:
+    """Rewrite the store at ``path`` atomically with pass 2's exact counts added under ``counted/``."""
+    path = Path(path)
+
+    def write(f):
+        with h5py.File(path, "r") as src:
+            for key, value in src.attrs.items():
+                f.attrs[key] = value
+            for name in src:
+                if name != COUNTED:
+                    src.copy(src[name], f, name)
+        write_counted(f, tables, plans, settings)
+
+    _atomic_h5(path, write)
