@@ -134,8 +134,6 @@ def main() -> None:
     if args.one:
         print(json.dumps(one_run(*args.one, args.threads, args.capacity)))
         return
-    from fastneurons.config import parse_count
-
     if not args.skip_record:
         record_table(args)
     synthetic_table(args)

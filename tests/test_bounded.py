@@ -25,6 +25,7 @@ from fastneurons.recording import second_pass as second_pass_module
 from fastneurons.recording.second_pass import second_pass
 from fastneurons.store import StoreError, merge_stores, open_counts
 
+from interrupts import interrupt_after_commits
 from test_runner import _config, _opt, corpus  # noqa: F401  (corpus is a fixture)
 
 QUIET = dict(log=lambda *a: None)
@@ -202,19 +203,10 @@ def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus,
     full = _config(model, corpus, tmp_path / "full.h5", ngrams="bounded", summary_capacity=5)
     runner.record(full, **QUIET)
     part = _config(model, corpus, tmp_path / "part.h5", ngrams="bounded", summary_capacity=5)
-    commits = {"n": 0}
-    original = runner.CountsWriter.commit
-
-    def failing_commit(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        commits["n"] += 1
-        if commits["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner.CountsWriter, "commit", failing_commit)
+    interrupt_after_commits(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         runner.record(part, **QUIET)
-    monkeypatch.setattr(runner.CountsWriter, "commit", original)
+    monkeypatch.undo()  # commits work again
     with pytest.raises(StoreError, match="unfinished"):
         second_pass(SecondPassConfig(store=part.out, progress=False), **QUIET)
     # pass 1 resumes; then pass 2 is killed after saving its progress twice, and a rerun continues it
@@ -309,13 +301,7 @@ def test_a_store_whose_runs_vanish_while_read_stays_a_consistent_snapshot(tmp_pa
     """Reading a partial store while its recording compacts or finishes: the snapshot it opened, never an HDF5 error."""
     model = _opt(tmp_path, "opt")
     part = _config(model, corpus, tmp_path / "part.h5", ngram_memory="1K")
-    original = runner.CountsWriter.commit
-
-    def failing_commit(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner.CountsWriter, "commit", failing_commit)
+    interrupt_after_commits(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         runner.record(part, **QUIET)
     with open_counts(part.out) as before:

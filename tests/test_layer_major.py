@@ -4,17 +4,13 @@ of the architecture table and SmolLM2; each streamed layer's weights cross once 
 `kill -9` in the middle of a block resumes to identical counts.
 """
 import dataclasses
-import os
-import signal
 import subprocess
 import sys
-import time
 
-import h5py
 import pytest
 import torch
 
-import fastneurons
+from interrupts import PACKAGE_ENV, kill_when_units_held
 from fastneurons.models.loading import gpt2_tokenizer, package_dir
 from fastneurons.models.offload import LayerStreamer
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
@@ -149,26 +145,12 @@ def test_kill_9_in_the_middle_of_a_block_then_resume(tmp_path):
             "--out", str(out), "--seq-len", "48", "--batch-size", "2", "--unit-batches", "1",
             "--ngram-layers", "0", "1", "--no-progress", "--commit-seconds", "0",
             "--block-tokens", str(block_units * 2 * 48)]
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fastneurons.__file__))))
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with h5py.File(out, "r") as f:
-                if int(f["corpora/0/units"][()].sum()) >= 2 * block_units:
-                    break
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.01)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    time.sleep(0.05)   # into the next block
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_units_held(args, out, 2 * block_units, tmp_path, settle=0.05)  # then into the next block
     with open_counts(out) as counts:
         held = counts.units_held
         assert not counts.complete and 2 * block_units <= held < len(counts.header.corpora[0].units)
         assert held % block_units == 0   # whole blocks only: the killed block is redone
-    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=PACKAGE_ENV, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_store(full.out, out)
 

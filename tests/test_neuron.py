@@ -1,7 +1,6 @@
 """One neuron looked up (`neuron_profile`, `fastneurons show`) on the planted OPT, whose answers are known."""
 import json
 
-import numpy as np
 import pytest
 
 from fastneurons.analysis.neuron import neuron_profile

@@ -10,9 +10,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -20,6 +18,7 @@ from transformers import OPTConfig, OPTForCausalLM
 
 import fastneurons
 from fastneurons.recording import runner
+from interrupts import PACKAGE_ENV, interrupt_after_commits, kill_when_units_held
 from fastneurons.bench.compare import plain_differences
 from fastneurons.bench.plain_way import plain_record
 from fastneurons.config import RecordConfig
@@ -126,19 +125,10 @@ def test_interrupted_run_resumes_to_identical_counts(tmp_path, corpus, monkeypat
     runner.record(full, log=lambda *a: None)
 
     part = _config(model, corpus, tmp_path / "part.h5", ngram_memory="1K")  # spills runs often
-    commits = {"n": 0}
-    original = runner.CountsWriter.commit
-
-    def failing_commit(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        commits["n"] += 1
-        if commits["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner.CountsWriter, "commit", failing_commit)
+    interrupt_after_commits(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         runner.record(part, log=lambda *a: None)
-    monkeypatch.setattr(runner.CountsWriter, "commit", original)
+    monkeypatch.undo()  # commits work again
     with open_counts(part.out) as counts:
         assert not counts.complete and counts.units_held == 2
     with pytest.raises(StoreError, match="exists"):
@@ -269,25 +259,11 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     args = [sys.executable, "-m", "fastneurons.cli", "record", "--model", str(model), "--corpus", *corpus,
             "--out", str(out), "--seq-len", "48", "--batch-size", "2", "--unit-batches", "1",
             "--ngram-layers", "0", "1", "--no-progress", "--commit-seconds", "0"]
-    # run the package under test (installed, or this source tree with its built _C), from tmp_path
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fastneurons.__file__))))
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with h5py.File(out, "r") as f:
-                if int(f["corpora/0/units"][()].sum()) >= 3:
-                    break
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.02)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_units_held(args, out, 3, tmp_path)
     with open_counts(out) as counts:
         assert not counts.complete
         assert 3 <= counts.units_held < len(counts.header.corpora[0].units)
-    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=PACKAGE_ENV, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_store(full.out, out)
 

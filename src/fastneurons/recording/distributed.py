@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from fastneurons.config import RecordConfig, parse_bytes
+from fastneurons.devices import rank_device
 
 BARRIER_TIMEOUT = timedelta(days=7)   # ranks of a long recording may finish hours apart
 
@@ -73,6 +74,7 @@ def torchrun_job(config: RecordConfig, environ=os.environ) -> Optional[TorchrunJ
 
 
 def _rank_device(device: str, environ) -> str:
+    """The rank's GPU (devices.rank_device) when it records on CUDA, else ``device`` as given."""
     if device in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{int(environ.get('LOCAL_RANK', '0'))}"
+        return str(rank_device(int(environ.get("LOCAL_RANK", "0")), torch.cuda.device_count(), environ))
     return device
