@@ -1,8 +1,9 @@
 """`record()`: stream a corpus through a model's layers and commit SPEC §2 counts unit by unit.
 
-The model's own forward runs on fixed micro-batches; the public counters (`attach_counters`, one per
-recorded layer's neuron module) hand each pre-activation to the fused kernel (counts stay on the
-device), and n-gram tables are built from the packed bits on the CPU (`NgramFeed`). After each chunk
+The model's own forward runs on fixed micro-batches (or, layer-major, a block of them through each
+layer in turn); the public counters (recording/taps.py: `attach_counters`, one per recorded layer's
+neuron module) hand each pre-activation to the fused kernel (counts stay on the device), and n-gram
+tables are built from the packed bits on the CPU (`NgramFeed`). After each chunk
 of units the totals are committed to the store, so an interrupted run resumes to exactly the counts
 of an uninterrupted one.
 """
@@ -12,22 +13,18 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from fastneurons.models import architectures as archs
 from fastneurons.config import RecordConfig, SecondPassConfig, parse_bytes
-from fastneurons.recording.corpus import CorpusPlan, parse_corpus_arg, plan_corpus
-from fastneurons.recording.counter import attach_counters
-from fastneurons.kernels import PinnedHostCopies, require_cuda_build
+from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
+from fastneurons.kernels import require_cuda_build
 from fastneurons.devices import canonical_device, dtype_from_config, rank_device, resolve_dtype
 from fastneurons.models.lazy import load_lazy, wants_lazy
-from fastneurons.models.loading import LoadedModel, load_model, load_tokenizer, resolve as resolve_checkpoint
-from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
+from fastneurons.models.loading import load_model, load_tokenizer, resolve as resolve_checkpoint
 from fastneurons.ngrams.keys import pack_bits_for_vocab
 from fastneurons.progress import bars, counting_bar
 from fastneurons.models.offload import LayerStreamer
@@ -35,11 +32,9 @@ from fastneurons.recording import second_pass
 from fastneurons.recording.distributed import torchrun_job
 from fastneurons.recording.layer_major import run_block
 from fastneurons.plan import choose_block_units
-from fastneurons.store import Corpus, CountsWriter, DenseCounts, Header, StoreError, StoreLock, check_output_path
-
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "torch_dtype", "dtype", "use_cache", "output_hidden_states",
-                         "output_attentions", "return_dict", "name_or_path"}
-
+from fastneurons.recording.header import build_header
+from fastneurons.recording.taps import LayerTaps, MicroBatchTensors, NgramFeed, Recording, _batch_tensors  # noqa: F401
+from fastneurons.store import CountsWriter, DenseCounts, StoreError, StoreLock, check_output_path
 
 class RecordingError(RuntimeError):
     """A recording that had to stop (the store keeps everything committed before it)."""
@@ -70,225 +65,9 @@ def _checkpoint_dtype(spec) -> Optional[torch.dtype]:
         return None
 
 
-@dataclass
-class MicroBatchTensors:
-    """One micro-batch on the device: ids, mask, positions (-1 = pad) and the counted mask."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    positions: torch.Tensor
-    counted: torch.Tensor
-    domain: int
-
-
-@dataclass(frozen=True)
-class Recording:
-    """What one recording runs: its settings, the loaded model, the corpus plan, the layers and the device."""
-
-    config: RecordConfig
-    loaded: LoadedModel
-    tokenizer: object  # None: pre-tokenized id corpora only
-    plan: CorpusPlan
-    layers: list
-    ngram_layers: list
-    seq_len: int
-    pack_bits: int
-    device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def model(self):
-        return self.loaded.model
-
-    @property
-    def arch(self):
-        return self.loaded.arch
-
-
-class NgramFeed:
-    """The n-gram state of a recording: one accumulator per n-gram layer fed with its activation bits,
-    and the layer-independent seen counts fed with each micro-batch's token ids."""
-
-    def __init__(self, ngram_layers, *, num_neurons: int, orders, pack_bits: int, make_accumulator=None,
-                 count_seen: bool = True):
-        # --ngrams switch: exact tables by default; bounded passes summaries (pass 1) or candidate counters (pass 2)
-        make_accumulator = make_accumulator or (
-            lambda layer: NgramAccumulator(num_neurons, orders=orders, pack_bits=pack_bits))
-        self.layers = {layer: make_accumulator(layer) for layer in ngram_layers}
-        self.seen = SeenAccumulator(orders=orders, pack_bits=pack_bits) if self.layers and count_seen else None
-        self.host_copies = PinnedHostCopies()  # bits to the n-gram tables via pinned buffers
-        self._tokens = None
-
-    def select_tokens(self, cpu_arrays) -> None:
-        """The micro-batch the next bits belong to: its flat (ids, positions, counted) CPU arrays."""
-        self._tokens = cpu_arrays
-
-    def add_tokens(self, cpu_arrays) -> None:
-        """A new micro-batch: its flat (ids, positions, counted) CPU arrays, counted in the seen tables."""
-        self.select_tokens(cpu_arrays)
-        if self.seen is not None:
-            self.seen.add(*cpu_arrays)
-
-    def add_bits(self, layer: int, bits: torch.Tensor) -> None:
-        """One n-gram layer's activation bits [..., W] on the current micro-batch."""
-        ids, pos, counted = self._tokens
-        words = self.host_copies.copy(layer, bits).reshape(-1, bits.shape[-1]).numpy().view(np.uint64)
-        self.layers[layer].add(words, ids, pos, counted)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(acc.nbytes for acc in self.layers.values()) + (self.seen.nbytes if self.seen is not None else 0)
-
-    def take_tables(self):
-        """The n-gram tables built since the last call, {(layer, k): Table} and {k: SeenTable}."""
-        tables = {(layer, k): table for layer, acc in self.layers.items() for k, table in acc.tables().items()}
-        seen = self.seen.tables() if self.seen is not None else {}
-        for acc in self.layers.values():
-            acc.clear()
-        if self.seen is not None:
-            self.seen.clear()
-        return tables, seen
-
-
-class LayerTaps:
-    """The recorded layers' counters: `attach_counters` on each layer's neuron module (the public path),
-    started from the store's totals, with the n-gram layers' bits handed to an `NgramFeed`."""
-
-    def __init__(self, recording: Recording, dense: DenseCounts, *, make_accumulator=None, count_seen: bool = True):
-        model, arch, config = recording.model, recording.arch, recording.config
-        gated = config.gated_product
-        self.layers = list(recording.layers)
-        module_names = {id(module): name for name, module in model.named_modules()}
-        self.names = [module_names[id(archs.neuron_module(model, arch, layer, gated_product=gated))]
-                      for layer in self.layers]
-        num_neurons = dense.active.shape[1]
-        self.ngrams = NgramFeed(recording.ngram_layers, num_neurons=num_neurons, orders=config.orders,
-                                pack_bits=recording.pack_bits, make_accumulator=make_accumulator,
-                                count_seen=count_seen)
-        layer_of = dict(zip(self.names, self.layers))
-        self.handle = attach_counters(
-            model, self.names, max_positions=dense.pos_seen.shape[0], threshold=config.threshold,
-            use_input=gated, transform=torch.abs if gated else None, count_bos=config.count_bos,
-            device=recording.device, num_neurons=num_neurons, domains=len(dense.domain_tokens),
-            count_positions=dense.pos_active is not None,
-            keep_bits=[name for name in self.names if layer_of[name] in self.ngrams.layers],
-            on_bits=lambda name, bits: self.ngrams.add_bits(layer_of[name], bits))
-        for row, name in enumerate(self.names):
-            self.handle.counters[name].load_state(_layer_state(dense, row))
-
-    def remove(self) -> None:
-        self.handle.remove()
-
-    def select(self, batch: MicroBatchTensors, cpu_arrays) -> None:
-        """Make ``batch`` the micro-batch the hooks count, without counting its seen n-grams again
-        (layer-major runs switch between a block's micro-batches at every layer)."""
-        self.handle.set_positions(batch.positions, batch.counted, domain=batch.domain)
-        self.ngrams.select_tokens(cpu_arrays)
-
-    def set_batch(self, batch: MicroBatchTensors, cpu_arrays) -> None:
-        """A new micro-batch: the following forward counts it, and its seen n-grams are counted (once)."""
-        self.handle.set_positions(batch.positions, batch.counted, domain=batch.domain)
-        self.ngrams.add_tokens(cpu_arrays)
-
-    def end_unit(self) -> None:
-        """Units ended (bounded mode folds its summaries here, so their state follows the units)."""
-        for accumulator in self.ngrams.layers.values():
-            if hasattr(accumulator, "end_unit"):
-                accumulator.end_unit()
-
-    def ngram_bytes(self) -> int:
-        return self.ngrams.nbytes
-
-    def take_tables(self):
-        return self.ngrams.take_tables()
-
-    def totals(self) -> DenseCounts:
-        """Copy the counters to the host (once per chunk), stacked as the store lays them out."""
-        counters = [self.handle.counters[name] for name in self.names]
-        host = lambda name: np.stack([getattr(c, name).cpu().numpy() for c in counters])  # noqa: E731
-        domain_tokens = counters[0].domain_tokens.cpu().numpy()  # every layer saw the same tokens
-        domain_active = host("domain_active").transpose(1, 0, 2).copy()  # [D, L, F]
-        return DenseCounts(
-            tokens=int(domain_tokens.sum()),
-            pos_seen=counters[0].pos_seen.cpu().numpy(),
-            active=domain_active.sum(axis=0),
-            pos_active=host("pos_active") if counters[0].pos_active is not None else None,
-            nan_count=host("nan_count").reshape(-1),
-            domain_tokens=domain_tokens,
-            domain_active=domain_active,
-        )
-
-
-def _layer_state(dense: DenseCounts, row: int) -> dict:
-    """Row ``row`` of a store's dense totals, as one layer's counter state."""
-    state = {"domain_tokens": dense.domain_tokens, "domain_active": dense.domain_active[:, row],
-             "pos_seen": dense.pos_seen, "nan_count": dense.nan_count[row:row + 1]}
-    if dense.pos_active is not None:
-        state["pos_active"] = dense.pos_active[row]
-    return state
-
-
-def _batch_tensors(micro, domain, count_bos, device):
-    """Move a micro-batch to the device; also return its flat CPU arrays for the n-gram tables."""
-    positions = micro.positions.to(torch.int32).contiguous()
-    counted = positions >= (0 if count_bos else 1)
-    cpu = (micro.input_ids.reshape(-1).numpy(), positions.reshape(-1).numpy(), counted.reshape(-1).numpy())
-    batch = MicroBatchTensors(micro.input_ids.to(device), micro.attention_mask.to(device),
-                              positions.to(device), counted.to(device), domain)
-    return batch, cpu
-
-
 def _unit_tokens(plan, index: int) -> int:
     sequences = plan.unit_sequences(index)
     return int(plan.offsets[sequences.stop] - plan.offsets[sequences.start])
-
-
-def _model_config(model) -> dict:
-    config = model.config.to_dict()
-    return {k: v for k, v in config.items() if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
-
-
-def _vocab_strings(tokenizer, size: int) -> list:
-    """Text of every token id (ids the tokenizer does not know give '')."""
-    known = min(len(tokenizer), size)
-    return tokenizer.batch_decode([[i] for i in range(known)]) + [""] * (size - known)
-
-
-def build_header(recording: Recording) -> Header:
-    """The store's metadata for this recording (settings, model, definition, corpus)."""
-    config, loaded, tokenizer, plan = recording.config, recording.loaded, recording.tokenizer, recording.plan
-    arch, model, seq_len = loaded.arch, loaded.model, recording.seq_len
-    meta = {
-        "record_config": config.to_metadata(),
-        "architecture": arch.name,
-        "model_config": _model_config(model),
-        "model": {key: value for key, value in loaded.source.items() if key != "config"},
-        "compute_dtype": str(recording.dtype).replace("torch.", ""),
-        "device": str(recording.device),
-        "torch_threads": torch.get_num_threads(),  # pinned by _pin_threads before the model loads
-        "tokenizer": getattr(tokenizer, "name_or_path", "") or "",
-        "neuron_definition": archs.neuron_definition(arch, config.threshold, config.gated_product),
-        "threshold": float(config.threshold),
-        "count_bos": bool(config.count_bos),
-        "pack_bits": int(recording.pack_bits),
-        "num_neurons": int(archs.num_neurons(model.config, arch)),
-        "max_positions": int(seq_len),
-        "layers": list(recording.layers),
-        "ngram_layers": list(recording.ngram_layers),
-        "orders": list(config.orders),
-        "positions": bool(config.positions),
-        "seq_len": int(seq_len),
-        "full_length": bool(config.full_length),
-        "batch_size": int(config.batch_size),
-        "unit_batches": int(config.unit_batches),
-        "gated_product": bool(config.gated_product),
-        "ngram_mode": config.ngrams,
-        "summary_capacity": int(config.summary_capacity) if config.ngrams == "bounded" else None,
-    }
-    manifest = plan.manifest()
-    corpus = Corpus(plan.fingerprint, manifest, np.zeros(plan.num_units, dtype=bool), len(plan.domains))
-    vocab = None if tokenizer is None else _vocab_strings(tokenizer, int(model.get_input_embeddings().weight.shape[0]))
-    return Header(meta, vocab, [corpus], [d.label for d in plan.domains])
 
 
 def _select_layers(config: RecordConfig, num_layers: int):

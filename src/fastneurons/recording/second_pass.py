@@ -123,8 +123,8 @@ def _load_progress(path: Path, fingerprint: str, taps, log) -> set:
 
 def second_pass(config: SecondPassConfig, log=print) -> Path:
     """Pass 2 of a bounded store: count every planned (n-gram, neuron) pair exactly over its units."""
-    from fastneurons.recording.runner import (LayerTaps, Recording, _batch_tensors, _pin_threads, _unit_tokens,
-                                              resolve_device)
+    from fastneurons.recording.runner import _pin_threads, _unit_tokens, resolve_device
+    from fastneurons.recording.taps import LayerTaps, Recording, _batch_tensors
 
     config = config.validate()
     path = Path(config.store)
