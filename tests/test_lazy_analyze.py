@@ -3,20 +3,23 @@
 Update directions and the unembedding equal the eager load's exactly on random checkpoints of OPT pre-LN,
 OPT-350m-style post-LN with project_out, GPT-2, Llama and Gemma-2; the checkpoint keys read are exactly one
 down projection (plus its FFN-output norm) per layer, project_out once and the unembedding once, and every
-other weight stays on the meta device; `analyze` writes the same suppression results either way.
+other weight stays on the meta device; `analyze` writes the same suppression results either way, and a
+checkpoint lazy weights cannot read only skips suppression, naming the reason.
 """
 import json
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from fastneurons.config import AnalyzeConfig
 from fastneurons.models import architectures as archs
 from fastneurons.models.lazy import suppression_weights
 from fastneurons.models import loading
 from fastneurons.models.loading import load_model
-from fastneurons.reporting.analyze import analyze
+from fastneurons.reporting.analyze import analyze, load_weights
+from fastneurons.store import open_counts
 import test_record_architectures as families
 import test_runner as opt
 from test_analyze import FAST, stores  # noqa: F401  (the planted OPT store and its model)
@@ -94,3 +97,19 @@ def test_analyze_writes_the_same_suppression_lazy_and_eager(stores, tmp_path, mo
 def test_weights_choice_is_checked():
     with pytest.raises(ValueError, match="--weights 'mmap'"):
         AnalyzeConfig(counts=["x.h5"], weights="mmap").validate()
+
+
+def test_a_checkpoint_lazy_weights_cannot_read_only_skips_suppression(stores, checkpoints, tmp_path):  # noqa: F811
+    small, _, _ = stores
+    source = checkpoints["opt_pre_ln"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((source / "config.json").read_text())
+    tensors = load_file(str(source / "model.safetensors"))
+    del tensors[next(key for key in tensors if key.endswith("layers.1.fc2.weight"))]
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with open_counts(small) as counts:
+        weights, spec, why = load_weights(counts, AnalyzeConfig(counts=[str(small)], model=str(broken),
+                                                                 weights="lazy"), log=QUIET)
+    assert weights is None and spec is None
+    assert "could not be loaded" in why and "no checkpoint key" in why and "layers.1.fc2.weight" in why

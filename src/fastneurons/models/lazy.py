@@ -6,7 +6,8 @@ Host RAM then holds the embeddings, the final norms and one decoder layer whatev
 that needs a conversion merging or splitting tensors is refused with the reason before any work.
 Each layer is read with `safe_open` and the file is closed again, so no mapped page outlives its
 layer. `.bin`-only checkpoints are converted once to safetensors (weights_only=True); GGUF files keep
-the eager path of loading.py.
+the eager path of loading.py. For `analyze`, `suppression_weights` fills in the same skeleton with only
+the tensors suppression reads (down projections, their FFN-output norms, project_out, the unembedding).
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def key_map(model, files) -> dict:
     if others:
         raise UnsupportedCheckpoint(f"{type(model).__name__}: transformers loads it with conversions "
                                     f"{[type(t).__name__ for t in others]} that lazy weights do not support; "
-                                    "record with --weights eager")
+                                    "use --weights eager")
     state = model.state_dict()
     mapping = {}
     for path in files:
@@ -90,7 +91,7 @@ def key_map(model, files) -> dict:
             if converter is not None:
                 raise UnsupportedCheckpoint(f"{path.name}: tensor {key!r} needs transformers' conversion "
                                             f"{converter!r} (tensors merged or split on load), which lazy weights "
-                                            "do not support; record with --weights eager")
+                                            "do not support; use --weights eager")
             if name in state:
                 mapping[name] = (path, key)
     return mapping
