@@ -279,6 +279,9 @@ class AnalyzeConfig:
     out: str = _opt("report", "output folder for results.json, CSV tables, figures and report.html")
     model: Optional[str] = _opt(None, "checkpoint for suppression (default: the model recorded in the store)")
     suppression: bool = _opt(True, "compute suppression (loads the model's fc2/lm_head weights)")
+    weights: str = _opt("auto", "how suppression reads the checkpoint: eager (load it whole), lazy (read only the "
+                                "down projections and the unembedding from safetensors) or auto (lazy when the "
+                                "checkpoint exceeds half the free RAM; GGUF: eager)")
     per_neuron: bool = _opt(False, "include per-neuron arrays in results.json (large for big models)")
     formats: list = field(default_factory=lambda: ["png", "svg"],
                           metadata={"help": "figure formats", "nargs": "+"})
@@ -288,6 +291,8 @@ class AnalyzeConfig:
     def validate(self) -> "AnalyzeConfig":
         if not self.counts:
             raise ValueError("give at least one counts file")
+        if self.weights not in ("auto", "eager", "lazy"):
+            raise ValueError(f"--weights {self.weights!r}: choose auto, eager or lazy")
         bad = sorted(set(self.formats) - {"png", "svg", "pdf"})
         if bad:
             raise ValueError(f"--formats {bad}: choose from png, svg, pdf")

@@ -368,6 +368,21 @@ def update_directions(model, arch: Architecture, layer: int, neurons=None) -> to
     return columns
 
 
+def suppression_parameters(model, arch: Architecture, layer: int) -> list:
+    """Names of the parameters `update_directions(model, arch, layer)` reads (lazy weights read only these)."""
+    prefix = f"{arch.layers}.{layer}."
+    names = [prefix + arch.down_module + ".weight"]
+    if arch.ffn_output_norm is not None:
+        names.append(prefix + arch.ffn_output_norm + ".weight")
+    if arch.output_projection is not None:
+        try:
+            _submodule(model, arch, arch.output_projection)
+            names.append(arch.output_projection + ".weight")
+        except AttributeError:
+            pass
+    return names
+
+
 def unembedding(model, arch: Architecture) -> torch.Tensor:
     """The output embedding E = lm_head.weight, [V, d] (no final norm, SPEC §3)."""
     try:

@@ -6,7 +6,8 @@ Host RAM then holds the embeddings, the final norms and one decoder layer whatev
 that needs a conversion merging or splitting tensors is refused with the reason before any work.
 Each layer is read with `safe_open` and the file is closed again, so no mapped page outlives its
 layer. `.bin`-only checkpoints are converted once to safetensors (weights_only=True); GGUF files keep
-the eager path of loading.py.
+the eager path of loading.py. For `analyze`, `suppression_weights` fills in the same skeleton with only
+the tensors suppression reads (down projections, their FFN-output norms, project_out, the unembedding).
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def key_map(model, files) -> dict:
     if others:
         raise UnsupportedCheckpoint(f"{type(model).__name__}: transformers loads it with conversions "
                                     f"{[type(t).__name__ for t in others]} that lazy weights do not support; "
-                                    "record with --weights eager")
+                                    "use --weights eager")
     state = model.state_dict()
     mapping = {}
     for path in files:
@@ -90,7 +91,7 @@ def key_map(model, files) -> dict:
             if converter is not None:
                 raise UnsupportedCheckpoint(f"{path.name}: tensor {key!r} needs transformers' conversion "
                                             f"{converter!r} (tensors merged or split on load), which lazy weights "
-                                            "do not support; record with --weights eager")
+                                            "do not support; use --weights eager")
             if name in state:
                 mapping[name] = (path, key)
     return mapping
@@ -103,10 +104,11 @@ class LazyWeights:
     model: torch.nn.Module
     arch: archs.Architecture
     mapping: dict                       # model tensor name -> (file, checkpoint key)
-    dtype: torch.dtype
+    dtype: Optional[torch.dtype]        # None: each tensor keeps the checkpoint's dtype
     keep: int = 1
     device: torch.device = torch.device("cpu")
     loads: dict = field(default_factory=lambda: defaultdict(int))   # layer -> times read (tests, logs)
+    reads: list = field(default_factory=list)                        # checkpoint keys read, in order (tests)
     _resident: list = field(default_factory=list)
     _handles: list = field(default_factory=list)
 
@@ -145,7 +147,9 @@ class LazyWeights:
                         if tuple(value.shape) != tuple(parameter.shape):
                             raise UnsupportedCheckpoint(f"{key}: shape {tuple(value.shape)} in {path.name}, "
                                                         f"the model expects {tuple(parameter.shape)}")
-                        real = torch.nn.Parameter(value.to(device=self.device, dtype=self.dtype), requires_grad=False)
+                        self.reads.append(key)
+                        real = torch.nn.Parameter(value.to(device=self.device, dtype=self.dtype or value.dtype),
+                                                  requires_grad=False)
                         for module, attribute in owners:
                             module._parameters[attribute] = real
 
@@ -175,12 +179,28 @@ class LazyWeights:
 
     def release(self, index: int) -> None:
         """Put layer `index`'s parameters back on the meta device (frees their memory)."""
-        layer = archs.decoder_layers(self.model, self.arch)[index]
-        for _, owners, parameter in self._slots(layer, ""):
+        self._to_meta(self._slots(archs.decoder_layers(self.model, self.arch)[index], ""))
+
+    @staticmethod
+    def _to_meta(slots) -> None:
+        for _, owners, parameter in slots:
             empty = torch.nn.Parameter(torch.empty(parameter.shape, dtype=parameter.dtype, device="meta"),
                                        requires_grad=False)
             for module, attribute in owners:
                 module._parameters[attribute] = empty
+
+    def _named_slots(self, names) -> list:
+        """The parameter slots of the whole model that any of `names` (model tensor names) refers to."""
+        wanted = set(names)
+        return [slot for slot in self._slots(self.model, "") if wanted.intersection(slot[0])]
+
+    def read_parameters(self, names) -> None:
+        """Make just the parameters `names` real (tied ones through any of their names); real ones stay."""
+        self._read([slot for slot in self._named_slots(names) if slot[2].is_meta])
+
+    def release_parameters(self, names) -> None:
+        """Put the parameters `names` back on the meta device."""
+        self._to_meta(self._named_slots(names))
 
     def plan(self, last_layer: int) -> OffloadPlan:
         """The streamer's plan for this run: layers stream from the disk, so layer-major blocks pay."""
@@ -261,27 +281,81 @@ def wants_lazy(choice: str, spec) -> bool:
     return size is not None and free is not None and size > free // 2
 
 
-def load_lazy(spec, dtype=torch.float32, log=print) -> LazyLoadedModel:
-    """A model for recording whose layers are read from safetensors as they run (refusals before any work)."""
-    resolved = resolve(spec)
+def _lazy_weights(resolved, spec, dtype, log) -> tuple:
+    """(LazyWeights on a skeleton, its files) for a directory checkpoint, or UnsupportedCheckpoint before any work."""
     if resolved.gguf_file is not None:
         raise UnsupportedCheckpoint(f"{spec}: GGUF checkpoints load eagerly (--weights eager); lazy weights "
                                     "read safetensors")
     config = _config(resolved)
     archs.architecture_for(config)
     files = checkpoint_files(resolved.directory, log)
-    model = _skeleton(config, dtype)
+    model = _skeleton(config, dtype or torch.float32)
     mapping = key_map(model, files)
     arch = archs.architecture_for(model)
     missing = [name for name, _ in model.named_parameters() if name not in mapping
                and not name.startswith(arch.unembedding + ".")]
     if missing:
         raise UnsupportedCheckpoint(f"{resolved.directory}: {len(missing)} model tensors have no checkpoint key "
-                                    f"after transformers' renaming (first: {missing[0]}); record with --weights eager")
+                                    f"after transformers' renaming (first: {missing[0]}); use --weights eager")
+    return LazyWeights(model, arch, mapping, dtype), files
+
+
+def load_lazy(spec, dtype=torch.float32, log=print) -> LazyLoadedModel:
+    """A model for recording whose layers are read from safetensors as they run (refusals before any work)."""
+    resolved = resolve(spec)
+    weights, files = _lazy_weights(resolved, spec, dtype, log)
+    model = weights.model
     tokenizer = _tokenizer(resolved) if _has_tokenizer(resolved) else None
     source = {"spec": str(spec), "path": str(resolved.directory), "gguf_file": None, "class": type(model).__name__,
               "config": model.config.to_dict(), "dtype": str(dtype).replace("torch.", ""), "quantized_gguf": False,
               "weights": "lazy", "files": [p.name for p in files]}
-    weights = LazyWeights(model, arch, mapping, dtype)
-    return LazyLoadedModel(model=model, tokenizer=tokenizer, arch=arch, source=source, weights=weights)
+    return LazyLoadedModel(model=model, tokenizer=tokenizer, arch=weights.arch, source=source, weights=weights)
+
+
+class LazySuppressionWeights(archs.ModelWeights):
+    """ModelWeights on a lazy skeleton: each layer asked gets only the tensors update_directions reads.
+
+    The math stays ModelWeights'; this only fills in, before it runs, the parameters
+    `archs.suppression_parameters` names (down projection, FFN-output norm, project_out) for one layer
+    at a time, and the unembedding once; every other weight stays on the meta device.
+    """
+
+    def __init__(self, weights: LazyWeights):
+        super().__init__(weights.model, weights.arch)
+        self.weights = weights
+        self._layer_names = []   # the resident layer's own parameters (released when another layer is asked)
+
+    def update_directions(self, layer: int, neurons=None):
+        names = archs.suppression_parameters(self.model, self.arch, layer)
+        own = [name for name in names if name.startswith(f"{self.arch.layers}.{layer}.")]
+        if own != self._layer_names:
+            self.weights.release_parameters(self._layer_names)
+            self._layer_names = own
+        self.weights.read_parameters(names)
+        return super().update_directions(layer, neurons)
+
+    def unembedding(self):
+        if self._unembedding is None:
+            names = [self.arch.unembedding + ".weight"]
+            self.weights.read_parameters(names)
+            super().unembedding()           # a numpy copy, kept; the parameter itself goes back to meta
+            self.weights.release_parameters(names)
+        return self._unembedding
+
+
+def _checkpoint_dtype(config) -> Optional[torch.dtype]:
+    """The dtype `from_pretrained(dtype="auto")` gives: the config's, else each tensor's own (None)."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) else None
+
+
+def suppression_weights(spec, log=print) -> LazySuppressionWeights:
+    """Suppression weights read lazily from safetensors, in the dtype the eager `dtype="auto"` load has."""
+    resolved = resolve(spec)
+    dtype = None if resolved.gguf_file is not None else _checkpoint_dtype(_config(resolved))
+    weights, _ = _lazy_weights(resolved, spec, dtype, log)
+    weights.model.tie_weights()   # a tied head is read through the input embedding's key, as from_pretrained ties it
+    return LazySuppressionWeights(weights)
 

@@ -1,7 +1,8 @@
 """`fastneurons analyze`: counts store(s) -> results.json, CSV tables, figures and one HTML report.
 
 For each store: open it (no model needed), load the model's fc2 / lm_head weights for suppression when
-asked (a model that cannot be loaded only skips suppression, with a warning), run `analyze_counts`,
+asked (`--weights lazy` reads only those from safetensors; a model that cannot be loaded only skips
+suppression, with a warning), run `analyze_counts`,
 prepare the few arrays the figures need from the counts and weights (fr(p) curves, example projections),
 then write everything. Several stores get one sub-folder each plus cross-model figures and a combined report.
 """
@@ -36,9 +37,14 @@ def _model_candidates(config: AnalyzeConfig, metadata: dict) -> list:
     return list(dict.fromkeys(str(s) for s in (recorded.get("spec"), recorded.get("path")) if s))
 
 
-def load_weights(counts, config: AnalyzeConfig):
-    """(ModelWeights, the spec loaded, None) for suppression, or (None, None, why not) without raising."""
+def load_weights(counts, config: AnalyzeConfig, log=print):
+    """(ModelWeights, the spec loaded, None) for suppression, or (None, None, why not) without raising.
+
+    `config.weights` chooses as `record --weights` does: lazy reads only the down projections (with the
+    tensors their directions need) and the unembedding from safetensors; eager loads the whole checkpoint.
+    """
     from fastneurons.models import architectures as archs
+    from fastneurons.models.lazy import suppression_weights, wants_lazy
     from fastneurons.models.loading import load_model
 
     candidates = _model_candidates(config, counts.metadata)
@@ -47,17 +53,21 @@ def load_weights(counts, config: AnalyzeConfig):
     errors = []
     for spec in candidates:
         try:
-            loaded = load_model(spec, dtype="auto")
+            if wants_lazy(config.weights, spec):
+                weights = suppression_weights(spec, log=log)
+            else:
+                loaded = load_model(spec, dtype="auto")
+                weights = archs.ModelWeights(loaded.model, loaded.arch)
         except Exception as error:  # any loading problem only skips suppression
             errors.append(str(error) if spec in str(error) else f"{spec}: {error}")
             continue
-        neurons = archs.num_neurons(loaded.model.config, loaded.arch)
-        layers = archs.num_layers(loaded.model, loaded.arch)
+        neurons = archs.num_neurons(weights.model.config, weights.arch)
+        layers = weights.num_layers
         if neurons != counts.num_neurons or (counts.ngram_layers and max(counts.ngram_layers) >= layers):
             errors.append(f"{spec}: {layers} layers of {neurons} neurons do not match the store "
                           f"({counts.num_neurons} neurons, n-gram layers {counts.ngram_layers})")
             continue
-        return archs.ModelWeights(loaded.model, loaded.arch), spec, None
+        return weights, spec, None
     return None, None, "the model could not be loaded, so suppression was skipped (" + "; ".join(errors) + ")"
 
 
@@ -146,7 +156,7 @@ def analyze_store(path, folder, config: AnalyzeConfig, log=print, anchor: str = 
         metadata, vocab = counts.metadata, counts.vocab
         weights, loaded_spec, why_not = None, None, "suppression not asked for (--no-suppression)"
         if config.suppression:
-            weights, loaded_spec, why_not = load_weights(counts, config)
+            weights, loaded_spec, why_not = load_weights(counts, config, log)
             if weights is None:
                 log(f"warning: {path}: {why_not}")
         results = analyze_counts(counts, config.settings or AnalysisSettings(), weights,
