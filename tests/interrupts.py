@@ -27,20 +27,26 @@ def interrupt_after_commits(monkeypatch, n: int) -> None:
     monkeypatch.setattr(runner.CountsWriter, "commit", failing_commit)
 
 
-def kill_when_units_held(args, out, units: int, cwd, *, settle: float = 0.0, timeout: float = 180) -> None:
-    """Start ``args`` (a record command), SIGKILL it once the store ``out`` holds ``units`` units (after
-    ``settle`` more seconds), and wait for it; fails if it ended before."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=PACKAGE_ENV, cwd=cwd)
+def wait_for_units(proc, out, units: int, timeout: float = 300) -> None:
+    """Wait until the store ``out`` that ``proc`` records holds ``units`` units; fails if it ends first."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
             with h5py.File(out, "r") as f:
                 if int(f["corpora/0/units"][()].sum()) >= units:
-                    break
+                    return
         except (OSError, KeyError):
             pass
         time.sleep(0.01)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    stderr = proc.stderr.read()[-2000:] if proc.poll() is not None else ""
+    raise AssertionError(f"the recording ended or stalled before {units} units: {proc.poll()} {stderr}")
+
+
+def kill_when_units_held(args, out, units: int, cwd, *, settle: float = 0.0, timeout: float = 180) -> None:
+    """Start ``args`` (a record command), SIGKILL it once the store ``out`` holds ``units`` units (after
+    ``settle`` more seconds), and wait for it; fails if it ended before."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=PACKAGE_ENV, cwd=cwd)
+    wait_for_units(proc, out, units, timeout)
     time.sleep(settle)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

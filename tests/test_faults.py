@@ -11,9 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -24,6 +22,7 @@ from fastneurons.config import RecordConfig
 from fastneurons.info import describe_store
 from fastneurons.recording import runner
 from fastneurons.store import StoreError, StoreLock, open_counts, runs_dir
+from interrupts import wait_for_units
 from same_counts import assert_same_store
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX signals and file size limits")
@@ -137,7 +136,7 @@ def test_signal_mid_run_stops_cleanly_and_resumes_exactly(setup, signum, code, w
     out = setup[3] / f"signal-{signum}.h5"
     proc = subprocess.Popen([sys.executable, "-m", "fastneurons.cli", *_args(setup, out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=ENV)
-    _wait_for_units(proc, out, 3)
+    wait_for_units(proc, out, 3)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == code, stderr[-3000:]
@@ -154,7 +153,7 @@ def test_one_writer_per_store_and_a_reader_during_the_write(setup):
     out = setup[3] / "two-writers.h5"
     first = subprocess.Popen([sys.executable, "-m", "fastneurons.cli", *_args(setup, out)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=ENV)
-    _wait_for_units(first, out, 2)
+    wait_for_units(first, out, 2)
     first.send_signal(signal.SIGSTOP)  # holds the store (and its lock) mid-run while the others try
     try:
         with pytest.raises(StoreError, match=f"being written by pid {first.pid} "):
@@ -175,16 +174,3 @@ def test_one_writer_per_store_and_a_reader_during_the_write(setup):
     assert_same_store(setup[2], out)
     with StoreLock(out):  # free again once the writer is done
         pass
-
-
-def _wait_for_units(proc, out, units, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with h5py.File(out, "r") as f:
-                if int(f["corpora/0/units"][()].sum()) >= units:
-                    return
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.02)
-    raise AssertionError(f"the recording ended or stalled: {proc.poll()} {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
