@@ -561,3 +561,19 @@ def test_ctrl_c_during_a_write_discards_it_and_keeps_the_last_commit(tmp_path):
     writer.commit(random_dense(2), 0, [1])  # and writing goes on
     with open_counts(path) as counts:
         assert counts.units_held == 2
+
+
+def test_a_signal_deferred_during_a_write_is_raised_once_the_write_landed(tmp_path):
+    """A Ctrl-C that lands inside HDF5's I/O is raised when the write is complete, not re-sent blindly
+    (a re-sent signal can land in the next write again, and again, until the run ends)."""
+    path = tmp_path / "x.h5"
+
+    def write(f):
+        f.attrs["a"] = 1
+        atomic.deliver_later(signal.SIGINT)  # what the handler does when the signal lands in an unsafe frame
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic.atomic_h5(path, write)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["a"] == 1  # the write landed before the interrupt
+    assert atomic._PENDING == [] and not path.with_name("x.h5.tmp").exists()

@@ -93,7 +93,7 @@ class _Phases:
 def _instrument_runner(cuda: bool) -> _Phases:
     """Time record()'s parts: setup, forward (with the hooks inside), per-chunk work, store writes."""
     from fastneurons.models import architectures
-    from fastneurons.recording import counter, runner
+    from fastneurons.recording import counter, runner, taps
 
     phases = _Phases(cuda)
     phases.wrap(runner, "load_model", "load_model")
@@ -102,10 +102,10 @@ def _instrument_runner(cuda: bool) -> _Phases:
     phases.wrap(architectures, "run_until", "forward")
     phases.wrap(counter.CounterHandle, "_count", "forward.hooks")
     phases.wrap(counter, "count_activations", "forward.hooks.kernel")
-    phases.wrap(runner.NgramAccumulator, "add", "forward.hooks.ngram_add")
-    phases.wrap(runner.LayerTaps, "set_batch", "set_batch")
-    phases.wrap(runner.LayerTaps, "take_tables", "ngram_tables")
-    phases.wrap(runner.LayerTaps, "totals", "totals")
+    phases.wrap(taps.NgramAccumulator, "add", "forward.hooks.ngram_add")
+    phases.wrap(taps.LayerTaps, "set_batch", "set_batch")
+    phases.wrap(taps.LayerTaps, "take_tables", "ngram_tables")
+    phases.wrap(taps.LayerTaps, "totals", "totals")
     phases.wrap(runner.CountsWriter, "create", "store.create", static=True)
     phases.wrap(runner.CountsWriter, "write_run", "store.write_run")
     phases.wrap(runner.CountsWriter, "_snapshot", "store.commit")  # commit(final=True) calls finalize instead

@@ -119,6 +119,7 @@ def atomic_h5(path: Path, write) -> None:
         _discard(guarded, tmp)
         raise
     _fsync_dir(path.parent)
+    raise_pending()  # a Ctrl-C or SIGTERM that came during the write stops the program now, the write landed
 
 
 _CALLED_BY_HDF5 = {getattr(GuardedFile, name).__code__ for name in ("readinto", "write", "seek", "tell", "truncate",
@@ -139,11 +140,35 @@ def unsafe_to_raise(frame) -> bool:
     return False
 
 
+_PENDING: list = []  # signals that landed where raising was unsafe, not yet raised
+
+
 def deliver_later(signum) -> None:
-    """Send ``signum`` to this process again shortly, so that it lands in code where it can be raised."""
-    timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+    """Raise ``signum`` at the next safe point: when the HDF5 write in progress has landed
+    (``raise_pending``), or, outside a write, when it is sent to this process again shortly."""
+    if signum not in _PENDING:
+        _PENDING.append(signum)
+    timer = threading.Timer(0.05, _send_again, (signum,))
     timer.daemon = True
     timer.start()
+
+
+def _send_again(signum) -> None:
+    try:
+        _PENDING.remove(signum)  # not yet raised by raise_pending
+    except ValueError:
+        return
+    os.kill(os.getpid(), signum)
+
+
+def raise_pending() -> None:
+    """Deliver the signals deferred during a write, now that raising them is safe."""
+    while _PENDING:
+        try:
+            signum = _PENDING.pop(0)
+        except IndexError:
+            return
+        signal.raise_signal(signum)
 
 
 class _signals_deferred:
