@@ -93,7 +93,7 @@ def check_tests(report: Report, gpu: bool, quick: bool, out: Path) -> None:
     """Every CUDA test case (marker `cuda`, the `device` fixture's cuda cases included) in a subprocess."""
     xml = out / "cuda_tests.xml"
     targets = ["tests/test_kernels.py"] if quick else ["tests"]
-    env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env = dict(os.environ)   # gpu_check.sh chose the package: the checkout's src/ or the installed copy
     if gpu:
         env["FASTNEURONS_REQUIRE_CUDA"] = "1"
     command = [sys.executable, "-m", "pytest", *targets, "-m", "cuda", "-q", "-p", "no:cacheprovider",
