@@ -38,14 +38,16 @@ def test_quick_run_writes_every_section(quick_results):
     assert results["machine"]["torch_threads"] >= 1 and results["machine"]["cpu_model"]
     assert all(r["results_agree"] for r in results["kernel"])
     (e2e,) = results["end_to_end"]
-    assert set(e2e["methods"]) == {"bare", "plain", "fastneurons", "fastneurons_dense"}
+    assert set(e2e["methods"]) == {"bare", "plain", "fastneurons", "fastneurons_dense", "fastneurons_bounded"}
+    assert "fastneurons_bounded_overhead" in e2e["derived"] and "counting_cost_ratio_bounded" in e2e["derived"]
     derived = e2e["derived"]
     for key in ("bare_s", "plain_counting_s", "fastneurons_counting_s", "fastneurons_overhead",
                 "fastneurons_dense_overhead", "counting_cost_ratio", "fastneurons_peak_rss_mb", "plain_extra_rss_mb"):
         assert key in derived, key
     assert {"forward", "forward.hooks", "store.commit", "store.finalize"} <= set(e2e["methods"]["fastneurons"]["phases"])
     assert {t["name"].split(" ")[0] for t in e2e["targets"]} == {"counting_cost_ratio", "overhead_all_counters",
-                                                                 "overhead_dense_only"}
+                                                                 "overhead_dense_only", "overhead_bounded",
+                                                                 "counting_cost_ratio_bounded"}
     assert e2e["model"]["first_half_density"] == pytest.approx(0.05, abs=0.02)
     assert [r["factor"] for r in results["end_to_end_scaling"]] == [1, 4]
     assert "### End to end" in stdout and "| setting |" in stdout

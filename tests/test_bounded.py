@@ -24,6 +24,7 @@ from fastneurons.recording import runner
 from fastneurons.recording import second_pass as second_pass_module
 from fastneurons.recording.second_pass import second_pass
 from fastneurons.store import StoreError, merge_stores, open_counts
+from fastneurons.store.summaries import has_counted
 
 from interrupts import interrupt_after_commits
 from test_runner import _config, _opt, corpus  # noqa: F401  (corpus is a fixture)
@@ -164,11 +165,22 @@ def test_random_opt_bounded_equals_exact(tmp_path, corpus, capacity):  # noqa: F
     bounded = _config(model, corpus, tmp_path / "bounded.h5", ngrams="bounded", summary_capacity=capacity)
     runner.record(exact, **QUIET)
     runner.record(bounded, **QUIET)
-    with open_counts(bounded.out) as counts:
-        assert counts.ngram_mode == "bounded"
-        with pytest.raises(StoreError, match="bounded"):
-            counts.ngram_active(0, 1)
+    with open_counts(bounded.out) as counts, open_counts(exact.out) as reference:
+        assert counts.ngram_mode == "bounded" and counts.second_pass_done
         pruned = any(counts.ngram_table(layer, k).bound.any() for layer in (0, 1) for k in (1, 2, 3))
+        # pass 2 ran only where a summary cut a neuron, and counted only the cut neurons
+        assert has_counted(counts._file) == pruned
+        if pruned:
+            with pytest.raises(StoreError, match="cut some neurons"):
+                counts.ngram_active(0, 1)
+            counted = counts._file["counted/layer0/k3/table"]
+            cut = counts._file["summaries/layer0/k3/delta"][()] > 0
+            assert cut[counted["neuron"][()]].all() and cut.any() and not cut.all()
+        else:  # summaries that cut nothing are the exact tables
+            for layer in (0, 1):
+                for k in (1, 2, 3):
+                    for mine, theirs in zip(counts.ngram_active(layer, k), reference.ngram_active(layer, k)):
+                        np.testing.assert_array_equal(mine, theirs)
     assert pruned == (capacity == 64)  # the small summaries were cut, the large ones never
     e, b = _results(exact.out), _results(bounded.out)
     assert_same_ngram_results(e, b, expect_all_certified=capacity == 2048)
@@ -245,11 +257,12 @@ def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811
     runner.record(exact, **QUIET)
     shards = []
     for i in range(3):
-        shard = _config(model, corpus, tmp_path / f"s{i}.h5", shard=f"{i}/3", ngrams="bounded")
+        shard = _config(model, corpus, tmp_path / f"s{i}.h5", shard=f"{i}/3", ngrams="bounded",
+                        summary_capacity=64)  # small enough to be cut: pass 2 has work
         runner.record(shard, **QUIET)
         shards.append(shard.out)
     with open_counts(shards[0]) as counts, pytest.raises(StoreError, match="second pass"):
-        counts.ngram_table(0, 1)
+        counts.ngram_table(0, 3)  # cut (trigrams are the most varied): unreadable before pass 2
     merged = merge_stores(shards, tmp_path / "merged.h5", ngram_memory=1 << 20)
     with pytest.raises(StoreError, match="ngram_mode"):
         merge_stores([exact.out, shards[0]], tmp_path / "mixed.h5", ngram_memory=1 << 20)
@@ -257,7 +270,7 @@ def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811
     assert main(["analyze", str(merged), "--out", str(tmp_path / "report"), "--no-suppression"]) == 2
     assert main(["second-pass", str(merged), "--no-progress"]) == 0
     assert "second pass done" in describe_store(merged)["ngram_mode"]
-    assert_same_ngram_results(_results(exact.out), _results(merged))
+    assert_same_ngram_results(_results(exact.out), _results(merged), expect_all_certified=False)
     with pytest.raises(StoreError, match="no second pass"):
         second_pass(SecondPassConfig(store=exact.out, progress=False), **QUIET)
 

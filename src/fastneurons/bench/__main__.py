@@ -135,8 +135,9 @@ class Bench:
             print(f"\n  built {info['name']} in {time.perf_counter() - start:.0f} s: first half "
                   f"{info['first_half_density']:.1%} active, second half {info['second_half_density']:.1%}", flush=True)
             models[density] = info
-            methods = ("bare", "plain", "fastneurons") + (("fastneurons_dense",) if density == "sparse"
-                                                           or len(self.args.densities) == 1 else ())
+            methods = ("bare", "plain", "fastneurons") + (("fastneurons_dense", "fastneurons_bounded")
+                                                           if density == "sparse" or len(self.args.densities) == 1
+                                                           else ())
             results.append(self._end_to_end(f"opt-{size} {density}", self._job(info["path"], self.args.tokens),
                                             methods, info))
         self.results["end_to_end"], self._models = results, models

@@ -22,6 +22,7 @@ METHODS = {  # name -> (what runs, RecordConfig overrides)
     "plain": ("plain", {}),
     "fastneurons": ("fastneurons", {}),
     "fastneurons_dense": ("fastneurons", {"ngram_layers": ["none"]}),
+    "fastneurons_bounded": ("fastneurons", {"ngrams": "bounded"}),
 }
 
 
@@ -93,7 +94,8 @@ class _Phases:
 def _instrument_runner(cuda: bool) -> _Phases:
     """Time record()'s parts: setup, forward (with the hooks inside), per-chunk work, store writes."""
     from fastneurons.models import architectures
-    from fastneurons.recording import counter, runner, taps
+    from fastneurons.ngrams import bounded
+    from fastneurons.recording import counter, runner, second_pass, taps
 
     phases = _Phases(cuda)
     phases.wrap(runner, "load_model", "load_model")
@@ -103,6 +105,8 @@ def _instrument_runner(cuda: bool) -> _Phases:
     phases.wrap(counter.CounterHandle, "_count", "forward.hooks")
     phases.wrap(counter, "count_activations", "forward.hooks.kernel")
     phases.wrap(taps.NgramAccumulator, "add", "forward.hooks.ngram_add")
+    phases.wrap(bounded.SummaryAccumulator, "fold", "forward.hooks.summary_fold")
+    phases.wrap(second_pass, "second_pass", "second_pass")
     phases.wrap(taps.LayerTaps, "set_batch", "set_batch")
     phases.wrap(taps.LayerTaps, "take_tables", "ngram_tables")
     phases.wrap(taps.LayerTaps, "totals", "totals")

@@ -159,14 +159,24 @@ def possible_candidates(summary: Summary, max_coverage: int, coverage: float) ->
 
 def plan_candidates(summary: Summary, max_coverage: int = 50, coverage: float = 0.95,
                     cover_rate: float = 0.95) -> CandidatePlan:
-    """Pass 2's pairs: the tracked ones, and rare ones for neurons that may be candidates.
+    """Pass 2's pairs: the tracked ones of the neurons the summary cut, and rare ones for those of them
+    that may be candidates (neurons never cut are exact in the summary: ``exact_rows``).
 
     An untracked n-gram g of neuron n has active <= delta[n]; it can be in G(n) only if
     active >= cover_rate * seen[g], so only if seen[g] <= delta[n] / cover_rate."""
     fraction = exact_fraction(cover_rate, "cover_rate")
     limit = (summary.delta * fraction.denominator) // fraction.numerator
     limit = np.where(possible_candidates(summary, max_coverage, coverage), limit, 0).astype(np.int64)
-    return CandidatePlan(summary.table.key, summary.table.neuron, limit, summary.order)
+    cut = summary.delta[summary.table.neuron] > 0  # a neuron never cut (delta 0) is exact already
+    return CandidatePlan(summary.table.key[cut], summary.table.neuron[cut], limit, summary.order)
+
+
+def exact_rows(summary: Summary) -> Table:
+    """The rows of the neurons the summary never cut (``delta == 0``): their exact tables (Lemma 1 with
+    delta 0: every stored count is the true one and nothing else occurred). Pass 2 skips these neurons."""
+    exact = summary.delta[summary.table.neuron] == 0
+    table = summary.table
+    return Table(table.key[exact], table.neuron[exact], table.count[exact], summary.order)
 
 
 def _pairs_table(key: np.ndarray, neuron: np.ndarray, order: int) -> Table:

@@ -16,12 +16,12 @@ from fastneurons.config import RecordConfig, SecondPassConfig, parse_bytes
 from fastneurons.models import architectures as archs
 from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.models.offload import LayerStreamer
-from fastneurons.ngrams.accumulator import SeenTable
+from fastneurons.ngrams.accumulator import SeenTable, Table
 from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, plan_candidates
 from fastneurons.progress import counting_bar
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.store import DenseCounts, StoreError, open_counts
-from fastneurons.store.summaries import (is_bounded, load_pass2_state, read_stored_summaries, read_summaries,
+from fastneurons.store.summaries import (any_cut, is_bounded, load_pass2_state, read_stored_summaries, read_summaries,
                                          save_pass2_state, store_is_bounded, write_second_pass, write_summaries)
 
 
@@ -63,7 +63,8 @@ def attach(writer, taps, restored: dict | None) -> None:
 
 
 def _pass1_inputs(path: Path):
-    """Header, summaries, seen tables and held units of a finished bounded store (or a clear refusal)."""
+    """Header, summaries, seen tables and held units of a finished bounded store (or a clear refusal);
+    only the header when no summary cut a neuron."""
     with open_counts(path) as counts:
         header = counts.header
         if not is_bounded(header.meta):
@@ -75,6 +76,8 @@ def _pass1_inputs(path: Path):
                              "store (its units must be replayed from its own corpus files)")
         if not header.ngram_layers:
             raise StoreError(f"{path} has no n-gram layers: nothing to count")
+        if not any_cut(counts._file, header):
+            return header, None, None, None  # every summary is its exact table: nothing to count
         seen = {k: SeenTable(*counts.ngram_seen(k), k) for k in header.orders}
         summaries = read_summaries(counts._file, header, path)
     return header, summaries, seen, np.flatnonzero(header.corpora[0].units)
@@ -129,6 +132,10 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
     config = config.validate()
     path = Path(config.store)
     header, summaries, seen, units = _pass1_inputs(path)
+    if summaries is None:
+        log(f"second pass of {path}: not needed, no summary cut a neuron (none met more than "
+            f"{header.meta.get('summary_capacity', 'capacity')} distinct n-grams of an order): the summaries are exact")
+        return path
     meta = header.meta
     recorded = RecordConfig(**meta["record_config"])
     plans = {key: plan_candidates(summary, config.max_coverage, config.coverage, config.cover_rate)
@@ -145,7 +152,8 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
     if plan.fingerprint != header.corpora[0].fingerprint:
         raise StoreError(f"cannot run the second pass of {path}: its corpus differs from the one the first pass "
                          "read (files, their contents, the token budget or the tokenizer changed)")
-    layers, orders, pack_bits = header.ngram_layers, header.orders, int(meta["pack_bits"])
+    orders, pack_bits = header.orders, int(meta["pack_bits"])
+    layers = [layer for layer in header.ngram_layers if any(summaries[(layer, k)].delta.any() for k in orders)]
     dense = DenseCounts.zeros(len(layers), meta["num_neurons"], meta["max_positions"], len(plan.domains),
                               positions=False)  # scratch: pass 1 holds the dense counts
     make = lambda layer: CandidateCounter({k: plans[(layer, k)] for k in orders}, seen, pack_bits)  # noqa: E731
@@ -154,10 +162,12 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
                           dtype=getattr(torch, meta["compute_dtype"]))
     taps = LayerTaps(recording, dense, make_accumulator=make, count_seen=False)
     pairs = sum(plan_.key.size for plan_ in plans.values())
-    log(f"second pass over {units.size} units of {path}: {pairs} tracked pairs, "
-        f"{sum(int((p.rare_limit > 0).sum()) for p in plans.values())} (layer, order, neuron) with rare pairs")
+    log(f"second pass over {units.size} units of {path}, layers {layers[0]}..{layers[-1]}: {pairs} tracked pairs "
+        f"of cut neurons, {sum(int((p.rare_limit > 0).sum()) for p in plans.values())} (layer, order, neuron) "
+        "with rare pairs")
     budget = None if recorded.gpu_memory is None else parse_bytes(recorded.gpu_memory)
-    saved, fingerprint = progress_path(path), _plan_fingerprint(plans, units)
+    saved = progress_path(path)
+    fingerprint = _plan_fingerprint({key: plan for key, plan in plans.items() if key[0] in layers}, units)
     done = sorted(_load_progress(saved, fingerprint, taps, log))
     todo = [int(u) for u in units if int(u) not in set(done)]
     if done:
@@ -181,7 +191,8 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
                     last_save = time.monotonic()
     finally:
         taps.remove()
-    tables = {(layer, k): table for layer, acc in taps.ngrams.layers.items() for k, table in acc.tables().items()}
+    tables = {key: Table.empty(key[1]) for key in plans}  # layers whose summaries cut nothing: none counted
+    tables.update({(layer, k): table for layer, acc in taps.ngrams.layers.items() for k, table in acc.tables().items()})
     settings = {"max_coverage": config.max_coverage, "coverage": config.coverage, "cover_rate": config.cover_rate}
 
     write_second_pass(path, tables, plans, settings)

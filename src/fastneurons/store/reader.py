@@ -183,8 +183,10 @@ class Counts:
 
     @property
     def second_pass_done(self) -> bool:
-        """Bounded mode: whether the exact pass-2 counts are in the store (always True for exact tables)."""
-        return self.ngram_mode == "exact" or bounded_store.has_counted(self._file)
+        """Bounded mode: whether the exact pass-2 counts are in the store, or none are needed because no
+        summary cut a neuron (always True for exact tables)."""
+        return (self.ngram_mode == "exact" or bounded_store.has_counted(self._file)
+                or not bounded_store.any_cut(self._file, self.header))
 
     def _check_table(self, layer: int, k: int) -> None:
         if layer not in self.ngram_layers or k not in self.ngram_orders:
@@ -195,8 +197,12 @@ class Counts:
         """(key uint64, neuron uint32, count int64) sorted by (key, neuron): SPEC ngram_active[k]."""
         self._check_table(layer, k)
         if self.ngram_mode == "bounded":
-            raise StoreError(f"{self.path} was recorded with --ngrams bounded: it holds no full ngram_active "
-                             "tables; read ngram_table(layer, k) (exact counts of the pairs held, with bounds)")
+            table = bounded_store.read_exact_summary(self._file, layer, k)
+            if table is None:
+                raise StoreError(f"{self.path} was recorded with --ngrams bounded and its summary of layer {layer}, "
+                                 f"order {k} cut some neurons: it holds no full ngram_active table; read "
+                                 "ngram_table(layer, k) (exact counts of the pairs held, with bounds)")
+            return table.key, table.neuron, table.count
         table = self._merged(table_path(layer, k))
         return table.key, table.neuron, table.count
 

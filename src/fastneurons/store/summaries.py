@@ -4,6 +4,8 @@
 [F], attr ``capacity``). ``counted/layer{l}/k{k}``: pass 2's exact counts (a table group plus
 ``rare_limit`` [F]); the ``counted`` group's attrs hold the settings that planned it. A store
 snapshot rewrites ``summaries``; ``counted`` exists only in a finished store whose second pass ran.
+Neurons a summary never cut (``delta == 0``) are exact in it: ``counted`` holds only the others
+(attr ``uncut_from_summary``; stores written before it hold every neuron there).
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import h5py
 import numpy as np
 
 from fastneurons.ngrams import runs as ngram_runs
-from fastneurons.ngrams.bounded import HeldTable, Summary
+from fastneurons.ngrams.accumulator import Table, merge_two
+from fastneurons.ngrams.bounded import HeldTable, Summary, exact_rows
 from fastneurons.store.format import Header, StoreError, _atomic_h5, _write_json_attr, read_header, table_path
 
 SUMMARIES = "summaries"
@@ -41,14 +44,10 @@ def read_summaries(f: h5py.File, header: Header, path) -> dict:
     out = {}
     for layer in header.ngram_layers:
         for k in header.orders:
-            sub = f"{SUMMARIES}/{table_path(layer, k)}"
-            if sub not in f:
-                raise StoreError(f"{path}: bounded store without its summary {sub} (corrupt or not finished)")
-            group = f[sub]
-            table = ngram_runs.read_table(group["table"])
-            table.order = k
-            out[(layer, k)] = Summary(table, group["delta"][()].astype(np.int64),
-                                      group["mass"][()].astype(np.int64), int(group.attrs["capacity"]))
+            if f"{SUMMARIES}/{table_path(layer, k)}" not in f:
+                raise StoreError(f"{path}: bounded store without its summary {SUMMARIES}/{table_path(layer, k)} "
+                                 "(corrupt or not finished)")
+            out[(layer, k)] = _read_summary(f, layer, k)
     return out
 
 
@@ -64,6 +63,7 @@ def write_counted(f: h5py.File, tables: dict, plans: dict, settings: dict) -> No
     """Write pass 2's {(layer, k): Table} with their plans' rare limits under ``counted/``."""
     root = f.create_group(COUNTED)
     _write_json_attr(root, "settings", settings)
+    root.attrs["uncut_from_summary"] = 1  # the neurons with delta 0 are read from their summary
     for (layer, k), table in tables.items():
         group = root.create_group(table_path(layer, k))
         ngram_runs.write_table(group.create_group("table"), table, check=False)
@@ -74,16 +74,43 @@ def has_counted(f: h5py.File) -> bool:
     return COUNTED in f
 
 
+def any_cut(f: h5py.File, header: Header) -> bool:
+    """Whether some summary cut a neuron (``delta > 0``): only then has pass 2 anything to count."""
+    return any(f[f"{SUMMARIES}/{table_path(layer, k)}/delta"][()].any()
+               for layer in header.ngram_layers for k in header.orders)
+
+
+def _read_summary(f: h5py.File, layer: int, k: int) -> Summary:
+    group = f[f"{SUMMARIES}/{table_path(layer, k)}"]
+    table = ngram_runs.read_table(group["table"])
+    table.order = k
+    return Summary(table, group["delta"][()].astype(np.int64), group["mass"][()].astype(np.int64),
+                   int(group.attrs["capacity"]))
+
+
+def read_exact_summary(f: h5py.File, layer: int, k: int) -> Table | None:
+    """The exact ``ngram_active`` table of (layer, k) when its summary never cut a neuron, else None."""
+    summary = _read_summary(f, layer, k)
+    return summary.table if not summary.delta.any() else None
+
+
 def read_held(f: h5py.File, layer: int, k: int, path) -> HeldTable:
-    """The analyses' view of a bounded store's (layer, k): pass 2's exact counts with the bounds."""
+    """The analyses' view of a bounded store's (layer, k): exact counts (pass 2's, and the summary's
+    for neurons it never cut) with the bounds. Before pass 2 only a summary that cut nothing is read."""
+    summary = _read_summary(f, layer, k)
     if COUNTED not in f:
-        raise StoreError(f"{path}: a bounded store whose second pass has not run (it holds summaries, not "
-                         f"counts): run `fastneurons second-pass {path}` first")
+        if summary.delta.any():
+            raise StoreError(f"{path}: a bounded store whose second pass has not run (it holds summaries, not "
+                             f"counts): run `fastneurons second-pass {path}` first")
+        return HeldTable(summary.table.key, summary.table.neuron, summary.table.count, summary.mass,
+                         summary.delta, np.zeros_like(summary.delta))
     counted = f[f"{COUNTED}/{table_path(layer, k)}"]
-    summary = f[f"{SUMMARIES}/{table_path(layer, k)}"]
     table = ngram_runs.read_table(counted["table"])
-    return HeldTable(table.key, table.neuron, table.count, summary["mass"][()].astype(np.int64),
-                     summary["delta"][()].astype(np.int64), counted["rare_limit"][()].astype(np.int64))
+    table.order = k
+    if f[COUNTED].attrs.get("uncut_from_summary", 0):
+        table = merge_two(table, exact_rows(summary))  # disjoint neurons: a union
+    return HeldTable(table.key, table.neuron, table.count, summary.mass, summary.delta,
+                     counted["rare_limit"][()].astype(np.int64))
 
 
 def read_stored_summaries(path) -> dict | None:
