@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 HIDDEN, FFN, LAYERS, SEQ = 256, 1024, 4, 256
-UNIT_TOKENS = 4 * 8 * 2048  # record's default unit at OPT's 2048 positions: 4 micro-batches of 8 sequences
 
 
 def build_model(path: Path) -> None:
@@ -106,15 +105,13 @@ def synthetic_state(tokens: int, neurons: int = 3072, density: float = 0.05, cap
         bits = np.packbits(active, axis=1, bitorder="little").view(np.uint64)
         for name, acc in (("exact", exact), ("bounded", bounded)):
             t0 = time.perf_counter()
-            acc.add(bits, ids, positions, positions >= 1)
-            if name == "bounded" and (start + n) % UNIT_TOKENS < chunk:  # fold once per unit, as record does
-                acc.end_unit()
+            acc.add(bits, ids, positions, positions >= 1)  # bounded folds by size, as in record
             times[name] += time.perf_counter() - t0
     t0 = time.perf_counter()
     exact_bytes = sum(t.nbytes for t in exact.tables().values())
     times["exact"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    bounded.end_unit()
+    bounded.finish()
     times["bounded"] += time.perf_counter() - t0
     summary_bytes = sum(s.table.nbytes + s.delta.nbytes + s.mass.nbytes for s in bounded.summaries.values())
     events = int(bounded.summaries[1].mass.sum() + bounded.summaries[2].mass.sum() + bounded.summaries[3].mass.sum())
@@ -181,7 +178,7 @@ def synthetic_table(args) -> None:
 
     numba.set_num_threads(args.threads)
     print(f"\nsynthetic bits, one layer of F = 3072, 5% active, Zipf ids, summary capacity {args.capacity}, "
-          f"{args.threads} thread(s), folded once per {UNIT_TOKENS} tokens\n")
+          f"{args.threads} thread(s), folded by size as record does\n")
     print("| tokens | events | exact tables MiB | summaries MiB | exact M events/s | bounded pass 1 M events/s |")
     print("|---|---|---|---|---|---|")
     synthetic_state(8192, capacity=args.capacity)  # compile / load the kernels first

@@ -19,6 +19,7 @@ from fastneurons.info import describe_store
 from fastneurons.analysis.coverage import UNKNOWN, coverage_bounds, coverage_sizes_naive
 from fastneurons.config import SecondPassConfig
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
+from fastneurons.ngrams import bounded as bounded_module
 from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, plan_candidates
 from fastneurons.recording import runner
 from fastneurons.recording import second_pass as second_pass_module
@@ -57,7 +58,7 @@ def test_summaries_undercount_by_at_most_delta_and_merge_with_the_same_guarantee
         acc = SummaryAccumulator(100, capacity=capacity)
         for start in range(part.start, part.stop, 300):
             acc.add(bits[start:start + 300], ids[start:start + 300], pos[start:start + 300], counted[start:start + 300])
-            acc.end_unit()
+            acc.fold()
         halves.append(acc.summaries)
     for k in (1, 2, 3):
         merged = halves[0][k].merge(halves[1][k])
@@ -84,7 +85,7 @@ def test_second_pass_counts_exactly_the_planned_and_rare_pairs():
     seen = seen_acc.tables()
     acc = SummaryAccumulator(100, capacity=6)
     acc.add(bits, ids, pos, counted)
-    acc.end_unit()
+    acc.finish()
     for k in (1, 2, 3):
         plan = plan_candidates(acc.summaries[k], max_coverage=400)  # loose: many neurons get rare pairs
         assert (plan.rare_limit > 0).any()
@@ -212,6 +213,7 @@ def test_a_summary_too_small_leaves_neurons_uncertified_and_says_so(tmp_path, co
 
 def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus, monkeypatch):  # noqa: F811
     model = _opt(tmp_path, "opt")
+    monkeypatch.setattr(bounded_module, "FOLD_EVENTS", 60_000)  # folds between commits: snapshots hold pending events
     full = _config(model, corpus, tmp_path / "full.h5", ngrams="bounded", summary_capacity=5)
     runner.record(full, **QUIET)
     part = _config(model, corpus, tmp_path / "part.h5", ngrams="bounded", summary_capacity=5)
@@ -219,6 +221,12 @@ def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus,
     with pytest.raises(KeyboardInterrupt):
         runner.record(part, **QUIET)
     monkeypatch.undo()  # commits work again
+    monkeypatch.setattr(bounded_module, "FOLD_EVENTS", 60_000)
+    state = second_pass_module.stored_summaries(part.out)
+    assert any(pending[k].rows for _, pending, _ in state.values() for k in pending)  # saved unfolded events
+    assert any(summaries[k].mass.any() for summaries, _, _ in state.values() for k in summaries)  # and folds
+    with h5py.File(full.out, "r") as f:  # a finished store holds folded summaries only
+        assert not any("pending" in f["summaries"][name] for name in ("layer0/k1", "layer0/k2", "layer0/k3"))
     with pytest.raises(StoreError, match="unfinished"):
         second_pass(SecondPassConfig(store=part.out, progress=False), **QUIET)
     # pass 1 resumes; then pass 2 is killed after saving its progress twice, and a rerun continues it

@@ -282,6 +282,11 @@ class NgramAccumulator:
             self._pending_rows = self._pending_events = 0
         return {k: self._runs[k].table() for k in self.orders}
 
+    def seed(self, tables: dict) -> None:
+        """Continue from {k: Table} of earlier chunks (as ``tables`` returned them)."""
+        for k, table in tables.items():
+            self._runs[k].push(table)
+
     @property
     def nbytes(self) -> int:
         """Bytes held, plus an upper bound (20 bytes per pending event) of what ``tables`` will add;

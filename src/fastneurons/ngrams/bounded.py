@@ -80,39 +80,52 @@ class Summary:
 class SummaryAccumulator:
     """One layer's pass-1 state: a ``Summary`` per order, fed like ``NgramAccumulator``.
 
-    Events are expanded to exact chunk tables (the same kernels as the exact mode) and folded into
-    the summaries once the pending events reach ``FOLD_EVENTS`` or the summaries' size, and at every
-    unit end: all decided by the data, so the summaries are a function of the units' sequence (resume
-    after a kill continues to the same state)."""
+    Events are kept as pending chunks (bits, expanded to exact tables only when needed) and folded
+    into the summaries once the events added since the last fold reach ``FOLD_EVENTS`` or the
+    summaries' size (a fold costs O(summaries): amortised O(1) per event), and at the end of the
+    recording (``finish``). That rule depends on the data alone, and a snapshot saves the pending
+    events as exact tables with the count (``state``), so a run resumed after a kill folds where an
+    uninterrupted one does and ends with the same summaries."""
 
     def __init__(self, num_neurons: int, orders=(1, 2, 3), pack_bits: int = 16,
                  capacity: int = DEFAULT_CAPACITY, vocab_size: int | None = None):
         self.orders = check_orders(orders)
         self.pending = NgramAccumulator(num_neurons, self.orders, pack_bits, vocab_size)
         self.summaries = {k: Summary.empty(num_neurons, k, capacity) for k in self.orders}
+        self.unfolded = 0  # events added since the last fold
 
     def add(self, bits, token_ids, positions, counted) -> None:
         """Take one chunk (see ``NgramAccumulator.add``)."""
+        before = self.pending._pending_events
         self.pending.add(bits, token_ids, positions, counted)
+        self.unfolded += self.pending._pending_events - before
         held = sum(summary.table.rows for summary in self.summaries.values())
-        if self.pending._pending_events >= max(FOLD_EVENTS, held):  # a fold costs O(held): amortised O(1)/event
+        if self.unfolded >= max(FOLD_EVENTS, held):
             self.fold()
 
     def fold(self) -> None:
         """Fold everything pending into the summaries."""
         tables = self.pending.tables()
         self.pending.clear()
+        self.unfolded = 0
         for k in self.orders:
             if tables[k].rows:
                 self.summaries[k] = self.summaries[k].absorb(tables[k])
 
-    def end_unit(self) -> None:
-        """A unit ended: fold, so the state does not depend on where commits fall."""
+    def finish(self) -> None:
+        """The recording ended: fold what is pending, so the finished store holds summaries only."""
         self.fold()
 
-    def restore(self, summaries: dict) -> None:
-        """Continue from stored summaries (resume)."""
+    def state(self) -> tuple:
+        """(summaries, pending exact tables, events pending): what a snapshot saves to resume from."""
+        return self.summaries, self.pending.tables(), self.unfolded
+
+    def restore(self, summaries: dict, pending: dict | None = None, unfolded: int = 0) -> None:
+        """Continue from a snapshot's ``state()`` (resume)."""
         self.summaries = {k: summaries[k] for k in self.orders}
+        self.pending.clear()
+        self.pending.seed({k: pending[k] for k in self.orders} if pending else {})
+        self.unfolded = int(unfolded)
 
     # the runner's spill interface: there are no exact tables to spill, and the state is fixed-size
     def tables(self) -> dict:

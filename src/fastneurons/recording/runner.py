@@ -225,6 +225,7 @@ def _record_locked(config: RecordConfig, log) -> Path:
     finally:
         taps.remove()
     if not writer.complete:  # nothing was left to record (e.g. resuming a finished store)
+        taps.finish()
         writer.finalize()
     return Path(config.out)
 
@@ -270,9 +271,10 @@ def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter
                           after=lambda: spill(block))
                 if bar is not None:
                     bar.update(sum(micro.num_tokens for micro, _ in micros))
-            taps.end_unit()  # bounded summaries fold per block (one unit each unless layer-major)
             done.extend(block)
             final = position == len(blocks) - 1
+            if final:
+                taps.finish()  # bounded mode: the finished store holds folded summaries only
             if final or time.monotonic() - last_commit >= config.commit_seconds:
                 totals = taps.totals()
                 _check_nans(totals, writer.header.layers)

@@ -21,8 +21,9 @@ from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, pla
 from fastneurons.progress import counting_bar
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.store import DenseCounts, StoreError, open_counts
-from fastneurons.store.summaries import (any_cut, is_bounded, load_pass2_state, read_stored_summaries, read_summaries,
-                                         save_pass2_state, store_is_bounded, write_second_pass, write_summaries)
+from fastneurons.store.summaries import (any_cut, is_bounded, load_pass2_state, read_resume_state, read_summaries,
+                                         save_pass2_state, store_is_bounded, write_resume_state,
+                                         write_second_pass)
 
 
 def summary_accumulators(config: RecordConfig, num_neurons: int, pack_bits: int):
@@ -31,8 +32,9 @@ def summary_accumulators(config: RecordConfig, num_neurons: int, pack_bits: int)
 
 
 def stored_summaries(path) -> dict | None:
-    """The summaries a bounded store holds (read before a resume rewrites it), None if it has none."""
-    return read_stored_summaries(path)
+    """The pass-1 state a bounded store's last snapshot holds (read before a resume rewrites it),
+    {layer: (summaries, pending tables, events pending)}, None if it has none."""
+    return read_resume_state(path)
 
 
 def is_bounded_store(path) -> bool:
@@ -41,23 +43,23 @@ def is_bounded_store(path) -> bool:
 
 
 def keep_summaries(restored: dict | None):
-    """A snapshot writer of the stored summaries, for the snapshots a resume writes before ``attach``."""
+    """A snapshot writer of the stored pass-1 state, for the snapshots a resume writes before ``attach``."""
     if restored is None:
         return None
-    return lambda f: write_summaries(f, restored)
+    return lambda f: write_resume_state(f, restored)
 
 
 def attach(writer, taps, restored: dict | None) -> None:
-    """Continue the taps' summaries from ``restored`` and make every snapshot of ``writer`` hold them."""
+    """Continue the taps' summaries from ``restored`` and make every snapshot of ``writer`` hold their
+    state (summaries and the events not yet folded), so a resume continues to the same summaries."""
     if restored is not None:
         for layer, accumulator in taps.ngrams.layers.items():
-            accumulator.restore({k: restored[(layer, k)] for k in accumulator.orders})
+            accumulator.restore(*restored[layer])
     elif any(corpus.units.any() for corpus in writer.header.corpora):
         raise StoreError(f"{writer.path} holds units but no n-gram summaries: it cannot be resumed in bounded mode")
 
     def write(f):
-        write_summaries(f, {(layer, k): summary for layer, acc in taps.ngrams.layers.items()
-                            for k, summary in acc.summaries.items()})
+        write_resume_state(f, {layer: acc.state() for layer, acc in taps.ngrams.layers.items()})
 
     writer.extra_groups = write
 

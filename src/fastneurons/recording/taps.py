@@ -138,11 +138,11 @@ class LayerTaps:
         self.handle.set_positions(batch.positions, batch.counted, domain=batch.domain)
         self.ngrams.add_tokens(cpu_arrays)
 
-    def end_unit(self) -> None:
-        """Units ended (bounded mode folds its summaries here, so their state follows the units)."""
+    def finish(self) -> None:
+        """The recording ended (its last units are in): bounded mode folds what its summaries hold pending."""
         for accumulator in self.ngrams.layers.values():
-            if hasattr(accumulator, "end_unit"):
-                accumulator.end_unit()
+            if hasattr(accumulator, "finish"):
+                accumulator.finish()
 
     def ngram_bytes(self) -> int:
         return self.ngrams.nbytes

@@ -28,15 +28,22 @@ def is_bounded(meta: dict) -> bool:
     return meta.get("ngram_mode", "exact") == "bounded"
 
 
-def write_summaries(f: h5py.File, summaries: dict) -> None:
-    """Write {(layer, k): Summary} under ``summaries/`` of an open (new) file."""
+def write_summaries(f: h5py.File, summaries: dict, pending: dict | None = None, unfolded: dict | None = None,
+                    compress: bool = True) -> None:
+    """Write {(layer, k): Summary} under ``summaries/`` of an open (new) file; a snapshot of a running
+    recording adds its events not yet folded: ``pending`` {(layer, k): exact Table}, ``unfolded``
+    {layer: events}."""
     root = f.create_group(SUMMARIES)
     for (layer, k), summary in summaries.items():
         group = root.create_group(table_path(layer, k))
-        ngram_runs.write_table(group.create_group("table"), summary.table, check=False)
+        ngram_runs.write_table(group.create_group("table"), summary.table, compress=compress, check=False)
         group.create_dataset("delta", data=summary.delta)
         group.create_dataset("mass", data=summary.mass)
         group.attrs["capacity"] = int(summary.capacity)
+        table = (pending or {}).get((layer, k))
+        if table is not None and table.rows:
+            ngram_runs.write_table(group.create_group("pending"), table, compress=compress, check=False)
+        group.attrs["unfolded"] = int((unfolded or {}).get(layer, 0))
 
 
 def read_summaries(f: h5py.File, header: Header, path) -> dict:
@@ -80,12 +87,25 @@ def any_cut(f: h5py.File, header: Header) -> bool:
                for layer in header.ngram_layers for k in header.orders)
 
 
-def _read_summary(f: h5py.File, layer: int, k: int) -> Summary:
+def _summary_parts(f: h5py.File, layer: int, k: int) -> tuple:
+    """(Summary, pending Table, events pending) of (layer, k) as a snapshot saved them."""
     group = f[f"{SUMMARIES}/{table_path(layer, k)}"]
     table = ngram_runs.read_table(group["table"])
     table.order = k
-    return Summary(table, group["delta"][()].astype(np.int64), group["mass"][()].astype(np.int64),
-                   int(group.attrs["capacity"]))
+    summary = Summary(table, group["delta"][()].astype(np.int64), group["mass"][()].astype(np.int64),
+                      int(group.attrs["capacity"]))
+    pending = Table.empty(k)
+    if "pending" in group:
+        pending = ngram_runs.read_table(group["pending"])
+        pending.order = k
+    return summary, pending, int(group.attrs.get("unfolded", 0))
+
+
+def _read_summary(f: h5py.File, layer: int, k: int) -> Summary:
+    """The summary of (layer, k) with any pending events of an unfinished snapshot folded in (Lemma 1
+    holds for it as for any absorb)."""
+    summary, pending, _ = _summary_parts(f, layer, k)
+    return summary.absorb(pending) if pending.rows else summary
 
 
 def read_exact_summary(f: h5py.File, layer: int, k: int) -> Table | None:
@@ -113,13 +133,30 @@ def read_held(f: h5py.File, layer: int, k: int, path) -> HeldTable:
                      counted["rare_limit"][()].astype(np.int64))
 
 
-def read_stored_summaries(path) -> dict | None:
-    """The summaries a bounded store at ``path`` holds, None if it has none (or does not exist)."""
+def read_resume_state(path) -> dict | None:
+    """{layer: ({k: Summary}, {k: pending Table}, events pending)} of the bounded store at ``path``, as
+    its last snapshot saved them (None if it holds no summaries or does not exist)."""
     path = Path(path)
     if not path.exists():
         return None
     with h5py.File(path, "r") as f:
-        return read_summaries(f, read_header(f, path), path) if SUMMARIES in f else None
+        if SUMMARIES not in f:
+            return None
+        header = read_header(f, path)
+        out = {}
+        for layer in header.ngram_layers:
+            parts = {k: _summary_parts(f, layer, k) for k in header.orders}
+            out[layer] = ({k: p[0] for k, p in parts.items()}, {k: p[1] for k, p in parts.items()},
+                          next(iter(parts.values()))[2])
+        return out
+
+
+def write_resume_state(f: h5py.File, states: dict, compress: bool = True) -> None:
+    """Write {layer: (summaries, pending, unfolded)} (``read_resume_state``'s form) into a snapshot."""
+    write_summaries(f, {(layer, k): summary for layer, (summaries, _, _) in states.items()
+                        for k, summary in summaries.items()},
+                    {(layer, k): table for layer, (_, pending, _) in states.items() for k, table in pending.items()},
+                    {layer: unfolded for layer, (_, _, unfolded) in states.items()}, compress=compress)
 
 
 def store_is_bounded(path) -> bool:
