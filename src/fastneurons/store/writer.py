@@ -51,7 +51,7 @@ class CountsWriter:
         self.ngram_memory = ngram_memory
         self.complete = False
         self.progress = None  # progress(tables, desc) -> iterable: how merges show progress (None: silently)
-        self.extra_groups = None  # callable(h5py.File): more state every snapshot writes (bounded summaries)
+        self.extra_groups = None  # callable(h5py.File, final): more state every snapshot writes (bounded summaries)
         self._next_run = 1 + max((int(name[4:10]) for name in self.pending if name[4:10].isdigit()), default=0)
 
     # -- opening
@@ -217,7 +217,7 @@ class CountsWriter:
             _write_dense(f, self.header, self.dense, final=False, empty=empty)
             _ngram_group(f, self.header, self.pending, self.run_units)
             if self.extra_groups is not None:
-                self.extra_groups(f)
+                self.extra_groups(f, final=False)
 
         _atomic_h5(self.path, write)
 
@@ -236,7 +236,7 @@ class CountsWriter:
                 merge_ngram_groups(group, [src["ngrams"] for src in files], self.header, self.ngram_memory,
                                    progress=self.progress)
                 if self.extra_groups is not None:
-                    self.extra_groups(f)
+                    self.extra_groups(f, final=True)
 
             _atomic_h5(self.path, write)
         finally:
