@@ -121,6 +121,34 @@ def test_coverage_bounds_bracket_the_exact_coverage():
         assert exact_rows[bound == 0].sum() == alive[bound == 0].sum()
 
 
+@pytest.mark.parametrize("capacity", [3, 12, 40])
+def test_coverage_bounds_from_a_summary_alone_bracket_the_exact_coverage(capacity):
+    """Lemma 4: a summary's counts (each at most delta below the truth) bound C_k(n) on their own."""
+    bits, ids, pos, counted = _random_chunk(3, density=0.05)
+    exact = NgramAccumulator(100)
+    exact.add(bits, ids, pos, counted)
+    summarised = SummaryAccumulator(100, capacity=capacity)
+    for start in range(0, 3000, 300):
+        summarised.add(bits[start:start + 300], ids[start:start + 300], pos[start:start + 300],
+                       counted[start:start + 300])
+        summarised.fold()
+    some_cut = False
+    for k, table in exact.tables().items():
+        summary = summarised.summaries[k]
+        for coverage in (0.5, 0.95):
+            true = coverage_sizes_naive(table.neuron, table.count, 100, coverage)
+            cut = summary.delta > 0
+            some_cut |= bool(cut.any())
+            lower, upper, _ = coverage_bounds(summary.table.neuron, summary.table.count, 100, coverage,
+                                              mass=summary.mass, bound=summary.delta, approximate=cut)
+            alive = summary.mass > 0
+            assert (lower[alive] <= true[alive]).all() and (lower[alive] >= 1).all()
+            assert ((upper[alive] >= true[alive]) | (upper[alive] == UNKNOWN)).all()
+            np.testing.assert_array_equal(lower[~cut], true[~cut])  # never cut: exact
+            np.testing.assert_array_equal(upper[~cut & alive], true[~cut & alive])
+    assert some_cut
+
+
 def _results(path, **settings):
     with open_counts(path) as counts:
         return analyze_counts(counts, AnalysisSettings(**settings))
@@ -169,14 +197,18 @@ def test_random_opt_bounded_equals_exact(tmp_path, corpus, capacity):  # noqa: F
     with open_counts(bounded.out) as counts, open_counts(exact.out) as reference:
         assert counts.ngram_mode == "bounded" and counts.second_pass_done
         pruned = any(counts.ngram_table(layer, k).bound.any() for layer in (0, 1) for k in (1, 2, 3))
-        # pass 2 ran only where a summary cut a neuron, and counted only the cut neurons
-        assert has_counted(counts._file) == pruned
+        # pass 2 counts only cut neurons that may be detector candidates; with none, pass 1 wrote empty counts
+        assert counts._file["counted"].attrs["empty_plan"] or pruned
         if pruned:
             with pytest.raises(StoreError, match="cut some neurons"):
                 counts.ngram_active(0, 1)
-            counted = counts._file["counted/layer0/k3/table"]
+            group = counts._file["counted/layer0/k3"]
             cut = counts._file["summaries/layer0/k3/delta"][()] > 0
-            assert cut[counted["neuron"][()]].all() and cut.any() and not cut.all()
+            was_counted = group["counted_neurons"][()]
+            assert cut.any() and not cut.all() and not (was_counted & ~cut).any()
+            assert was_counted[group["table/neuron"][()]].all()
+            held = counts.ngram_table(0, 3)
+            np.testing.assert_array_equal(held.approximate, cut & ~was_counted)
         else:  # summaries that cut nothing are the exact tables
             for layer in (0, 1):
                 for k in (1, 2, 3):
@@ -266,7 +298,7 @@ def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811
     shards = []
     for i in range(3):
         shard = _config(model, corpus, tmp_path / f"s{i}.h5", shard=f"{i}/3", ngrams="bounded",
-                        summary_capacity=64)  # small enough to be cut: pass 2 has work
+                        summary_capacity=8)  # small enough to cut possible candidates: pass 2 has work
         runner.record(shard, **QUIET)
         shards.append(shard.out)
     with open_counts(shards[0]) as counts, pytest.raises(StoreError, match="second pass"):
@@ -278,6 +310,8 @@ def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811
     assert main(["analyze", str(merged), "--out", str(tmp_path / "report"), "--no-suppression"]) == 2
     assert main(["second-pass", str(merged), "--no-progress"]) == 0
     assert "second pass done" in describe_store(merged)["ngram_mode"]
+    with h5py.File(merged, "r") as f:
+        assert f["counted/layer0/k3/counted_neurons"][()].any() and not f["counted"].attrs["empty_plan"]
     assert_same_ngram_results(_results(exact.out), _results(merged), expect_all_certified=False)
     with pytest.raises(StoreError, match="no second pass"):
         second_pass(SecondPassConfig(store=exact.out, progress=False), **QUIET)

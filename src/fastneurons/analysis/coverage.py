@@ -66,7 +66,7 @@ UNKNOWN = np.iinfo(np.int64).max  # an upper bound of C_k(n) that the table cann
 
 
 def coverage_bounds(neuron, count, num_neurons: int, coverage: float = 0.95, *, mass=None,
-                    bound=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    bound=None, approximate=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(lower, upper, mass)``: C_k(n) lies in [lower, upper] (equal when exact; 0 where A = 0).
 
     The table holds exact counts; ``mass`` is the exact A_k(n) (default: the table's own sums) and
@@ -74,7 +74,9 @@ def coverage_bounds(neuron, count, num_neurons: int, coverage: float = 0.95, *, 
     is complete). The top-m sums are exact while the m-th count is >= bound (no missing n-gram can
     outrank it); beyond that each further n-gram adds at most ``bound``, and all of them together at
     most the missing mass plus the table's next counts (docs/bounded-ngrams.md).
-    ``upper`` is ``UNKNOWN`` where the table's counts do not reach ``coverage * A``."""
+    ``upper`` is ``UNKNOWN`` where the table's counts do not reach ``coverage * A``.
+    ``approximate`` (bool [F]) marks neurons whose counts are lower bounds, each at most ``bound``
+    below the truth (a Misra-Gries summary's): their bounds follow Lemma 4 of docs/bounded-ngrams.md."""
     neuron, count = check_table(neuron, count, num_neurons)
     if mass is None:
         sizes, mass = coverage_and_mass(neuron, count, num_neurons, coverage)
@@ -104,6 +106,15 @@ def coverage_bounds(neuron, count, num_neurons: int, coverage: float = 0.95, *, 
     by_mass = np.where(short > missing, np.searchsorted(cumulative, rest + short - missing, side="left")
                        - (starts + outranking), 0)
     lower = np.where(exact, upper, outranking + np.maximum(by_bound, by_mass))
+    if approximate is not None and np.any(approximate):
+        # counts s <= true <= s + bound: the true top-m sum is >= S_m (upper as above) and <= S_m + m * bound
+        # while m <= rows, then + bound per further n-gram; so C >= the least m reaching need that way
+        approximate = np.asarray(approximate, dtype=bool)
+        raised = np.concatenate(([0], np.cumsum(sorted_count + bound[row_neuron])))
+        first = np.searchsorted(raised, raised[starts] + need, side="left")
+        left = need - (raised[ends] - raised[starts])  # still needed after every row at s + bound
+        beyond = rows + (np.maximum(left, 0) + step - 1) // step
+        lower = np.where(approximate, np.where(first <= ends, first - starts, beyond), lower)
     alive = mass > 0
     return np.where(alive, lower, 0), np.where(alive, upper, 0), mass
 
@@ -191,10 +202,13 @@ class Coverage(Result):
 
 
 def neuron_coverage(neuron, count, num_neurons: int, k: int, *, coverage: float = 0.95,
-                    bins=PAPER_BINS, layer: int | None = None, mass=None, bound=None) -> Coverage:
-    """Coverage bounds, masses and their histogram for one (layer, k) n-gram table (``mass`` and
-    ``bound`` as in ``coverage_bounds``: for tables that leave out n-grams of bounded count)."""
-    lower, upper, mass = coverage_bounds(neuron, count, num_neurons, coverage, mass=mass, bound=bound)
+                    bins=PAPER_BINS, layer: int | None = None, mass=None, bound=None,
+                    approximate=None) -> Coverage:
+    """Coverage bounds, masses and their histogram for one (layer, k) n-gram table (``mass``,
+    ``bound`` and ``approximate`` as in ``coverage_bounds``: for tables that leave out n-grams of
+    bounded count or under-count some)."""
+    lower, upper, mass = coverage_bounds(neuron, count, num_neurons, coverage, mass=mass, bound=bound,
+                                         approximate=approximate)
     histogram = coverage_histogram(lower, bins, upper)
     alive = mass > 0
     return Coverage(layer=layer, k=int(k), coverage=float(coverage), neurons_with_mass=int(alive.sum()),

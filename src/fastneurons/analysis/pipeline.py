@@ -135,13 +135,15 @@ def _suppression_per_layer(counts, settings, weights, detectors_k1, active_of, p
 
 
 def _ngram_table(counts, layer, k, settings):
-    """(key, neuron, count, mass, bound, complete) of one (layer, k): from ``ngram_table`` (either
-    n-gram mode, with the bounds of what it leaves out) or, for readers without it, ``ngram_active``."""
+    """(key, neuron, count, mass, bound, approximate, complete) of one (layer, k): from ``ngram_table``
+    (either n-gram mode, with the bounds of what it leaves out or under-counts) or, for readers
+    without it, ``ngram_active``. A neuron with approximate counts never has a complete G(n)."""
     if not hasattr(counts, "ngram_table"):
-        return (*counts.ngram_active(layer, k), None, None, None)
+        return (*counts.ngram_active(layer, k), None, None, None, None)
     table = counts.ngram_table(layer, k)
     complete = covered_ngrams_complete(table.bound, table.rare_limit, settings.cover_rate, settings.min_count)
-    return table.key, table.neuron, table.count, table.mass, table.bound, complete
+    complete &= ~table.approximate
+    return table.key, table.neuron, table.count, table.mass, table.bound, table.approximate, complete
 
 
 def _certificates(coverage, detectors) -> dict:
@@ -189,9 +191,10 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
         seen = counts.ngram_seen(k)
         coverage[k], detectors[k] = {}, {}
         for layer in ngram_layers:
-            key, neuron, count, mass, bound, complete = _ngram_table(counts, layer, k, settings)
+            key, neuron, count, mass, bound, approximate, complete = _ngram_table(counts, layer, k, settings)
             coverage[k][layer] = neuron_coverage(neuron, count, num_neurons, k, coverage=settings.coverage,
-                                                 bins=settings.bins, layer=layer, mass=mass, bound=bound)
+                                                 bins=settings.bins, layer=layer, mass=mass, bound=bound,
+                                                 approximate=approximate)
             detectors[k][layer] = find_detectors(
                 (key, neuron, count), seen, num_neurons, k, max_coverage=settings.max_coverage[k],
                 cover_rate=settings.cover_rate, min_count=settings.min_count, coverage=settings.coverage,

@@ -141,14 +141,20 @@ class SummaryAccumulator:
 
 @dataclass
 class CandidatePlan:
-    """The pairs pass 2 counts for one (layer, order): ``key/neuron`` (every tracked pair, sorted by
-    (key, neuron)) and, per neuron, ``rare_limit`` (pairs with n-grams seen at most this often are
-    counted too; 0 = none)."""
+    """The pairs pass 2 counts for one (layer, order): ``key/neuron`` (the tracked pairs of the counted
+    neurons, sorted by (key, neuron)) and, per neuron, ``rare_limit`` (pairs with n-grams seen at most
+    this often are counted too; 0 = none)."""
 
     key: np.ndarray  # uint64 [P]
     neuron: np.ndarray  # uint32 [P]
     rare_limit: np.ndarray  # int64 [F]
     order: int
+    counted: np.ndarray  # bool [F]: the neurons whose pairs pass 2 counts (cut, possible candidates)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to count: no neuron was both cut and a possible candidate."""
+        return not self.counted.any()
 
     @property
     def rare_mask(self) -> np.ndarray:
@@ -172,24 +178,26 @@ def possible_candidates(summary: Summary, max_coverage: int, coverage: float) ->
 
 def plan_candidates(summary: Summary, max_coverage: int = 50, coverage: float = 0.95,
                     cover_rate: float = 0.95) -> CandidatePlan:
-    """Pass 2's pairs: the tracked ones of the neurons the summary cut, and rare ones for those of them
-    that may be candidates (neurons never cut are exact in the summary: ``exact_rows``).
+    """Pass 2's pairs: for the neurons the summary cut that may be detector candidates, every tracked
+    pair and every pair rare enough to be in G(n) untracked. Neurons never cut are exact in the
+    summary; cut neurons that cannot be candidates keep the summary's counts, whose
+    bounds still bound C_k(n) (docs/bounded-ngrams.md, Lemma 4).
 
     An untracked n-gram g of neuron n has active <= delta[n]; it can be in G(n) only if
     active >= cover_rate * seen[g], so only if seen[g] <= delta[n] / cover_rate."""
     fraction = exact_fraction(cover_rate, "cover_rate")
-    limit = (summary.delta * fraction.denominator) // fraction.numerator
-    limit = np.where(possible_candidates(summary, max_coverage, coverage), limit, 0).astype(np.int64)
-    cut = summary.delta[summary.table.neuron] > 0  # a neuron never cut (delta 0) is exact already
-    return CandidatePlan(summary.table.key[cut], summary.table.neuron[cut], limit, summary.order)
+    counted = (summary.delta > 0) & possible_candidates(summary, max_coverage, coverage)
+    limit = np.where(counted, (summary.delta * fraction.denominator) // fraction.numerator, 0).astype(np.int64)
+    rows = counted[summary.table.neuron]
+    return CandidatePlan(summary.table.key[rows], summary.table.neuron[rows], limit, summary.order, counted)
 
 
-def exact_rows(summary: Summary) -> Table:
-    """The rows of the neurons the summary never cut (``delta == 0``): their exact tables (Lemma 1 with
-    delta 0: every stored count is the true one and nothing else occurred). Pass 2 skips these neurons."""
-    exact = summary.delta[summary.table.neuron] == 0
+def summary_rows(summary: Summary, counted: np.ndarray) -> Table:
+    """The summary's rows of the neurons pass 2 did not count (``counted`` False): exact for neurons
+    never cut, lower bounds within ``delta`` for the others."""
+    keep = ~np.asarray(counted, dtype=bool)[summary.table.neuron]
     table = summary.table
-    return Table(table.key[exact], table.neuron[exact], table.count[exact], summary.order)
+    return Table(table.key[keep], table.neuron[keep], table.count[keep], summary.order)
 
 
 def _pairs_table(key: np.ndarray, neuron: np.ndarray, order: int) -> Table:
@@ -279,9 +287,11 @@ class CandidateCounter:
 
 @dataclass
 class HeldTable:
-    """What the analyses read of one (layer, order), in either mode: exact counts of the pairs held,
-    the exact ``mass`` A_k(n), ``bound[n]`` >= the count of any pair left out, and ``rare_limit[n]``
-    (every pair whose n-gram is seen at most this often is held)."""
+    """What the analyses read of one (layer, order), in either mode: counts of the pairs held, the
+    exact ``mass`` A_k(n), ``bound[n]`` >= the count of any pair left out, and ``rare_limit[n]``
+    (every pair whose n-gram is seen at most this often is held). Counts are exact except for the
+    ``approximate`` neurons (bounded mode, cut and not counted by pass 2), whose counts are the
+    summary's: each at most ``bound[n]`` below the true one."""
 
     key: np.ndarray
     neuron: np.ndarray
@@ -289,6 +299,11 @@ class HeldTable:
     mass: np.ndarray
     bound: np.ndarray
     rare_limit: np.ndarray
+    approximate: np.ndarray | None = None  # bool [F]; None: no neuron
+
+    def __post_init__(self):
+        if self.approximate is None:
+            self.approximate = np.zeros(self.mass.size, dtype=bool)
 
     @classmethod
     def exact(cls, table: Table, num_neurons: int) -> HeldTable:

@@ -21,9 +21,9 @@ from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, pla
 from fastneurons.progress import counting_bar
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.store import DenseCounts, StoreError, open_counts
-from fastneurons.store.summaries import (any_cut, is_bounded, load_pass2_state, read_resume_state, read_summaries,
-                                         save_pass2_state, store_is_bounded, write_resume_state,
-                                         write_second_pass)
+from fastneurons.store.summaries import (empty_plan_settings, is_bounded, load_pass2_state, read_resume_state,
+                                         read_summaries, save_pass2_state, store_is_bounded, write_counted,
+                                         write_resume_state, write_second_pass)
 
 
 def summary_accumulators(config: RecordConfig, num_neurons: int, pack_bits: int):
@@ -60,13 +60,36 @@ def attach(writer, taps, restored: dict | None) -> None:
 
     def write(f, final):  # snapshots uncompressed (rewritten every commit), the finished store gzip'd
         write_resume_state(f, {layer: acc.state() for layer, acc in taps.ngrams.layers.items()}, compress=final)
+        if final:
+            _write_counted_if_nothing_to_count(f, taps)
 
     writer.extra_groups = write
 
 
-def _pass1_inputs(path: Path):
+def plan_settings(config: SecondPassConfig) -> dict:
+    """The settings that decide pass 2's plan (stored with its counts)."""
+    return {"max_coverage": config.max_coverage, "coverage": config.coverage, "cover_rate": config.cover_rate}
+
+
+def plans_of(summaries: dict, settings: dict) -> dict:
+    """{(layer, k): CandidatePlan} of pass-1 summaries under ``settings``."""
+    return {key: plan_candidates(summary, settings["max_coverage"], settings["coverage"], settings["cover_rate"])
+            for key, summary in summaries.items()}
+
+
+def _write_counted_if_nothing_to_count(f, taps) -> None:
+    """Pass 1's finished store: when pass 2's default plan is empty (no cut neuron may be a detector
+    candidate), write its empty counts now, so no second pass (and no second forward) is needed."""
+    settings = plan_settings(SecondPassConfig(store=""))
+    plans = plans_of({(layer, k): summary for layer, acc in taps.ngrams.layers.items()
+                      for k, summary in acc.summaries.items()}, settings)
+    if all(plan.empty for plan in plans.values()):
+        write_counted(f, {key: Table.empty(key[1]) for key in plans}, plans, settings)
+
+
+def _pass1_inputs(path: Path, settings: dict):
     """Header, summaries, seen tables and held units of a finished bounded store (or a clear refusal);
-    only the header when no summary cut a neuron."""
+    only the header when its pass-1 counts already say that there is nothing to count."""
     with open_counts(path) as counts:
         header = counts.header
         if not is_bounded(header.meta):
@@ -78,8 +101,8 @@ def _pass1_inputs(path: Path):
                              "store (its units must be replayed from its own corpus files)")
         if not header.ngram_layers:
             raise StoreError(f"{path} has no n-gram layers: nothing to count")
-        if not any_cut(counts._file, header):
-            return header, None, None, None  # every summary is its exact table: nothing to count
+        if empty_plan_settings(counts._file) == settings:
+            return header, None, None, None  # pass 1 found nothing to count under these settings
         seen = {k: SeenTable(*counts.ngram_seen(k), k) for k in header.orders}
         summaries = read_summaries(counts._file, header, path)
     return header, summaries, seen, np.flatnonzero(header.corpora[0].units)
@@ -133,15 +156,18 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
 
     config = config.validate()
     path = Path(config.store)
-    header, summaries, seen, units = _pass1_inputs(path)
+    settings = plan_settings(config)
+    header, summaries, seen, units = _pass1_inputs(path, settings)
     if summaries is None:
-        log(f"second pass of {path}: not needed, no summary cut a neuron (none met more than "
-            f"{header.meta.get('summary_capacity', 'capacity')} distinct n-grams of an order): the summaries are exact")
+        log(f"second pass of {path}: not needed (no neuron its summaries cut can be a detector candidate)")
         return path
     meta = header.meta
     recorded = RecordConfig(**meta["record_config"])
-    plans = {key: plan_candidates(summary, config.max_coverage, config.coverage, config.cover_rate)
-             for key, summary in summaries.items()}
+    plans = plans_of(summaries, settings)
+    if all(plan.empty for plan in plans.values()):
+        write_second_pass(path, {key: Table.empty(key[1]) for key in plans}, plans, settings)
+        log(f"second pass of {path}: nothing to count under {settings}")
+        return path
     device = resolve_device(config.device)
     _pin_threads(config.threads or meta.get("torch_threads"))
     loaded = load_model(config.model or recorded.model, dtype=getattr(torch, meta["compute_dtype"]))
@@ -155,7 +181,7 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
         raise StoreError(f"cannot run the second pass of {path}: its corpus differs from the one the first pass "
                          "read (files, their contents, the token budget or the tokenizer changed)")
     orders, pack_bits = header.orders, int(meta["pack_bits"])
-    layers = [layer for layer in header.ngram_layers if any(summaries[(layer, k)].delta.any() for k in orders)]
+    layers = [layer for layer in header.ngram_layers if any(not plans[(layer, k)].empty for k in orders)]
     dense = DenseCounts.zeros(len(layers), meta["num_neurons"], meta["max_positions"], len(plan.domains),
                               positions=False)  # scratch: pass 1 holds the dense counts
     make = lambda layer: CandidateCounter({k: plans[(layer, k)] for k in orders}, seen, pack_bits)  # noqa: E731
@@ -195,8 +221,6 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
         taps.remove()
     tables = {key: Table.empty(key[1]) for key in plans}  # layers whose summaries cut nothing: none counted
     tables.update({(layer, k): table for layer, acc in taps.ngrams.layers.items() for k, table in acc.tables().items()})
-    settings = {"max_coverage": config.max_coverage, "coverage": config.coverage, "cover_rate": config.cover_rate}
-
     write_second_pass(path, tables, plans, settings)
     saved.unlink(missing_ok=True)
     return path

@@ -183,10 +183,9 @@ class Counts:
 
     @property
     def second_pass_done(self) -> bool:
-        """Bounded mode: whether the exact pass-2 counts are in the store, or none are needed because no
-        summary cut a neuron (always True for exact tables)."""
-        return (self.ngram_mode == "exact" or bounded_store.has_counted(self._file)
-                or not bounded_store.any_cut(self._file, self.header))
+        """Bounded mode: whether pass 2 has run, or pass 1 found it had nothing to count (always True
+        for exact tables)."""
+        return self.ngram_mode == "exact" or bounded_store.has_counted(self._file)
 
     def _check_table(self, layer: int, k: int) -> None:
         if layer not in self.ngram_layers or k not in self.ngram_orders:

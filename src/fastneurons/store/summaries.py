@@ -4,11 +4,13 @@
 [F], attr ``capacity``). ``counted/layer{l}/k{k}``: pass 2's exact counts (a table group plus
 ``rare_limit`` [F]); the ``counted`` group's attrs hold the settings that planned it. A store
 snapshot rewrites ``summaries``; ``counted`` exists only in a finished store whose second pass ran.
-Neurons a summary never cut (``delta == 0``) are exact in it: ``counted`` holds only the others
-(attr ``uncut_from_summary``; stores written before it hold every neuron there).
+``counted`` holds only the neurons pass 2 counted (``counted_neurons``: cut and possible detector
+candidates); the others are read from their summary (attr ``uncounted_from_summary``; stores
+written before it hold every neuron there).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -16,7 +18,7 @@ import numpy as np
 
 from fastneurons.ngrams import runs as ngram_runs
 from fastneurons.ngrams.accumulator import Table, merge_two
-from fastneurons.ngrams.bounded import HeldTable, Summary, exact_rows
+from fastneurons.ngrams.bounded import HeldTable, Summary, summary_rows
 from fastneurons.store.format import Header, StoreError, _atomic_h5, _write_json_attr, read_header, table_path
 
 SUMMARIES = "summaries"
@@ -67,24 +69,29 @@ def merge_summaries(parts: list) -> dict:
 
 
 def write_counted(f: h5py.File, tables: dict, plans: dict, settings: dict) -> None:
-    """Write pass 2's {(layer, k): Table} with their plans' rare limits under ``counted/``."""
+    """Write pass 2's {(layer, k): Table} with their plans' rare limits and counted neurons under
+    ``counted/`` (an empty plan: empty tables, which pass 1's final snapshot writes itself)."""
     root = f.create_group(COUNTED)
     _write_json_attr(root, "settings", settings)
-    root.attrs["uncut_from_summary"] = 1  # the neurons with delta 0 are read from their summary
+    root.attrs["uncounted_from_summary"] = 1  # neurons pass 2 did not count are read from /summaries
+    root.attrs["empty_plan"] = int(all(plan.empty for plan in plans.values()))
     for (layer, k), table in tables.items():
         group = root.create_group(table_path(layer, k))
         ngram_runs.write_table(group.create_group("table"), table, check=False)
         group.create_dataset("rare_limit", data=plans[(layer, k)].rare_limit)
+        group.create_dataset("counted_neurons", data=plans[(layer, k)].counted)
 
 
 def has_counted(f: h5py.File) -> bool:
     return COUNTED in f
 
 
-def any_cut(f: h5py.File, header: Header) -> bool:
-    """Whether some summary cut a neuron (``delta > 0``): only then has pass 2 anything to count."""
-    return any(f[f"{SUMMARIES}/{table_path(layer, k)}/delta"][()].any()
-               for layer in header.ngram_layers for k in header.orders)
+def empty_plan_settings(f: h5py.File) -> dict | None:
+    """The plan settings under which the store's pass 2 had nothing to count (None: it had, or has
+    not run)."""
+    if COUNTED not in f or not f[COUNTED].attrs.get("empty_plan", 0):
+        return None
+    return json.loads(f[COUNTED].attrs["settings"])
 
 
 def _summary_parts(f: h5py.File, layer: int, k: int) -> tuple:
@@ -115,22 +122,23 @@ def read_exact_summary(f: h5py.File, layer: int, k: int) -> Table | None:
 
 
 def read_held(f: h5py.File, layer: int, k: int, path) -> HeldTable:
-    """The analyses' view of a bounded store's (layer, k): exact counts (pass 2's, and the summary's
-    for neurons it never cut) with the bounds. Before pass 2 only a summary that cut nothing is read."""
-    summary = _read_summary(f, layer, k)
+    """The analyses' view of a bounded store's (layer, k): pass 2's exact counts of the neurons it
+    counted, and the summary's rows of the others (exact for neurons never cut, within ``delta`` for
+    the rest: ``approximate``), with the bounds."""
     if COUNTED not in f:
-        if summary.delta.any():
-            raise StoreError(f"{path}: a bounded store whose second pass has not run (it holds summaries, not "
-                             f"counts): run `fastneurons second-pass {path}` first")
-        return HeldTable(summary.table.key, summary.table.neuron, summary.table.count, summary.mass,
-                         summary.delta, np.zeros_like(summary.delta))
+        raise StoreError(f"{path}: a bounded store whose second pass has not run (it holds summaries, not "
+                         f"counts): run `fastneurons second-pass {path}` first")
+    summary = _read_summary(f, layer, k)
     counted = f[f"{COUNTED}/{table_path(layer, k)}"]
     table = ngram_runs.read_table(counted["table"])
     table.order = k
-    if f[COUNTED].attrs.get("uncut_from_summary", 0):
-        table = merge_two(table, exact_rows(summary))  # disjoint neurons: a union
+    approximate = None
+    if f[COUNTED].attrs.get("uncounted_from_summary", 0):
+        was_counted = counted["counted_neurons"][()].astype(bool)
+        table = merge_two(table, summary_rows(summary, was_counted))  # disjoint neurons: a union
+        approximate = (summary.delta > 0) & ~was_counted
     return HeldTable(table.key, table.neuron, table.count, summary.mass, summary.delta,
-                     counted["rare_limit"][()].astype(np.int64))
+                     counted["rare_limit"][()].astype(np.int64), approximate)
 
 
 def read_resume_state(path) -> dict | None:
