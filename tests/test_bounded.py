@@ -209,7 +209,9 @@ def test_random_opt_bounded_equals_exact(tmp_path, corpus, capacity):  # noqa: F
             assert was_counted[group["table/neuron"][()]].all()
             held = counts.ngram_table(0, 3)
             np.testing.assert_array_equal(held.approximate, cut & ~was_counted)
-        else:  # summaries that cut nothing are the exact tables
+        else:  # summaries that cut nothing are the exact tables, and no second pass ran
+            assert counts.second_pass_state == "not needed"
+            assert "second pass not needed" in describe_store(bounded.out)["ngram_mode"]
             for layer in (0, 1):
                 for k in (1, 2, 3):
                     for mine, theirs in zip(counts.ngram_active(layer, k), reference.ngram_active(layer, k)):

@@ -116,8 +116,11 @@ def _ngram_mode(counts) -> str:
     """'exact', or 'bounded' with its capacity and whether the second pass ran."""
     if counts.ngram_mode == "exact":
         return "exact"
-    done = "second pass done" if counts.second_pass_done else "second pass not run (fastneurons second-pass)"
+    done = {"done": "second pass done", "not needed": "second pass not needed (nothing to count)",
+            "not run": "second pass not run (fastneurons second-pass)"}[counts.second_pass_state]
     return f"bounded (summary capacity {counts.metadata.get('summary_capacity')}; {done})"
+
+
 def _state(path, counts) -> str:
     """complete, partial (and how to continue it), or being written (by whom)."""
     from fastneurons.store.lock import writer_of

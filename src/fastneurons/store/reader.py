@@ -187,6 +187,14 @@ class Counts:
         for exact tables)."""
         return self.ngram_mode == "exact" or bounded_store.has_counted(self._file)
 
+    @property
+    def second_pass_state(self) -> str:
+        """'done', 'not needed' (bounded: pass 1 found nothing for it to count) or 'not run'."""
+        if not self.second_pass_done:
+            return "not run"
+        empty = self.ngram_mode == "bounded" and bounded_store.empty_plan_settings(self._file) is not None
+        return "not needed" if empty else "done"
+
     def _check_table(self, layer: int, k: int) -> None:
         if layer not in self.ngram_layers or k not in self.ngram_orders:
             raise KeyError(f"no n-gram table for layer {layer}, order {k} "
