@@ -170,9 +170,10 @@ def test_several_stores_get_folders_cross_figures_and_a_combined_report(stores, 
         assert (out / name / "results.json").is_file() and (out / name / "report.html").is_file()
     assert "frequency" in json.loads((out / "small" / "results.json").read_text())["dead"]["0"]
     assert (out / "figures" / "cross_dead_frequency.png").is_file()
+    assert (out / "figures" / "cross_detectors_positional.png").is_file()
     html = report.read_text()
     sub = [(out / name / "figures").glob("*.png") for name in ("small", "bigger")]
-    assert html.count("<img ") == 1 + sum(len(list(files)) for files in sub)
+    assert html.count("<img ") == 2 + sum(len(list(files)) for files in sub)  # + the two cross figures
     assert 'href="#small"' in html and 'id="bigger"' in html
 
 

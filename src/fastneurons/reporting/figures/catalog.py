@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from matplotlib.figure import Figure
 
 from fastneurons.analysis.positional import TYPES
-from fastneurons.reporting.figures import dead, ngrams, positional, suppression
+from fastneurons.reporting.figures import across, dead, ngrams, positional, suppression
 from fastneurons.reporting.figures.style import new_figure, suptitle
 
 
@@ -177,13 +177,25 @@ def build_figures(results, examples=(), curves=()) -> tuple:
 
 
 def build_cross_figures(results_list, labels=None) -> list:
-    """Figures comparing several stores (e.g. model sizes): Fig. 1 against relative layer depth."""
+    """Figures comparing several stores (model sizes or families) against relative layer depth: Fig. 1, and
+    token detectors with positional neurons where the stores have them."""
     figure, (left, right) = new_figure(11, 4.2, ncols=2)
-    dead.plot_cross_dead_percent(results_list, labels, left)
-    dead.plot_cross_alive_frequency(results_list, labels, right)
+    across.plot_cross_dead_percent(results_list, labels, left)
+    across.plot_cross_alive_frequency(results_list, labels, right)
     figure.suptitle("Dead neurons and activation frequency across models", fontsize=10.5)
     definitions = sorted({str(r.neuron_definition) for r in results_list})
+    active = "Active: " + "; ".join(definitions) + "."
     caption = ("Fig. 1 across models: dead neurons (%) and the mean activation frequency of alive neurons, per "
-               "layer, against the layer's relative depth (layer / (layers - 1)); one line per model. Active: "
-               + "; ".join(definitions) + ".")
-    return [FigureItem("cross_dead_frequency", "dead neurons and frequency across models", caption, figure)]
+               "layer, against the layer's relative depth (layer / (layers - 1)); one line per model. " + active)
+    items = [FigureItem("cross_dead_frequency", "dead neurons and frequency across models", caption, figure)]
+    if any(1 in r.orders and r.ngram_layers for r in results_list) or any(r.positional for r in results_list):
+        figure, (left, right) = new_figure(11, 4.2, ncols=2)
+        across.plot_cross_detectors(results_list, labels, 1, left)
+        across.plot_cross_positional(results_list, labels, right)
+        figure.suptitle("Token detectors and positional neurons across models", fontsize=10.5)
+        caption = ("Fig. 3 and Fig. 6 across models: token (k = 1) detectors and positional neurons (above the "
+                   "bootstrap null) as a percentage of each layer's neurons, against relative depth; a model "
+                   "without n-gram tables or position counts has no line in that panel. " + active)
+        items.append(FigureItem("cross_detectors_positional", "detectors and positional neurons across models",
+                                caption, figure))
+    return items

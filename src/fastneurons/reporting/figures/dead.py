@@ -1,10 +1,10 @@
-"""Dead neurons and activation frequency: per layer (paper Fig. 1), per domain, and across model sizes."""
+"""Dead neurons and activation frequency: per layer (paper Fig. 1) and per domain (across models: across.py)."""
 from __future__ import annotations
 
 import matplotlib
 import numpy as np
 
-from fastneurons.reporting.figures.style import COLORS, axes_or_new, empty_note, layer_axis, model_label, styled
+from fastneurons.reporting.figures.style import COLORS, axes_or_new, empty_note, layer_axis, styled
 
 
 @styled
@@ -66,42 +66,3 @@ def plot_domain_frequency(results, ax=None):
     """Mean activation frequency of the alive neurons per layer on each domain, one line per domain."""
     return _per_domain(results, ax, "mean_alive_frequency", "mean frequency of alive neurons",
                        "Activation frequency per domain")
-
-
-def relative_depth(results) -> np.ndarray:
-    """Each recorded layer's depth in [0, 1]: layer / (number of model layers - 1)."""
-    config = (results.metadata or {}).get("model_config") or {}
-    total = int(config.get("num_hidden_layers") or (max(results.layers) + 1 if results.layers else 1))
-    return np.asarray(results.layers, float) / max(1, total - 1)
-
-
-def _size_colors(count: int):
-    cmap = matplotlib.colormaps["viridis"]
-    return [cmap(x) for x in np.linspace(0.05, 0.85, count)] if count > 1 else [COLORS["frequency"]]
-
-
-def _cross(results_list, labels, ax, value, ylabel, title):
-    ax = axes_or_new(ax)
-    labels = list(labels) if labels is not None else [model_label(r) for r in results_list]
-    for results, label, color in zip(results_list, labels, _size_colors(len(results_list))):
-        ys = np.array([value(results.dead[layer]) for layer in results.layers], float)
-        ax.plot(relative_depth(results), ys, marker="o", ms=3, lw=1.6, label=label, color=color)
-    ax.set_xlabel("relative layer depth (0 = first, 1 = last)")
-    ax.set_ylabel(ylabel)
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_title(title)
-    ax.legend()
-    return ax
-
-
-@styled
-def plot_cross_dead_percent(results_list, labels=None, ax=None):
-    """Fig. 1a across models: dead neurons (%) against relative layer depth, one line per model."""
-    return _cross(results_list, labels, ax, lambda d: d.dead_percent, "dead neurons (%)", "Dead neurons")
-
-
-@styled
-def plot_cross_alive_frequency(results_list, labels=None, ax=None):
-    """Fig. 1b across models: mean alive-neuron frequency against relative layer depth, one line per model."""
-    return _cross(results_list, labels, ax, lambda d: d.mean_alive_frequency, "mean frequency of alive neurons",
-                  "Activation frequency of alive neurons")
