@@ -145,3 +145,14 @@ def test_quantized_checkpoints_are_named_by_their_gguf_type():
     assert quantization(meta("gemma-3-270m-q4_k_m.gguf")) == "Q4_K_M GGUF"
     assert quantization(meta("model.gguf")) == "quantized GGUF"
     assert quantization(meta(None, quantized=False)) is None and quantization({}) is None
+
+
+def test_figure_titles_name_a_quantized_checkpoint():
+    from types import SimpleNamespace
+
+    from fastneurons.reporting.figures.style import model_label
+
+    quantized = SimpleNamespace(metadata={"model": {"spec": "gemma3-270m", "quantized_gguf": True,
+                                                    "gguf_file": "gemma-3-270m-q4_k_m.gguf"}})
+    plain = SimpleNamespace(metadata={"model": {"spec": "facebook/opt-125m"}})
+    assert model_label(quantized) == "gemma3-270m (Q4_K_M GGUF)" and model_label(plain) == "facebook/opt-125m"

@@ -12,7 +12,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fastneurons.reporting.outputs import model_name
+from fastneurons.reporting.outputs import model_name, quantization
 
 RC = {
     "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
@@ -71,8 +71,9 @@ def shorten(text: str, limit: int = 22) -> str:
 
 
 def model_label(results) -> str:
-    """Model name for titles."""
-    return model_name(results.metadata)
+    """Model name for titles, with the quantization of a quantized checkpoint ('smollm2 (Q4_1 GGUF)')."""
+    quantized = quantization(results.metadata)
+    return model_name(results.metadata) + (f" ({quantized})" if quantized else "")
 
 
 def definition_label(results) -> str:
