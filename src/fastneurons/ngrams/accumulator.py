@@ -282,6 +282,11 @@ class NgramAccumulator:
             self._pending_rows = self._pending_events = 0
         return {k: self._runs[k].table() for k in self.orders}
 
+    @property
+    def events_added(self) -> int:
+        """Active (token, neuron) events of the chunks added since the last ``tables`` or ``clear``."""
+        return self._pending_events
+
     def seed(self, tables: dict) -> None:
         """Continue from {k: Table} of earlier chunks (as ``tables`` returned them)."""
         for k, table in tables.items():

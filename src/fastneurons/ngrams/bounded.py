@@ -96,9 +96,9 @@ class SummaryAccumulator:
 
     def add(self, bits, token_ids, positions, counted) -> None:
         """Take one chunk (see ``NgramAccumulator.add``)."""
-        before = self.pending._pending_events
+        before = self.pending.events_added
         self.pending.add(bits, token_ids, positions, counted)
-        self.unfolded += self.pending._pending_events - before
+        self.unfolded += self.pending.events_added - before
         held = sum(summary.table.rows for summary in self.summaries.values())
         if self.unfolded >= max(FOLD_EVENTS, held):
             self.fold()
