@@ -130,7 +130,8 @@ def test_cross_model_plots_draw_one_line_per_model(results, counts):
         assert max(ax.lines[0].get_xdata()) == 1.0  # relative depth of the last of 3 layers
     ax = figures.plot_cross_detectors([results, other], ["a", "b"], k=1)
     line = ax.lines[0]
-    expected = [100.0 * results.detectors[1][layer].num_detectors / results.num_neurons for layer in results.ngram_layers]
+    expected = [100.0 * results.detectors[1][layer].num_detectors / results.num_neurons
+                for layer in results.ngram_layers]
     assert list(line.get_ydata()) == pytest.approx(expected) and len(ax.lines) == 2
     ax = figures.plot_cross_positional([results, other], ["a", "b"])
     expected = [100.0 * results.positional[layer].num_positional_corrected / results.num_neurons

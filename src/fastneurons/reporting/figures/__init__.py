@@ -1,8 +1,8 @@
 """Matplotlib figures of the analysis results (paper Fig. 1-9, 12, 13, 15): each plot function takes the
 result(s) and `ax=None` and returns the Axes; `build_figures` assembles the captioned set of one analysis."""
 
-from fastneurons.reporting.figures.across import (plot_cross_alive_frequency, plot_cross_dead_percent, plot_cross_detectors,
-                                                  plot_cross_positional)
+from fastneurons.reporting.figures.across import (plot_cross_alive_frequency, plot_cross_dead_percent,
+                                                  plot_cross_detectors, plot_cross_positional)
 from fastneurons.reporting.figures.catalog import FigureItem, build_cross_figures, build_figures
 from fastneurons.reporting.figures.dead import (plot_alive_frequency, plot_dead_percent, plot_domain_dead_percent,
                                                 plot_domain_frequency)
