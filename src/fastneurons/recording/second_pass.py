@@ -77,6 +77,11 @@ def plans_of(summaries: dict, settings: dict) -> dict:
             for key, summary in summaries.items()}
 
 
+def _no_counts(plans: dict) -> dict:
+    """An empty pass-2 table for every (layer, k) of ``plans``."""
+    return {key: Table.empty(key[1]) for key in plans}
+
+
 def _write_counted_if_nothing_to_count(f, taps) -> None:
     """Pass 1's finished store: when pass 2's default plan is empty (no cut neuron may be a detector
     candidate), write its empty counts now, so no second pass (and no second forward) is needed."""
@@ -84,7 +89,7 @@ def _write_counted_if_nothing_to_count(f, taps) -> None:
     plans = plans_of({(layer, k): summary for layer, acc in taps.ngrams.layers.items()
                       for k, summary in acc.summaries.items()}, settings)
     if all(plan.empty for plan in plans.values()):
-        write_counted(f, {key: Table.empty(key[1]) for key in plans}, plans, settings)
+        write_counted(f, _no_counts(plans), plans, settings)
 
 
 def _pass1_inputs(path: Path, settings: dict):
@@ -165,7 +170,7 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
     recorded = RecordConfig(**meta["record_config"])
     plans = plans_of(summaries, settings)
     if all(plan.empty for plan in plans.values()):
-        write_second_pass(path, {key: Table.empty(key[1]) for key in plans}, plans, settings)
+        write_second_pass(path, _no_counts(plans), plans, settings)
         log(f"second pass of {path}: nothing to count under {settings}")
         return path
     device = resolve_device(config.device)
@@ -219,7 +224,7 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
                     last_save = time.monotonic()
     finally:
         taps.remove()
-    tables = {key: Table.empty(key[1]) for key in plans}  # layers whose summaries cut nothing: none counted
+    tables = _no_counts(plans)  # layers with nothing to count keep these
     tables.update({(layer, k): table for layer, acc in taps.ngrams.layers.items() for k, table in acc.tables().items()})
     write_second_pass(path, tables, plans, settings)
     saved.unlink(missing_ok=True)
