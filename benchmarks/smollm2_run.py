@@ -42,14 +42,19 @@ from fastneurons.store import open_counts
 
 ROBUST_MIN_COUNT = 5  # the stricter analysis setting: covered n-grams need ngram_seen >= 5
 LICENSES = Path("/usr/share/common-licenses")
-# model -> BOS id and its two stores, name -> (file, threshold, layers, orders); n-gram tables on the first half
+# model -> BOS id and its stores, name -> (file, threshold, layers, orders, n-gram mode); n-gram tables on the
+# first half. SmolLM2's "bounded" store is the SPEC definition (t = 0) with k = 1, 2, 3 on layers 0..14, which
+# only the bounded n-gram mode can hold (docs/smollm2.md); it is not part of "both".
 MODELS = {
     "smollm2": {"bos": 0,  # <|endoftext|>: SmolLM2's document boundary (docs/smollm2.md, "BOS")
-                "half": 15, "stores": {"default": ("counts.h5", 0.0, None, [1]),
-                                       "strict": ("counts-strict.h5", 1.0, list(range(15)), [1, 2, 3])}},
+                "half": 15, "stores": {"default": ("counts.h5", 0.0, None, [1], "exact"),
+                                       "strict": ("counts-strict.h5", 1.0, list(range(15)), [1, 2, 3], "exact"),
+                                       "bounded": ("counts-bounded.h5", 0.0, list(range(15)), [1, 2, 3],
+                                                   "bounded")}},
     "gemma3-270m": {"bos": 2,  # <bos>, the tokenizer's own (docs/gemma3.md)
-                    "half": 9, "stores": {"default": ("counts.h5", 0.0, None, [1]),
-                                          "strict": ("counts-strict.h5", 1.5, list(range(9)), [1, 2, 3])}},
+                    "half": 9, "stores": {"default": ("counts.h5", 0.0, None, [1], "exact"),
+                                          "strict": ("counts-strict.h5", 1.5, list(range(9)), [1, 2, 3],
+                                                     "exact")}},
 }
 
 
@@ -75,13 +80,13 @@ def write_corpus(directory: Path) -> list:
 def record_store(out_dir: Path, which: str, tokens: str, threads: int, resume: bool, seq_len: int,
                  model: str = "smollm2") -> Path:
     """Record one of the model's two stores into out_dir (same corpus plan for both)."""
-    name, threshold, layers, orders = MODELS[model]["stores"][which]
+    name, threshold, layers, orders, ngrams = MODELS[model]["stores"][which]
     corpus = write_corpus(out_dir / "corpus")
     config = RecordConfig(model=model, corpus=corpus, out=str(out_dir / name), tokens=tokens, seq_len=seq_len,
                           full_length=True, batch_size=4, unit_batches=4, layers=layers,
                           ngram_layers=[str(x) for x in range(MODELS[model]["half"])], orders=orders,
                           threshold=threshold, bos_id=MODELS[model]["bos"], threads=threads, resume=resume,
-                          progress=False)
+                          ngrams=ngrams, progress=False)
     # numba's first parallel launch resets the OpenMP thread count torch's BLAS reads; matching the two keeps
     # every micro-batch's arithmetic the same, so a resumed run stays bit-exact (see docs/smollm2.md)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -161,7 +166,7 @@ def main(argv=None) -> int:
     parser.add_argument("step", choices=["all", "record", "analyze"])
     parser.add_argument("out_dir", type=Path, help="folder for the corpus, the counts stores and the summaries")
     parser.add_argument("--model", choices=sorted(MODELS), default="smollm2")
-    parser.add_argument("--which", choices=["default", "strict", "both"], default="both")
+    parser.add_argument("--which", choices=["default", "strict", "bounded", "both"], default="both")
     parser.add_argument("--tokens", default="1M", help="token budget of the corpus plan (both stores)")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1,
