@@ -75,6 +75,55 @@ def test_summaries_undercount_by_at_most_delta_and_merge_with_the_same_guarantee
             assert (summary.delta * (capacity + 1) <= summary.mass - kept).all()
 
 
+def _naive_fold(held: dict, new: dict, num_neurons: int, capacity: int, delta: np.ndarray) -> dict:
+    """Misra-Gries merge, neuron by neuron with dicts: add the counts, and past ``capacity`` n-grams
+    subtract the (capacity+1)-th largest count and drop what reaches 0."""
+    out = {}
+    for n in range(num_neurons):
+        merged = {key: c for (key, m), c in held.items() if m == n}
+        for (key, m), c in new.items():
+            if m == n:
+                merged[key] = merged.get(key, 0) + c
+        if len(merged) > capacity:
+            cut = sorted(merged.values(), reverse=True)[capacity]
+            delta[n] += cut
+            merged = {key: c - cut for key, c in merged.items() if c > cut}
+        out.update({(key, n): c for key, c in merged.items()})
+    return out
+
+
+@pytest.mark.parametrize("capacity", [1, 4, 30])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fold_by_neuron_equals_a_naive_misra_gries_merge(capacity, threads, monkeypatch):
+    import numba
+    monkeypatch.setattr(bounded_module, "PARALLEL_MIN_ROWS", 0 if threads > 1 else 1 << 62)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    tables = []
+    for seed in (4, 5):
+        bits, ids, pos, counted = _random_chunk(seed, rows=600, density=0.2)
+        exact = NgramAccumulator(100)
+        exact.add(bits, ids, pos, counted)
+        tables.append(exact.tables())
+    for k in (1, 2, 3):
+        delta = np.zeros(100, dtype=np.int64)
+        first = bounded_module.fold_rows(bounded_module.ByNeuron.of(bounded_module.Table.empty(k), 100),
+                                         bounded_module.ByNeuron.of(tables[0][k], 100), capacity, delta)
+        naive_delta = np.zeros(100, dtype=np.int64)
+        naive_first = _naive_fold({}, _as_dict(tables[0][k]), 100, capacity, naive_delta)
+        assert _as_dict(first.table(k)) == naive_first
+        both = bounded_module.fold_rows(first, bounded_module.ByNeuron.of(tables[1][k], 100), capacity, delta)
+        naive_both = _naive_fold(naive_first, _as_dict(tables[1][k]), 100, capacity, naive_delta)
+        table = both.table(k)
+        assert _as_dict(table) == naive_both
+        np.testing.assert_array_equal(delta, naive_delta)
+        if capacity < 30:
+            assert (naive_delta > 0).any()  # the prune ran
+        order = np.lexsort((table.neuron, table.key))
+        np.testing.assert_array_equal(order, np.arange(table.rows))  # sorted by (key, neuron)
+    numba.set_num_threads(before)
+
+
 def test_second_pass_counts_exactly_the_planned_and_rare_pairs():
     bits, ids, pos, counted = _random_chunk(1, density=0.03)
     exact = NgramAccumulator(100)

@@ -79,7 +79,9 @@ class RecordConfig:
     full_length: bool = _opt(False, "every sequence exactly --seq-len tokens (needed for positional analysis)")
     batch_size: int = _opt(8, "sequences per micro-batch (part of the exactness contract: keep it fixed when resuming/merging)")
     unit_batches: int = _opt(4, "micro-batches per unit (the resumable/shardable atom)")
-    commit_seconds: float = _opt(60.0, "commit at most this often (seconds; 0 = after every unit); a kill loses at most this much work")
+    commit_seconds: float = _opt(60.0, "commit at most this often (seconds; 0 = after every unit), and less often "
+                                       "when commits are slow (at most a twentieth of the time); a kill loses what came after "
+                                       "the last commit")
     layers: Optional[list] = _list("layers to record (default: all)", type=int)
     ngram_layers: Optional[list] = _list("layers for n-gram tables (default: first half of the model; 'none' for no tables)")
     orders: list = field(default_factory=lambda: [1, 2, 3], metadata={"help": "n-gram orders", "nargs": "+", "type": int})

@@ -10,7 +10,7 @@ is rare enough (``seen <= rare_limit[n]``) to be in G(n) without being tracked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,22 +18,76 @@ from fastneurons.numbers import ceil_fraction, exact_fraction
 from fastneurons.ngrams import summary as kernels
 from fastneurons.ngrams.accumulator import NgramAccumulator, Table, check_chunk, merge_two
 from fastneurons.ngrams.keys import check_orders, ngram_rows_and_keys
-from fastneurons.ngrams.runs import group_by_neuron
+from fastneurons.ngrams.kernels import sort_segments_by_count_descending
 
 DEFAULT_CAPACITY = 2048  # > the paper's last histogram edge (2001) and > every m_k
 FOLD_EVENTS = 1 << 22  # fold pending events after this many, or as many as the summaries hold (and per unit)
 RARE_FLUSH_ROWS = 1 << 20  # pending rare pairs collapsed into a table beyond this many
 
 
+PARALLEL_MIN_ROWS = 1 << 16  # folds of fewer rows run on one thread (a parallel launch costs more)
+
+
+@dataclass
+class ByNeuron:
+    """Rows grouped by neuron, keys ascending within a neuron: the form a fold works in (each
+    neuron's rows are ``key[offsets[n]:offsets[n+1]]`` with their counts)."""
+
+    offsets: np.ndarray  # int64 [F+1]
+    key: np.ndarray  # uint64 [M]
+    count: np.ndarray  # int64 [M]
+
+    @classmethod
+    def of(cls, table: Table, num_neurons: int) -> ByNeuron:
+        """The rows of a table (sorted by (key, neuron)), regrouped by neuron (a counting sort)."""
+        return cls(*kernels.regroup_by_neuron(table.key, table.neuron, table.count, int(num_neurons)))
+
+    @property
+    def rows(self) -> int:
+        return int(self.key.size)
+
+    def table(self, order: int) -> Table:
+        """The rows as a Table sorted by (key, neuron): a stable sort by key keeps neurons ascending."""
+        if self.rows == 0:
+            return Table.empty(order)
+        sort = np.argsort(self.key, kind="stable")
+        neuron = kernels.neuron_of_rows(self.offsets)
+        return Table(self.key[sort], neuron[sort], self.count[sort], order)
+
+
+def fold_rows(held: ByNeuron, new: ByNeuron, capacity: int, delta: np.ndarray) -> ByNeuron:
+    """Misra-Gries merge of ``new`` into ``held``, pruned to ``capacity`` rows per neuron; the cut of
+    each neuron is added to ``delta`` (in place). Neurons are independent, so the result does not
+    depend on the thread count."""
+    sizes = np.empty(delta.size, dtype=np.int64)
+    total = held.rows + new.rows
+    out_key = np.empty(total, dtype=np.uint64)
+    out_count = np.empty(total, dtype=np.int64)
+    fold = kernels.fold_by_neuron if total >= PARALLEL_MIN_ROWS else kernels.fold_by_neuron_serial
+    fold(held.offsets, held.key, held.count, new.offsets, new.key, new.count, int(capacity), delta,
+         out_key, out_count, sizes)
+    offsets = np.zeros(delta.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    if offsets[-1] == total:
+        return ByNeuron(offsets, out_key, out_count)
+    key = np.empty(offsets[-1], dtype=np.uint64)
+    count = np.empty(offsets[-1], dtype=np.int64)
+    kernels.compact_by_neuron(held.offsets[:-1] + new.offsets[:-1], sizes, offsets, out_key, out_count, key, count)
+    return ByNeuron(offsets, key, count)
+
+
 @dataclass
 class Summary:
-    """Misra-Gries summary of one (layer, order): ``table`` counts satisfy
-    ``true - delta[n] <= count <= true``; any n-gram not in it has ``true <= delta[n]``."""
+    """Misra-Gries summary of one (layer, order): its ``rows`` (by neuron; ``table`` is the same rows
+    sorted by (key, neuron)) have counts with ``true - delta[n] <= count <= true``; any n-gram not
+    held has ``true <= delta[n]``."""
 
-    table: Table
+    rows: ByNeuron
     delta: np.ndarray  # int64 [F]: total subtracted from neuron n's counters
     mass: np.ndarray  # int64 [F]: exact A_k(n), the neuron's stream length
     capacity: int
+    order: int
+    _table: Table | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def empty(cls, num_neurons: int, order: int, capacity: int = DEFAULT_CAPACITY) -> Summary:
@@ -41,32 +95,28 @@ class Summary:
         if int(capacity) < 1:
             raise ValueError(f"summary capacity must be at least 1, got {capacity}")
         zeros = np.zeros(int(num_neurons), dtype=np.int64)
-        return cls(Table.empty(order), zeros, zeros.copy(), int(capacity))
+        return cls.of_table(Table.empty(order), zeros, zeros.copy(), int(capacity))
+
+    @classmethod
+    def of_table(cls, table: Table, delta: np.ndarray, mass: np.ndarray, capacity: int) -> Summary:
+        """A summary whose rows are given as a Table (sorted by (key, neuron))."""
+        return cls(ByNeuron.of(table, delta.size), delta, mass, int(capacity), int(table.order), table)
 
     @property
     def num_neurons(self) -> int:
         return int(self.delta.size)
 
     @property
-    def order(self) -> int:
-        return int(self.table.order)
+    def table(self) -> Table:
+        """The rows sorted by (key, neuron), built once when first asked for."""
+        if self._table is None:
+            self._table = self.rows.table(self.order)
+        return self._table
 
     def absorb(self, table: Table, delta=None, mass=None) -> Summary:
         """This summary plus an exact table (``delta`` None) or another summary's parts, pruned to
         ``capacity`` per neuron (Agarwal et al.'s merge: the errors add, plus the cut)."""
-        if mass is None:
-            mass = np.zeros(self.num_neurons, dtype=np.int64)
-            kernels.add_mass(table.neuron, table.count, mass)
-        merged = merge_two(self.table, table)
-        shared = merged.count is self.table.count or merged.count is table.count
-        count = merged.count.copy() if shared else merged.count  # merge_two may hand back an input
-        new_delta = self.delta + (0 if delta is None else delta)
-        keep = kernels.prune_to_capacity(merged.neuron, count, self.num_neurons, self.capacity, new_delta)
-        if not keep.all():
-            merged = Table(merged.key[keep], merged.neuron[keep], count[keep], self.order)
-        else:
-            merged = Table(merged.key, merged.neuron, count, self.order)
-        return Summary(merged, new_delta, self.mass + mass, self.capacity)
+        return self._fold(ByNeuron.of(table, self.num_neurons), delta, mass, table)
 
     def merge(self, other: Summary) -> Summary:
         """Two summaries of disjoint token streams (shards) as one, with the same guarantee."""
@@ -74,7 +124,15 @@ class Summary:
             raise ValueError("cannot merge summaries of different widths or orders")
         if other.capacity != self.capacity:
             raise ValueError(f"cannot merge summaries of capacity {self.capacity} and {other.capacity}")
-        return self.absorb(other.table, other.delta, other.mass)
+        return self._fold(other.rows, other.delta, other.mass)
+
+    def _fold(self, rows: ByNeuron, delta, mass, table: Table | None = None) -> Summary:
+        if mass is None:
+            mass = np.zeros(self.num_neurons, dtype=np.int64)
+            kernels.add_mass(table.neuron, table.count, mass)
+        new_delta = self.delta + (0 if delta is None else delta)
+        folded = fold_rows(self.rows, rows, self.capacity, new_delta)
+        return Summary(folded, new_delta, self.mass + mass, self.capacity, self.order)
 
 
 class SummaryAccumulator:
@@ -82,7 +140,8 @@ class SummaryAccumulator:
 
     Events are kept as pending chunks (bits, expanded to exact tables only when needed) and folded
     into the summaries once the events added since the last fold reach ``FOLD_EVENTS`` or the
-    summaries' size (a fold costs O(summaries): amortised O(1) per event), and at the end of the
+    summaries' size (a fold costs O(summaries + new): amortised O(1) per event; more pending would
+    make the snapshots, which save it, larger), and at the end of the
     recording (``finish``). That rule depends on the data alone, and a snapshot saves the pending
     events as exact tables with the count (``state``), so a run resumed after a kill folds where an
     uninterrupted one does and ends with the same summaries."""
@@ -99,7 +158,7 @@ class SummaryAccumulator:
         before = self.pending.events_added
         self.pending.add(bits, token_ids, positions, counted)
         self.unfolded += self.pending.events_added - before
-        held = sum(summary.table.rows for summary in self.summaries.values())
+        held = sum(summary.rows.rows for summary in self.summaries.values())
         if self.unfolded >= max(FOLD_EVENTS, held):
             self.fold()
 
@@ -165,9 +224,16 @@ class CandidatePlan:
         return np.packbits(words, bitorder="little").view(np.uint64).copy()
 
 
+def counts_largest_first(rows: ByNeuron) -> np.ndarray:
+    """The rows' counts, each neuron's sorted largest first."""
+    order = np.arange(rows.rows, dtype=np.int64)
+    sort_segments_by_count_descending(order, rows.count, rows.offsets)
+    return rows.count[order]
+
+
 def possible_candidates(summary: Summary, max_coverage: int, coverage: float) -> np.ndarray:
     """Neurons whose C_k(n) may be <= ``max_coverage`` given the summary's upper bounds (bool [F])."""
-    offsets, _, counts = group_by_neuron(summary.table, summary.num_neurons)
+    offsets, counts = summary.rows.offsets, counts_largest_first(summary.rows)
     cumulative = np.concatenate(([0], np.cumsum(counts)))
     take = np.minimum(np.diff(offsets), int(max_coverage))
     top = cumulative[offsets[:-1] + take] - cumulative[offsets[:-1]]

@@ -1,14 +1,16 @@
-"""Numba kernels of the bounded n-gram mode: the Misra-Gries prune of per-neuron summaries (pass 1)
+"""Numba kernels of the bounded n-gram mode: the Misra-Gries fold of per-neuron summaries (pass 1)
 and the exact count of candidate (n-gram, neuron) pairs (pass 2). docs/bounded-ngrams.md has the proofs.
 
 Like ``kernels.py``: no validation, no allocation policy (``bounded.py`` wraps them). Tables are the
-usual parallel arrays ``key uint64, neuron uint32, count int64`` sorted by ``(key, neuron)``.
+usual parallel arrays ``key uint64, neuron uint32, count int64`` sorted by ``(key, neuron)``; the fold
+works on rows grouped by neuron (``offsets [F+1]``, keys ascending within a neuron), where each
+neuron's merge and prune touch only its own few thousand rows and neurons run in parallel.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 from numba.cpython.unsafe.numbers import trailing_zeros
 
 from fastneurons.ngrams.kernels import popcount
@@ -25,45 +27,108 @@ def add_mass(neuron, count, mass):
 
 
 @njit(cache=True, nogil=True)
-def prune_to_capacity(neuron, count, num_neurons, capacity, delta):
-    """Misra-Gries merge step, in place: for every neuron with more than ``capacity`` rows, subtract
-    its (capacity+1)-th largest count ``s`` from each of its rows and add ``s`` to ``delta[n]``.
+def _fold_neuron(n, held_offsets, held_key, held_count, new_offsets, new_key, new_count, capacity, delta,
+                 out_key, out_count):
+    """Merge neuron n's held rows with its new rows into ``out[held_offsets[n] + new_offsets[n]:]``;
+    past ``capacity`` rows, subtract the (capacity+1)-th largest count ``s`` from each, drop rows that
+    reach 0 and add ``s`` to ``delta[n]``. Returns the rows written."""
+    i, i_end = held_offsets[n], held_offsets[n + 1]
+    j, j_end = new_offsets[n], new_offsets[n + 1]
+    start = i + j
+    o = start
+    while i < i_end and j < j_end:
+        if held_key[i] < new_key[j]:
+            out_key[o], out_count[o] = held_key[i], held_count[i]
+            i += 1
+        elif new_key[j] < held_key[i]:
+            out_key[o], out_count[o] = new_key[j], new_count[j]
+            j += 1
+        else:
+            out_key[o], out_count[o] = held_key[i], held_count[i] + new_count[j]
+            i += 1
+            j += 1
+        o += 1
+    while i < i_end:
+        out_key[o], out_count[o] = held_key[i], held_count[i]
+        i += 1
+        o += 1
+    while j < j_end:
+        out_key[o], out_count[o] = new_key[j], new_count[j]
+        j += 1
+        o += 1
+    size = o - start
+    if size <= capacity:
+        return size
+    at = size - capacity - 1  # the (capacity+1)-th largest sits here in ascending order
+    cut = np.partition(out_count[start:o].copy(), at)[at]
+    delta[n] += cut
+    w = start
+    for r in range(start, o):
+        left = out_count[r] - cut
+        if left > 0:
+            out_key[w], out_count[w] = out_key[r], left
+            w += 1
+    return w - start
 
-    Returns the mask of rows still positive (at most ``capacity`` per neuron). Each row loses at most
-    ``s`` of its true count (it keeps ``count - s`` or is dropped with ``count <= s``)."""
-    sizes = np.zeros(num_neurons + 1, dtype=np.int64)
-    for i in range(neuron.size):
-        sizes[np.int64(neuron[i]) + 1] += 1
-    keep = np.ones(neuron.size, dtype=np.bool_)
-    over = 0
-    for n in range(num_neurons):
-        if sizes[n + 1] > capacity:
-            over += 1
-    if over == 0:
-        return keep
+
+@njit(cache=True, nogil=True, parallel=True)
+def fold_by_neuron(held_offsets, held_key, held_count, new_offsets, new_key, new_count, capacity, delta,
+                   out_key, out_count, sizes):
+    """Misra-Gries merge of two row sets grouped by neuron (keys ascending within a neuron), one
+    neuron per iteration (``prange``): ``sizes[n]`` rows of neuron n land at ``out[held_offsets[n] +
+    new_offsets[n]:]`` (``out`` sized held + new); see ``_fold_neuron``. Each row loses at most the
+    ``s`` of its neuron."""
+    for n in prange(sizes.size):
+        sizes[n] = _fold_neuron(n, held_offsets, held_key, held_count, new_offsets, new_key, new_count,
+                                capacity, delta, out_key, out_count)
+
+
+@njit(cache=True, nogil=True)
+def fold_by_neuron_serial(held_offsets, held_key, held_count, new_offsets, new_key, new_count, capacity,
+                          delta, out_key, out_count, sizes):
+    """``fold_by_neuron`` on one thread (small folds, where a parallel launch costs more)."""
+    for n in range(sizes.size):
+        sizes[n] = _fold_neuron(n, held_offsets, held_key, held_count, new_offsets, new_key, new_count,
+                                capacity, delta, out_key, out_count)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def compact_by_neuron(starts, sizes, offsets, key, count, out_key, out_count):
+    """Copy neuron n's ``sizes[n]`` rows from ``starts[n]`` to ``offsets[n]`` of the out arrays."""
+    for n in prange(sizes.size):
+        for r in range(sizes[n]):
+            out_key[offsets[n] + r] = key[starts[n] + r]
+            out_count[offsets[n] + r] = count[starts[n] + r]
+
+
+@njit(cache=True, nogil=True)
+def regroup_by_neuron(key, neuron, count, num_neurons):
+    """Rows sorted by (key, neuron) -> ``(offsets [F+1], key, count)`` grouped by neuron, keys still
+    ascending within a neuron (a stable counting sort: one pass to size, one to scatter)."""
     offsets = np.zeros(num_neurons + 1, dtype=np.int64)
+    for i in range(neuron.size):
+        offsets[np.int64(neuron[i]) + 1] += 1
     for n in range(num_neurons):
-        offsets[n + 1] = offsets[n] + (sizes[n + 1] if sizes[n + 1] > capacity else 0)
-    gathered = np.empty(offsets[num_neurons], dtype=np.int64)
+        offsets[n + 1] += offsets[n]
     fill = offsets[:-1].copy()
+    out_key = np.empty(key.size, dtype=np.uint64)
+    out_count = np.empty(key.size, dtype=np.int64)
     for i in range(neuron.size):
         n = np.int64(neuron[i])
-        if sizes[n + 1] > capacity:
-            gathered[fill[n]] = count[i]
-            fill[n] += 1
-    cut = np.zeros(num_neurons, dtype=np.int64)
-    for n in range(num_neurons):
-        lo, hi = offsets[n], offsets[n + 1]
-        if hi > lo:
-            at = hi - lo - capacity - 1  # the (capacity+1)-th largest sits here in ascending order
-            cut[n] = np.partition(gathered[lo:hi], at)[at]
-            delta[n] += cut[n]
-    for i in range(neuron.size):
-        s = cut[np.int64(neuron[i])]
-        if s > 0:
-            count[i] -= s
-            keep[i] = count[i] > 0
-    return keep
+        out_key[fill[n]] = key[i]
+        out_count[fill[n]] = count[i]
+        fill[n] += 1
+    return offsets, out_key, out_count
+
+
+@njit(cache=True, nogil=True)
+def neuron_of_rows(offsets):
+    """uint32 neuron of every row of a by-neuron layout."""
+    out = np.empty(offsets[-1], dtype=np.uint32)
+    for n in range(offsets.size - 1):
+        for r in range(offsets[n], offsets[n + 1]):
+            out[r] = n
+    return out
 
 
 @njit(cache=True, nogil=True)

@@ -36,6 +36,9 @@ from fastneurons.recording.header import build_header
 from fastneurons.recording.taps import LayerTaps, MicroBatchTensors, NgramFeed, Recording, _batch_tensors  # noqa: F401
 from fastneurons.store import CountsWriter, DenseCounts, StoreError, StoreLock, check_output_path
 
+COMMIT_SHARE = 0.05  # at most this share of a recording's time goes to commits (commit_seconds > 0)
+
+
 class RecordingError(RuntimeError):
     """A recording that had to stop (the store keeps everything committed before it)."""
 
@@ -243,6 +246,7 @@ def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter
     memory, last_layer = parse_bytes(config.ngram_memory), recording.layers[-1]
     total = sum(_unit_tokens(plan, u) for u in todo)
     last_commit, done, new_runs = time.monotonic(), [], []
+    wait = config.commit_seconds  # grows with the commits' cost (_next_wait)
 
     in_tables = []  # units with n-grams in the tables not yet written to a run
 
@@ -275,7 +279,8 @@ def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter
             final = position == len(blocks) - 1
             if final:
                 taps.finish()  # bounded mode: the finished store holds folded summaries only
-            if final or time.monotonic() - last_commit >= config.commit_seconds:
+            if final or time.monotonic() - last_commit >= wait:
+                started = time.monotonic()
                 totals = taps.totals()
                 _check_nans(totals, writer.header.layers)
                 if taps.ngrams.layers:
@@ -285,6 +290,16 @@ def _run_units(recording: Recording, todo, taps: LayerTaps, writer: CountsWriter
                     bar.set_postfix_str("merging n-gram tables")
                 writer.commit(totals, 0, done, new_runs, final=final)
                 last_commit, done, new_runs = time.monotonic(), [], []
+                wait = _next_wait(config.commit_seconds, last_commit - started)
+
+
+def _next_wait(commit_seconds: float, commit_took: float) -> float:
+    """Seconds until the next commit: ``commit_seconds``, or longer when commits are slow, so that
+    at most ``COMMIT_SHARE`` of the time goes to them (a bounded store's snapshot rewrites its
+    summaries); 0 keeps "after every unit"."""
+    if commit_seconds <= 0:
+        return 0.0
+    return max(commit_seconds, commit_took / COMMIT_SHARE)
 
 
 def _rerecord_ngrams(recording: Recording, writer: CountsWriter, log) -> None:

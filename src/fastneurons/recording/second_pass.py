@@ -46,7 +46,7 @@ def keep_summaries(restored: dict | None):
     """A snapshot writer of the stored pass-1 state, for the snapshots a resume writes before ``attach``."""
     if restored is None:
         return None
-    return lambda f, final: write_resume_state(f, restored, compress=final)
+    return lambda f, final: write_resume_state(f, restored)
 
 
 def attach(writer, taps, restored: dict | None) -> None:
@@ -58,8 +58,8 @@ def attach(writer, taps, restored: dict | None) -> None:
     elif any(corpus.units.any() for corpus in writer.header.corpora):
         raise StoreError(f"{writer.path} holds units but no n-gram summaries: it cannot be resumed in bounded mode")
 
-    def write(f, final):  # snapshots uncompressed (rewritten every commit), the finished store gzip'd
-        write_resume_state(f, {layer: acc.state() for layer, acc in taps.ngrams.layers.items()}, compress=final)
+    def write(f, final):  # gzip-1 + shuffle: a snapshot is old + new on disk while it is written
+        write_resume_state(f, {layer: acc.state() for layer, acc in taps.ngrams.layers.items()})
         if final:
             _write_counted_if_nothing_to_count(f, taps)
 

@@ -1,7 +1,9 @@
 """The bounded n-gram mode in the store (docs/store-schema.md): pass-1 summaries, pass-2 counts.
 
-``summaries/layer{l}/k{k}``: the Misra-Gries summary (a table group plus ``delta`` and ``mass``
-[F], attr ``capacity``). ``counted/layer{l}/k{k}``: pass 2's exact counts (a table group plus
+``summaries/layer{l}/k{k}``: the Misra-Gries summary (group ``by_neuron``: datasets ``offsets``
+[F+1], ``key``, ``count``, neuron n's rows at ``offsets[n]:offsets[n+1]``, keys ascending; plus
+``delta`` and ``mass`` [F], attr ``capacity``; stores written before 2026-12-02 hold a ``table``
+group sorted by (key, neuron) instead, still read). ``counted/layer{l}/k{k}``: pass 2's exact counts (a table group plus
 ``rare_limit`` [F]); the ``counted`` group's attrs hold the settings that planned it. A store
 snapshot rewrites ``summaries``; ``counted`` exists only in a finished store whose second pass ran.
 ``counted`` holds only the neurons pass 2 counted (``counted_neurons``: cut and possible detector
@@ -18,7 +20,7 @@ import numpy as np
 
 from fastneurons.ngrams import runs as ngram_runs
 from fastneurons.ngrams.accumulator import Table, merge_two
-from fastneurons.ngrams.bounded import HeldTable, Summary, summary_rows
+from fastneurons.ngrams.bounded import ByNeuron, HeldTable, Summary, summary_rows
 from fastneurons.store.format import Header, StoreError, _atomic_h5, _write_json_attr, read_header, table_path
 
 SUMMARIES = "summaries"
@@ -30,22 +32,44 @@ def is_bounded(meta: dict) -> bool:
     return meta.get("ngram_mode", "exact") == "bounded"
 
 
-def write_summaries(f: h5py.File, summaries: dict, pending: dict | None = None, unfolded: dict | None = None,
-                    compress: bool = True) -> None:
+def write_summaries(f: h5py.File, summaries: dict, pending: dict | None = None,
+                    unfolded: dict | None = None) -> None:
     """Write {(layer, k): Summary} under ``summaries/`` of an open (new) file; a snapshot of a running
     recording adds its events not yet folded: ``pending`` {(layer, k): exact Table}, ``unfolded``
     {layer: events}."""
     root = f.create_group(SUMMARIES)
     for (layer, k), summary in summaries.items():
         group = root.create_group(table_path(layer, k))
-        ngram_runs.write_table(group.create_group("table"), summary.table, compress=compress, check=False)
+        _write_by_neuron(group.create_group("by_neuron"), summary.rows)
         group.create_dataset("delta", data=summary.delta)
         group.create_dataset("mass", data=summary.mass)
         group.attrs["capacity"] = int(summary.capacity)
         table = (pending or {}).get((layer, k))
         if table is not None and table.rows:
-            ngram_runs.write_table(group.create_group("pending"), table, compress=compress, check=False)
+            ngram_runs.write_table(group.create_group("pending"), table, check=False)
         group.attrs["unfolded"] = int((unfolded or {}).get(layer, 0))
+
+
+def _write_by_neuron(group: h5py.Group, rows: ByNeuron) -> None:
+    options = ngram_runs.COMPRESSION if rows.rows else {}
+    chunks = {"chunks": (max(1, min(ngram_runs.CHUNK_ROWS, rows.rows)),)} if options else {}
+    group.create_dataset("offsets", data=rows.offsets)
+    group.create_dataset("key", data=rows.key, **chunks, **options)
+    group.create_dataset("count", data=rows.count, **chunks, **options)
+
+
+def _read_rows(group: h5py.Group, num_neurons: int, k: int) -> tuple:
+    """(ByNeuron, Table or None) of a summary group in either layout."""
+    if "by_neuron" in group:
+        rows = group["by_neuron"]
+        offsets = rows["offsets"][()].astype(np.int64)
+        if offsets.size != num_neurons + 1 or offsets[0] != 0 or (np.diff(offsets) < 0).any() \
+                or offsets[-1] != rows["key"].shape[0] or rows["count"].shape != rows["key"].shape:
+            raise StoreError(f"{group.name}: summary rows with inconsistent offsets (corrupt store)")
+        return ByNeuron(offsets, rows["key"][()].astype(np.uint64), rows["count"][()].astype(np.int64)), None
+    table = ngram_runs.read_table(group["table"])
+    table.order = k
+    return ByNeuron.of(table, num_neurons), table
 
 
 def read_summaries(f: h5py.File, header: Header, path) -> dict:
@@ -97,10 +121,9 @@ def empty_plan_settings(f: h5py.File) -> dict | None:
 def _summary_parts(f: h5py.File, layer: int, k: int) -> tuple:
     """(Summary, pending Table, events pending) of (layer, k) as a snapshot saved them."""
     group = f[f"{SUMMARIES}/{table_path(layer, k)}"]
-    table = ngram_runs.read_table(group["table"])
-    table.order = k
-    summary = Summary(table, group["delta"][()].astype(np.int64), group["mass"][()].astype(np.int64),
-                      int(group.attrs["capacity"]))
+    delta, mass = group["delta"][()].astype(np.int64), group["mass"][()].astype(np.int64)
+    rows, table = _read_rows(group, delta.size, k)
+    summary = Summary(rows, delta, mass, int(group.attrs["capacity"]), k, table)
     pending = Table.empty(k)
     if "pending" in group:
         pending = ngram_runs.read_table(group["pending"])
@@ -159,12 +182,12 @@ def read_resume_state(path) -> dict | None:
         return out
 
 
-def write_resume_state(f: h5py.File, states: dict, compress: bool = True) -> None:
+def write_resume_state(f: h5py.File, states: dict) -> None:
     """Write {layer: (summaries, pending, unfolded)} (``read_resume_state``'s form) into a snapshot."""
     write_summaries(f, {(layer, k): summary for layer, (summaries, _, _) in states.items()
                         for k, summary in summaries.items()},
                     {(layer, k): table for layer, (_, pending, _) in states.items() for k, table in pending.items()},
-                    {layer: unfolded for layer, (_, _, unfolded) in states.items()}, compress=compress)
+                    {layer: unfolded for layer, (_, _, unfolded) in states.items()})
 
 
 def store_is_bounded(path) -> bool:
