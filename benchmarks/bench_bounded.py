@@ -1,8 +1,9 @@
 """Bounded vs exact n-gram state against tokens: peak disk, peak memory, store size and time of a real
 `record` (4-layer OPT, random weights, n-gram tables on two layers), and the in-memory state of the
-accumulators on synthetic bits at OPT-125m width.
+accumulators on synthetic bits at OPT-125m and OPT-66b width.
 
 Usage: PYTHONPATH=src python benchmarks/bench_bounded.py [--tokens 16k 64k] [--threads 1]
+       [--skip-record --synthetic-tokens 10k 100k 1M --widths opt125m opt66b]
 Each recording runs in its own process (its own peak RSS); peak disk is polled every 20 ms over the
 store, its runs folder and temporaries. Prints markdown tables (ratios) for benchmarks/README.md.
 """
@@ -88,35 +89,52 @@ def one_run(model: str, corpus: str, out_dir: str, mode: str, threads: int, capa
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def synthetic_state(tokens: int, neurons: int = 3072, density: float = 0.05, capacity: int = 2048) -> dict:
-    """Bytes of exact tables vs summaries after ``tokens`` synthetic tokens of one layer."""
+WIDTHS = {"opt125m": (3072, 0.05), "opt66b": (36864, 0.02)}  # name -> (F, share of neurons active)
+CHUNK = 1024  # synthetic tokens per chunk
+
+
+def synthetic_bits(rng, tokens: int, neurons: int, density: float) -> np.ndarray:
+    """uint64 [tokens, ceil(F/64)]: each token fires ~density x F neurons drawn uniformly (with
+    replacement, so slightly fewer distinct) -- as fast to make at OPT-66b width as at OPT-125m's."""
+    per_token = rng.binomial(neurons, density, tokens)
+    rows = np.repeat(np.arange(tokens), per_token)
+    active = np.zeros((tokens, -(-neurons // 64) * 64), dtype=bool)
+    active[rows, rng.integers(0, neurons, rows.size)] = True
+    return np.packbits(active, axis=1, bitorder="little").view(np.uint64)
+
+
+def synthetic_state(tokens: int, mode: str, width: str = "opt125m", capacity: int = 2048) -> dict:
+    """Bytes, seconds and events of one layer's ``mode`` state (exact tables, or bounded pass 1's
+    summaries) after ``tokens`` synthetic tokens (Zipf ids over 50k, sequences of SEQ)."""
     from fastneurons.ngrams.accumulator import NgramAccumulator
     from fastneurons.ngrams.bounded import SummaryAccumulator
 
+    neurons, density = WIDTHS[width]
     rng = np.random.default_rng(1)
-    exact, bounded = NgramAccumulator(neurons), SummaryAccumulator(neurons, capacity=capacity)
-    times = {"exact": 0.0, "bounded": 0.0}
-    chunk = 8192
-    for start in range(0, tokens, chunk):
-        n = min(chunk, tokens - start)
+    acc = SummaryAccumulator(neurons, capacity=capacity) if mode == "bounded" else NgramAccumulator(neurons)
+    seconds, events = 0.0, 0
+    for start in range(0, tokens, CHUNK):
+        n = min(CHUNK, tokens - start)
         ids = (rng.zipf(1.2, n) % 50000) + 3
-        positions = (np.arange(n) % SEQ).astype(np.int32)
-        active = rng.random((n, neurons), dtype=np.float32) < density
-        bits = np.packbits(active, axis=1, bitorder="little").view(np.uint64)
-        for name, acc in (("exact", exact), ("bounded", bounded)):
-            t0 = time.perf_counter()
-            acc.add(bits, ids, positions, positions >= 1)  # bounded folds by size, as in record
-            times[name] += time.perf_counter() - t0
+        positions = ((start + np.arange(n)) % SEQ).astype(np.int32)
+        bits = synthetic_bits(rng, n, neurons, density)
+        t0 = time.perf_counter()
+        acc.add(bits, ids, positions, positions >= 1)  # bounded folds by size, as in record
+        seconds += time.perf_counter() - t0
     t0 = time.perf_counter()
-    exact_bytes = sum(t.nbytes for t in exact.tables().values())
-    times["exact"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    bounded.finish()
-    times["bounded"] += time.perf_counter() - t0
-    summary_bytes = sum(s.table.nbytes + s.delta.nbytes + s.mass.nbytes for s in bounded.summaries.values())
-    events = int(bounded.summaries[1].mass.sum() + bounded.summaries[2].mass.sum() + bounded.summaries[3].mass.sum())
-    return {"tokens": tokens, "events": events, "exact_bytes": exact_bytes, "summary_bytes": summary_bytes,
-            **{f"{k}_s": v for k, v in times.items()}}
+    if mode == "bounded":
+        acc.finish()
+        states = acc.summaries.values()
+        state_bytes = sum(s.rows.key.nbytes + s.rows.count.nbytes + s.rows.offsets.nbytes + s.delta.nbytes
+                          + s.mass.nbytes for s in states)
+        events = int(sum(s.mass.sum() for s in states))
+    else:
+        tables = acc.tables().values()
+        state_bytes = sum(t.nbytes for t in tables)
+        events = int(sum(t.count.sum() for t in tables))
+    seconds += time.perf_counter() - t0
+    return {"tokens": tokens, "width": width, "mode": mode, "bytes": state_bytes, "events": events,
+            "seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def main() -> None:
@@ -125,11 +143,18 @@ def main() -> None:
     parser.add_argument("--synthetic-tokens", nargs="+", default=["10k", "40k"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--capacity", type=int, default=2048)
+    parser.add_argument("--widths", nargs="+", choices=sorted(WIDTHS), default=["opt125m"])
+    parser.add_argument("--exact-limit", default="8G", help="skip exact tables estimated above this (RAM)")
     parser.add_argument("--skip-record", action="store_true", help="only the synthetic-bits table")
     parser.add_argument("--one", nargs=4, metavar=("MODEL", "CORPUS", "OUT", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--synthetic-one", nargs=3, metavar=("WIDTH", "TOKENS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one_run(*args.one, args.threads, args.capacity)))
+        return
+    if args.synthetic_one:
+        width, tokens, mode = args.synthetic_one
+        print(json.dumps(synthetic_one(width, int(tokens), mode, args.threads, args.capacity)))
         return
     if not args.skip_record:
         record_table(args)
@@ -171,22 +196,43 @@ def record_table(args) -> None:
 
 
 def synthetic_table(args) -> None:
-    """In-memory state and events/s of one layer's accumulators on synthetic bits."""
+    """In-memory state and events/s of one layer's accumulators on synthetic bits, each mode and size
+    in its own process (its own peak RSS); exact tables estimated above --exact-limit are skipped."""
+    from fastneurons.config import parse_bytes, parse_count
+
+    print(f"\nsynthetic bits, one layer, Zipf ids, summary capacity {args.capacity}, {args.threads} thread(s), "
+          "bounded folded by size as record does\n")
+    print("| width | tokens | events | exact tables MiB | summaries MiB | exact M events/s | "
+          "bounded pass 1 M events/s | peak RSS MiB exact / bounded |")
+    print("|---|---|---|---|---|---|---|---|")
+    for width in args.widths:
+        neurons, density = WIDTHS[width]
+        for text in args.synthetic_tokens:
+            tokens = parse_count(text)
+            cells = {}
+            for mode in ("exact", "bounded"):
+                if mode == "exact" and 3 * tokens * neurons * density * 14 > parse_bytes(args.exact_limit):
+                    cells[mode] = None  # ~14 B of table per event (measured at 128k tokens)
+                    continue
+                result = subprocess.run([sys.executable, __file__, "--synthetic-one", width, str(tokens), mode,
+                                         "--threads", str(args.threads), "--capacity", str(args.capacity)],
+                                        capture_output=True, text=True, check=True)
+                cells[mode] = json.loads(result.stdout.strip().splitlines()[-1])
+            exact, bounded = cells["exact"], cells["bounded"]
+            mib = lambda c: f"{c['bytes'] / 2**20:.1f}" if c else "not run (RAM)"  # noqa: E731
+            rate = lambda c: f"{c['events'] / c['seconds'] / 1e6:.1f}" if c else "-"  # noqa: E731
+            rss = lambda c: f"{c['peak_rss'] / 2**20:.0f}" if c else "-"  # noqa: E731
+            print(f"| {width} (F = {neurons}, {density:.0%}) | {tokens} | {bounded['events']} | {mib(exact)} | "
+                  f"{mib(bounded)} | {rate(exact)} | {rate(bounded)} | {rss(exact)} / {rss(bounded)} |", flush=True)
+
+
+def synthetic_one(width: str, tokens: int, mode: str, threads: int, capacity: int) -> dict:
+    """One synthetic size and mode in this process, after a warm-up that compiles or loads the kernels."""
     import numba
 
-    from fastneurons.config import parse_count
-
-    numba.set_num_threads(args.threads)
-    print(f"\nsynthetic bits, one layer of F = 3072, 5% active, Zipf ids, summary capacity {args.capacity}, "
-          f"{args.threads} thread(s), folded by size as record does\n")
-    print("| tokens | events | exact tables MiB | summaries MiB | exact M events/s | bounded pass 1 M events/s |")
-    print("|---|---|---|---|---|---|")
-    synthetic_state(8192, capacity=args.capacity)  # compile / load the kernels first
-    for text in args.synthetic_tokens:
-        state = synthetic_state(parse_count(text), capacity=args.capacity)
-        print(f"| {state['tokens']} | {state['events']} | {state['exact_bytes'] / 2**20:.1f} | "
-              f"{state['summary_bytes'] / 2**20:.1f} | {state['events'] / state['exact_s'] / 1e6:.1f} | "
-              f"{state['events'] / state['bounded_s'] / 1e6:.1f} |")
+    numba.set_num_threads(threads)
+    synthetic_state(4 * CHUNK, mode, capacity=capacity)
+    return synthetic_state(tokens, mode, width=width, capacity=capacity)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from fastneurons.analysis import AnalysisSettings, analyze_counts
 from fastneurons.cli import main
 from fastneurons.info import describe_store
 from fastneurons.analysis.coverage import UNKNOWN, coverage_bounds, coverage_sizes_naive
+from fastneurons.analysis.neuron import neuron_profile
+from fastneurons.reporting.neuron_text import format_profile
 from fastneurons.config import SecondPassConfig
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams import bounded as bounded_module
@@ -292,6 +294,22 @@ def test_a_summary_too_small_leaves_neurons_uncertified_and_says_so(tmp_path, co
     results = json.loads((report / "results.json").read_text())
     assert results["summary"]["ngram_certified"]["3"][0]["certified"] == summary[3][0]["certified"]
     assert "C_k(n) certified" in (report / "report.html").read_text()
+    # one neuron looked up (`fastneurons show`) says what the whole-layer analysis says, bounds included
+    with open_counts(small.out) as counts:
+        shown = 0
+        for neuron in range(counts.num_neurons):
+            profile = neuron_profile(counts, 0, neuron, AnalysisSettings(null_samples=0))
+            for p in profile.ngrams:
+                cov, det = b.coverage[p.k][0], b.detectors[p.k][0]
+                upper = int(cov.upper[neuron])
+                assert (p.coverage_size, p.coverage_upper) == (int(cov.sizes[neuron]),
+                                                               None if upper == UNKNOWN else upper)
+                assert p.detector == (neuron in det.neurons.tolist())
+                assert p.count_bound == int(counts.ngram_table(0, p.k).bound[neuron])
+                if p.coverage_upper != p.coverage_size and shown < 2:
+                    assert ("in [" in format_profile(profile)) or (">=" in format_profile(profile))
+                    shown += 1
+        assert shown == 2
 
 
 def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus, monkeypatch):  # noqa: F811

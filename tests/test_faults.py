@@ -58,6 +58,18 @@ def setup(tmp_path_factory):
     return root / "opt", corpus, reference, root
 
 
+@pytest.fixture(scope="module")
+def exact_setup(setup):
+    """``setup`` with the reference recorded in the exact n-gram mode (whose run files these faults hit)."""
+    model, corpus, _, root = setup
+    reference = root / "full-exact.h5"
+    runner.record(_config(model, corpus, reference, ngrams="exact"), log=lambda *a: None)
+    return model, corpus, reference, root
+
+
+EXACT = ("--ngrams", "exact")
+
+
 def _config(model, corpus, out, **overrides):
     values = dict(model=str(model), corpus=[str(corpus)], out=str(out), seq_len=16, full_length=True,
                   batch_size=1, unit_batches=1, ngram_layers=["0", "1"], orders=[1], positions=False,
@@ -93,20 +105,22 @@ def _resume(setup, out, **overrides):
     runner.record(_config(model, corpus, out, resume=True, **overrides), log=lambda *a: None)
 
 
-def test_failed_run_write_is_one_line_exit_2_and_resumes_exactly(setup):
+def test_failed_run_write_is_one_line_exit_2_and_resumes_exactly(exact_setup):
+    setup = exact_setup
     out = setup[3] / "run-fails.h5"
-    done = _run(_args(setup, out), limit=RUN_FAILS)
+    done = _run(_args(setup, out, *EXACT), limit=RUN_FAILS)
     assert done.returncode == 2, done.stderr[-3000:]  # was a segfault (139) after h5py dealloc tracebacks
     line = _one_error_line(done.stderr)
     assert f"cannot write {runs_dir(out)}/run-000001.h5: File too large" in line and "nothing committed was lost" in line
     assert not list(runs_dir(out).glob("*")) and not out.with_name(out.name + ".lock").exists()
-    _resume(setup, out)
+    _resume(setup, out, ngrams="exact")
     assert_same_store(setup[2], out)
 
 
-def test_failed_compaction_then_lost_runs_then_rerecorded_exactly(setup):
+def test_failed_compaction_then_lost_runs_then_rerecorded_exactly(exact_setup):
+    setup = exact_setup
     out = setup[3] / "compaction-fails.h5"
-    done = _run(_args(setup, out), limit=COMPACTION_FAILS)
+    done = _run(_args(setup, out, *EXACT), limit=COMPACTION_FAILS)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "cannot write" in _one_error_line(done.stderr) and "run-000018.h5: File too large" in done.stderr
     with open_counts(out) as counts:
@@ -119,7 +133,7 @@ def test_failed_compaction_then_lost_runs_then_rerecorded_exactly(setup):
     before = _digest(out)
     state = describe_store(out)["state"]
     assert f"{pending[2]} (missing)" in state and f"{pending[6]} (damaged" in state and "--rerecord-lost-runs" in state
-    done = _run(_args(setup, out, "--resume"))
+    done = _run(_args(setup, out, *EXACT, "--resume"))
     assert done.returncode == 2
     line = _one_error_line(done.stderr)
     assert pending[2] in line and pending[6] in line and "--rerecord-lost-runs" in line and "2 units" in line
@@ -127,7 +141,7 @@ def test_failed_compaction_then_lost_runs_then_rerecorded_exactly(setup):
     with pytest.raises(StoreError, match="--rerecord-lost-runs"):
         with open_counts(out) as counts:
             counts.ngram_seen(1)
-    _resume(setup, out, rerecord_lost_runs=True)  # records those 2 units' n-grams again, then the rest
+    _resume(setup, out, rerecord_lost_runs=True, ngrams="exact")  # those 2 units' n-grams again, then the rest
     assert_same_store(setup[2], out)
 
 

@@ -349,7 +349,7 @@ def test_progress_ticks_per_micro_batch_and_the_merge_shows_its_tables(tmp_path,
     monkeypatch.setattr(tqdm.auto, "tqdm", _Bars)
     _Bars.made = []
     model = _opt(tmp_path, "opt", layers=2)
-    config = _config(model, corpus, tmp_path / "c.h5", commit_seconds=60, progress=shown)
+    config = _config(model, corpus, tmp_path / "c.h5", commit_seconds=60, progress=shown, ngrams="exact")
     runner.record(config, log=lambda *a: None)
     ours = [bar for bar in _Bars.made if bar.desc in ("record", "merge n-grams")]  # not transformers' own bars
     if not shown:
@@ -362,3 +362,10 @@ def test_progress_ticks_per_micro_batch_and_the_merge_shows_its_tables(tmp_path,
     assert record_bar.ticks == [mb.num_tokens for mb in batches]
     assert sum(record_bar.ticks) == record_bar.total and len(batches) > plan.num_units
     assert len(merge_bar.items) == 2 * 3 + 3  # (layer, k) tables and seen
+
+
+def test_commits_wait_longer_when_they_are_slow():
+    """A commit that took w seconds is followed by at least w / COMMIT_SHARE of recording; 0 stays 0."""
+    assert runner._next_wait(60.0, 0.5) == 60.0
+    assert runner._next_wait(60.0, 10.0) == pytest.approx(10.0 / runner.COMMIT_SHARE)
+    assert runner._next_wait(0.0, 10.0) == 0.0  # --commit-seconds 0: after every unit

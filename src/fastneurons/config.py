@@ -86,8 +86,9 @@ class RecordConfig:
     ngram_layers: Optional[list] = _list("layers for n-gram tables (default: first half of the model; 'none' for no tables)")
     orders: list = field(default_factory=lambda: [1, 2, 3], metadata={"help": "n-gram orders", "nargs": "+", "type": int})
     ngram_memory: str = _opt("2G", "RAM for in-memory n-gram tables before sorted runs spill to disk")
-    ngrams: str = _opt("exact", "n-gram state: exact (full tables, grow with tokens) or bounded (per-neuron "
-                                "summaries + an exact second pass over the candidates; docs/bounded-ngrams.md)")
+    ngrams: str = _opt("bounded", "n-gram state: bounded (per-neuron summaries that do not grow with tokens + an "
+                                  "exact second pass over the candidates where needed; docs/bounded-ngrams.md) or "
+                                  "exact (full tables: grow with tokens; the reference, for small runs)")
     summary_capacity: int = _opt(2048, "bounded mode: n-grams kept per (layer, order, neuron); above the last "
                                        "histogram edge and every m_k for exact results")
     compress_runs: bool = _opt(False, "gzip the intermediate n-gram runs on disk: about 13x less temporary "

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastneurons.analysis._json import Result
-from fastneurons.analysis.coverage import ceil_fraction, coverage_and_mass, exact_fraction
+from fastneurons.analysis.coverage import UNKNOWN, ceil_fraction, exact_fraction, neuron_coverage
 from fastneurons.analysis.detectors import find_detectors, token_texts, unpack_key
-from fastneurons.analysis.pipeline import AnalysisSettings
+from fastneurons.analysis.pipeline import AnalysisSettings, ngram_table_parts
 from fastneurons.analysis.positional import positional_neurons
 from fastneurons.analysis.suppression import vocab_projection
 
@@ -44,6 +44,13 @@ class NgramProfile(Result):
     distinct: int  # n-grams with ngram_active > 0 for this neuron
     top: list  # [TopNgram], most active first
     triggers: list  # [TopNgram]: G(n), the n-grams it detects, most active first (empty if no detector)
+    # bounded stores (all exact otherwise): C_k(n) is in [coverage_size, coverage_upper] (None: no upper
+    # bound); ``uncertain``: whether it is a detector is not decided; an n-gram not listed has at most
+    # ``count_bound`` activations, and with ``lower_bounds`` each listed count may be that much too low
+    coverage_upper: int | None = None
+    uncertain: bool = False
+    count_bound: int = 0
+    lower_bounds: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,15 +113,20 @@ def _check_neuron(counts, layer: int, neuron: int) -> None:
 
 
 def _ngram_profile(counts, layer: int, neuron: int, k: int, settings: AnalysisSettings, top: int) -> NgramProfile:
-    """find_detectors on the neuron's own rows: its C_k, A_k and detector verdict equal the full table's."""
-    key, neurons, count = (np.asarray(column) for column in counts.ngram_active(layer, k))
-    mine = np.flatnonzero(neurons == neuron)
-    key, count = key[mine], count[mine]
+    """The neuron as the only neuron of its own rows, with the store's bounds (either n-gram mode): its
+    C_k, A_k and detector verdict equal what the whole-layer analysis finds for it."""
+    key, neurons, count, mass, bound, approximate, complete = ngram_table_parts(counts, layer, k, settings)
+    mine = np.flatnonzero(np.asarray(neurons) == neuron)
+    key, count = np.asarray(key)[mine], np.asarray(count)[mine]
+    alone = np.zeros(mine.size, dtype=np.uint32)  # the neuron's rows as neuron 0 of a one-neuron table
+    own = lambda column: None if column is None else np.asarray(column)[[neuron]]  # noqa: E731
     seen_key, seen_count = counts.ngram_seen(k)
-    sizes, masses = coverage_and_mass(neurons[mine], count, counts.num_neurons, settings.coverage)
-    found = find_detectors((key, neurons[mine], count), (seen_key, seen_count), counts.num_neurons, k,
+    cov = neuron_coverage(alone, count, 1, k, coverage=settings.coverage, mass=own(mass), bound=own(bound),
+                          approximate=own(approximate))
+    found = find_detectors((key, alone, count), (seen_key, seen_count), 1, k,
                            max_coverage=settings.max_coverage[k], cover_rate=settings.cover_rate,
-                           min_count=settings.min_count, coverage=settings.coverage, pack_bits=counts.pack_bits, layer=layer, sizes=sizes, mass=masses)
+                           min_count=settings.min_count, coverage=settings.coverage, pack_bits=counts.pack_bits,
+                           layer=layer, sizes=cov.sizes, mass=cov.mass, upper=cov.upper, complete=own(complete))
     detector = found.num_detectors == 1
     order = np.lexsort((key, -count))[:top]   # most active first, ties by key
     seen = seen_count[np.searchsorted(seen_key, key[order])] if order.size else np.zeros(0, np.int64)
@@ -128,10 +140,15 @@ def _ngram_profile(counts, layer: int, neuron: int, k: int, settings: AnalysisSe
     triggers = [TopNgram(ids=ids, tokens=_texts(ids, counts.vocab), active=int(a), seen=int(g_seen), covered=True)
                 for ids, a, g_seen in zip((found.ngram_ids(0) if detector else []), found.ngram_active.tolist(),
                                           found.ngram_seen.tolist())]
-    return NgramProfile(k=k, coverage_size=int(sizes[neuron]), mass=int(masses[neuron]),
-                        candidate=bool(found.candidates[neuron]), detector=detector,
+    upper = int(cov.upper[0])
+    return NgramProfile(k=k, coverage_size=int(cov.sizes[0]), mass=int(cov.mass[0]),
+                        candidate=bool(found.candidates[0]), detector=detector,
                         covered_share=float(found.covered_share[0]) if detector else None,
-                        distinct=int(mine.size), top=rows, triggers=triggers)
+                        distinct=int(mine.size), top=rows, triggers=triggers,
+                        coverage_upper=None if upper == UNKNOWN else upper,
+                        uncertain=found.num_uncertain > 0,
+                        count_bound=int(own(bound)[0]) if bound is not None else 0,
+                        lower_bounds=bool(own(approximate)[0]) if approximate is not None else False)
 
 
 def _texts(ids, vocab):

@@ -134,7 +134,7 @@ def _suppression_per_layer(counts, settings, weights, detectors_k1, active_of, p
     return results
 
 
-def _ngram_table(counts, layer, k, settings):
+def ngram_table_parts(counts, layer, k, settings):
     """(key, neuron, count, mass, bound, approximate, complete) of one (layer, k): from ``ngram_table``
     (either n-gram mode, with the bounds of what it leaves out or under-counts) or, for readers
     without it, ``ngram_active``. A neuron with approximate counts never has a complete G(n)."""
@@ -191,7 +191,7 @@ def analyze_counts(counts, settings: AnalysisSettings | None = None, weights=Non
         seen = counts.ngram_seen(k)
         coverage[k], detectors[k] = {}, {}
         for layer in ngram_layers:
-            key, neuron, count, mass, bound, approximate, complete = _ngram_table(counts, layer, k, settings)
+            key, neuron, count, mass, bound, approximate, complete = ngram_table_parts(counts, layer, k, settings)
             coverage[k][layer] = neuron_coverage(neuron, count, num_neurons, k, coverage=settings.coverage,
                                                  bins=settings.bins, layer=layer, mass=mass, bound=bound,
                                                  approximate=approximate)

@@ -50,7 +50,7 @@ class ByNeuron:
         """The rows as a Table sorted by (key, neuron): a stable sort by key keeps neurons ascending."""
         if self.rows == 0:
             return Table.empty(order)
-        sort = np.argsort(self.key, kind="stable")
+        sort = kernels.stable_key_order(self.key)
         neuron = kernels.neuron_of_rows(self.offsets)
         return Table(self.key[sort], neuron[sort], self.count[sort], order)
 

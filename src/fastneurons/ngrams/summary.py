@@ -121,6 +121,41 @@ def regroup_by_neuron(key, neuron, count, num_neurons):
     return offsets, out_key, out_count
 
 
+RADIX_BITS = 11  # digits of the key sort: 2048 buckets (their counters and write heads stay in L1)
+
+
+@njit(cache=True, nogil=True)
+def stable_key_order(key):
+    """Indices that sort ``key`` stably (ties keep their order): an LSD radix sort, one pass per
+    ``RADIX_BITS`` digit up to the largest key's highest bit (n-gram keys use k x pack_bits bits)."""
+    n = key.size
+    order = np.arange(n, dtype=np.int64)
+    if n < 2:
+        return order
+    keys = key.copy()
+    top = keys.max()
+    spare_order = np.empty(n, dtype=np.int64)
+    spare_keys = np.empty(n, dtype=np.uint64)
+    buckets = 1 << RADIX_BITS
+    mask = np.uint64(buckets - 1)
+    shift = 0
+    while shift < 64 and (shift == 0 or (top >> np.uint64(shift)) != ZERO):
+        heads = np.zeros(buckets + 1, dtype=np.int64)
+        for i in range(n):
+            heads[np.int64((keys[i] >> np.uint64(shift)) & mask) + 1] += 1
+        for d in range(buckets):
+            heads[d + 1] += heads[d]
+        for i in range(n):
+            d = np.int64((keys[i] >> np.uint64(shift)) & mask)
+            spare_keys[heads[d]] = keys[i]
+            spare_order[heads[d]] = order[i]
+            heads[d] += 1
+        keys, spare_keys = spare_keys, keys
+        order, spare_order = spare_order, order
+        shift += RADIX_BITS
+    return order
+
+
 @njit(cache=True, nogil=True)
 def neuron_of_rows(offsets):
     """uint32 neuron of every row of a by-neuron layout."""

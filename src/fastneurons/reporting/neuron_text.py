@@ -16,13 +16,27 @@ def _ngram_text(ngram) -> str:
     return show_text("".join(ngram.tokens)) + f" {ngram.ids}"
 
 
+def _coverage_text(p) -> str:
+    """'= c', 'in [lo, hi]' or '>= lo' (bounded stores whose summary cut the neuron)."""
+    if p.coverage_upper == p.coverage_size:
+        return f"= {p.coverage_size}"
+    if p.coverage_upper is None:
+        return f">= {p.coverage_size}"
+    return f"in [{p.coverage_size}, {p.coverage_upper}]"
+
+
 def _ngram_lines(profile) -> list:
     lines = []
     for p in profile.ngrams:
         verdict = "DETECTOR" if p.detector else ("candidate, not a detector" if p.candidate else "not a detector")
+        if p.uncertain:
+            verdict = "undecided (the bounded summary cannot settle it: see docs/bounded-ngrams.md)"
         share = f", G(n) holds {_percent(p.covered_share)} of A" if p.covered_share is not None else ""
-        lines.append(f"k={p.k}: C_{p.k} = {p.coverage_size}, A_{p.k} = {p.mass}, {p.distinct} distinct "
-                     f"{p.k}-grams -> {verdict}{share}")
+        lines.append(f"k={p.k}: C_{p.k} {_coverage_text(p)}, A_{p.k} = {p.mass}, {p.distinct} distinct "
+                     f"{p.k}-grams held -> {verdict}{share}")
+        if p.lower_bounds:
+            lines.append(f"  counts below are lower bounds, each at most {p.count_bound} under the truth; an "
+                         f"n-gram not listed fired it at most {p.count_bound} times")
         if p.detector:
             lines.append(f"  triggers G(n) ({len(p.triggers)}): " + ", ".join(
                 f"{_ngram_text(t)} {t.active}/{t.seen}" for t in p.triggers))
