@@ -241,7 +241,7 @@ def assert_same_ngram_results(exact, bounded, expect_all_certified=True):
 @pytest.mark.parametrize("capacity", [2048, 64])
 def test_random_opt_bounded_equals_exact(tmp_path, corpus, capacity):  # noqa: F811
     model = _opt(tmp_path, "opt")
-    exact = _config(model, corpus, tmp_path / "exact.h5")
+    exact = _config(model, corpus, tmp_path / "exact.h5", ngrams="exact")
     bounded = _config(model, corpus, tmp_path / "bounded.h5", ngrams="bounded", summary_capacity=capacity)
     runner.record(exact, **QUIET)
     runner.record(bounded, **QUIET)
@@ -276,7 +276,7 @@ def test_random_opt_bounded_equals_exact(tmp_path, corpus, capacity):  # noqa: F
 
 def test_a_summary_too_small_leaves_neurons_uncertified_and_says_so(tmp_path, corpus):  # noqa: F811
     model = _opt(tmp_path, "opt")
-    exact = _config(model, corpus, tmp_path / "exact.h5")
+    exact = _config(model, corpus, tmp_path / "exact.h5", ngrams="exact")
     small = _config(model, corpus, tmp_path / "small.h5", ngrams="bounded", summary_capacity=3)
     runner.record(exact, **QUIET)
     runner.record(small, **QUIET)
@@ -362,7 +362,7 @@ def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus,
 
 def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811
     model = _opt(tmp_path, "opt")
-    exact = _config(model, corpus, tmp_path / "exact.h5")
+    exact = _config(model, corpus, tmp_path / "exact.h5", ngrams="exact")
     runner.record(exact, **QUIET)
     shards = []
     for i in range(3):
@@ -424,7 +424,7 @@ def test_planted_opt_bounded_equals_exact_with_suppression(tmp_path, capacity):
 def test_a_store_whose_runs_vanish_while_read_stays_a_consistent_snapshot(tmp_path, corpus, monkeypatch):  # noqa: F811
     """Reading a partial store while its recording compacts or finishes: the snapshot it opened, never an HDF5 error."""
     model = _opt(tmp_path, "opt")
-    part = _config(model, corpus, tmp_path / "part.h5", ngram_memory="1K")
+    part = _config(model, corpus, tmp_path / "part.h5", ngram_memory="1K", ngrams="exact")
     interrupt_after_commits(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         runner.record(part, **QUIET)

@@ -119,12 +119,13 @@ def test_full_length_small_batches_and_count_bos(tmp_path, corpus):
         assert (counts.pos_seen[counts.pos_seen > 0] == counts.pos_seen[0]).all()  # every sequence full length
 
 
-def test_interrupted_run_resumes_to_identical_counts(tmp_path, corpus, monkeypatch):
+@pytest.mark.parametrize("ngrams", ["exact", "bounded"])
+def test_interrupted_run_resumes_to_identical_counts(tmp_path, corpus, monkeypatch, ngrams):
     model = _opt(tmp_path, "opt")
-    full = _config(model, corpus, tmp_path / "full.h5")
+    full = _config(model, corpus, tmp_path / "full.h5", ngrams=ngrams)
     runner.record(full, log=lambda *a: None)
 
-    part = _config(model, corpus, tmp_path / "part.h5", ngram_memory="1K")  # spills runs often
+    part = _config(model, corpus, tmp_path / "part.h5", ngram_memory="1K", ngrams=ngrams)  # exact: spills often
     interrupt_after_commits(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         runner.record(part, log=lambda *a: None)
@@ -160,20 +161,21 @@ def test_token_id_corpus_records_without_a_tokenizer(tmp_path):
         runner.record(_config(bare, [str(text)], tmp_path / "c.h5"), log=lambda *a: None)
 
 
-def test_shards_merge_to_the_single_run(tmp_path, corpus):
+@pytest.mark.parametrize("ngrams", ["exact", "bounded"])  # bounded: summaries that cut nothing add exactly
+def test_shards_merge_to_the_single_run(tmp_path, corpus, ngrams):
     model = _opt(tmp_path, "opt")
-    full = _config(model, corpus, tmp_path / "full.h5")
+    full = _config(model, corpus, tmp_path / "full.h5", ngrams=ngrams)
     runner.record(full, log=lambda *a: None)
     shards = []
     for i in range(3):
-        shard = _config(model, corpus, tmp_path / f"s{i}.h5", shard=f"{i}/3")
+        shard = _config(model, corpus, tmp_path / f"s{i}.h5", shard=f"{i}/3", ngrams=ngrams)
         runner.record(shard, log=lambda *a: None)
         shards.append(shard.out)
     merged = merge_stores(shards, tmp_path / "merged.h5", ngram_memory=1 << 20)
     assert_same_store(full.out, merged)
     with pytest.raises(StoreError, match="disjoint"):
         merge_stores([shards[0], merged], tmp_path / "twice.h5", ngram_memory=1 << 20)
-    other = _config(model, corpus, tmp_path / "other.h5", threshold=0.5)
+    other = _config(model, corpus, tmp_path / "other.h5", threshold=0.5, ngrams=ngrams)
     runner.record(other, log=lambda *a: None)
     with pytest.raises(StoreError, match="threshold"):
         merge_stores([full.out, other.out], tmp_path / "bad.h5", ngram_memory=1 << 20)

@@ -46,13 +46,18 @@ class ByNeuron:
     def rows(self) -> int:
         return int(self.key.size)
 
-    def table(self, order: int) -> Table:
-        """The rows as a Table sorted by (key, neuron): a stable sort by key keeps neurons ascending."""
-        if self.rows == 0:
-            return Table.empty(order)
-        sort = kernels.stable_key_order(self.key)
+    def table(self, order: int, neurons: np.ndarray | None = None) -> Table:
+        """The rows (of the ``neurons`` mask, default all) as a Table sorted by (key, neuron): a stable
+        radix sort by key keeps the neurons of equal keys ascending."""
         neuron = kernels.neuron_of_rows(self.offsets)
-        return Table(self.key[sort], neuron[sort], self.count[sort], order)
+        key, count = self.key, self.count
+        if neurons is not None:
+            pick = np.asarray(neurons, dtype=bool)[neuron]
+            key, neuron, count = key[pick], neuron[pick], count[pick]
+        if key.size == 0:
+            return Table.empty(order)
+        sort = kernels.stable_key_order(key)
+        return Table(key[sort], neuron[sort], count[sort], order)
 
 
 def fold_rows(held: ByNeuron, new: ByNeuron, capacity: int, delta: np.ndarray) -> ByNeuron:
@@ -254,16 +259,15 @@ def plan_candidates(summary: Summary, max_coverage: int = 50, coverage: float = 
     fraction = exact_fraction(cover_rate, "cover_rate")
     counted = (summary.delta > 0) & possible_candidates(summary, max_coverage, coverage)
     limit = np.where(counted, (summary.delta * fraction.denominator) // fraction.numerator, 0).astype(np.int64)
-    rows = counted[summary.table.neuron]
-    return CandidatePlan(summary.table.key[rows], summary.table.neuron[rows], limit, summary.order, counted)
+    chosen = summary.rows.table(summary.order, counted)
+    return CandidatePlan(chosen.key, chosen.neuron, limit, summary.order, counted)
 
 
 def summary_rows(summary: Summary, counted: np.ndarray) -> Table:
     """The summary's rows of the neurons pass 2 did not count (``counted`` False): exact for neurons
     never cut, lower bounds within ``delta`` for the others."""
-    keep = ~np.asarray(counted, dtype=bool)[summary.table.neuron]
-    table = summary.table
-    return Table(table.key[keep], table.neuron[keep], table.count[keep], summary.order)
+    counted = np.asarray(counted, dtype=bool)
+    return summary.table if not counted.any() else summary.rows.table(summary.order, ~counted)
 
 
 def _pairs_table(key: np.ndarray, neuron: np.ndarray, order: int) -> Table:

@@ -1,7 +1,7 @@
 """The bounded n-gram mode in the store (docs/store-schema.md): pass-1 summaries, pass-2 counts.
 
 ``summaries/layer{l}/k{k}``: the Misra-Gries summary (group ``by_neuron``: datasets ``offsets``
-[F+1], ``key``, ``count``, neuron n's rows at ``offsets[n]:offsets[n+1]``, keys ascending; plus
+[F+1], ``key``, ``count`` (each in the smallest unsigned integer type that holds it), neuron n's rows at ``offsets[n]:offsets[n+1]``, keys ascending; plus
 ``delta`` and ``mass`` [F], attr ``capacity``; stores written before 2026-12-02 hold a ``table``
 group sorted by (key, neuron) instead, still read). ``counted/layer{l}/k{k}``: pass 2's exact counts (a table group plus
 ``rare_limit`` [F]); the ``counted`` group's attrs hold the settings that planned it. A store
@@ -50,12 +50,24 @@ def write_summaries(f: h5py.File, summaries: dict, pending: dict | None = None,
         group.attrs["unfolded"] = int((unfolded or {}).get(layer, 0))
 
 
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers in the smallest unsigned dtype that holds them (fewer bytes to gzip and
+    store; readers widen them again)."""
+    if values.size and values.dtype.kind == "i" and int(values.min()) < 0:
+        return values
+    top = int(values.max()) if values.size else 0
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values.astype(np.uint64)
+
+
 def _write_by_neuron(group: h5py.Group, rows: ByNeuron) -> None:
     options = ngram_runs.COMPRESSION if rows.rows else {}
     chunks = {"chunks": (max(1, min(ngram_runs.CHUNK_ROWS, rows.rows)),)} if options else {}
     group.create_dataset("offsets", data=rows.offsets)
-    group.create_dataset("key", data=rows.key, **chunks, **options)
-    group.create_dataset("count", data=rows.count, **chunks, **options)
+    group.create_dataset("key", data=_narrow(rows.key), **chunks, **options)
+    group.create_dataset("count", data=_narrow(rows.count), **chunks, **options)
 
 
 def _read_rows(group: h5py.Group, num_neurons: int, k: int) -> tuple:
