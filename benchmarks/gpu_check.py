@@ -210,7 +210,7 @@ def check_planted_record(report: Report, work: Path, devices=("cpu", "cuda")) ->
     corpus = _id_corpus(work / "planted-ids.jsonl", 20000, spec.vocab_size, seed=2)
     base = RecordConfig(model=str(model_dir), corpus=corpus, out="", tokens="16384", seq_len=256, full_length=True,
                         batch_size=8, layers=[0], ngram_layers=["0"], dtype="float32", bos_id=spec.bos_token_id,
-                        progress=False)
+                        ngrams="exact", progress=False)  # every (n-gram, neuron) pair compared
     stores = [work / f"planted-{i}-{device}.h5" for i, device in enumerate(devices)]
     for store, device in zip(stores, devices):
         record(dataclasses.replace(base, out=str(store), device=device), log=lambda *a: None)
