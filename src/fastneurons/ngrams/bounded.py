@@ -21,7 +21,8 @@ from fastneurons.ngrams.keys import check_orders, ngram_rows_and_keys
 from fastneurons.ngrams.kernels import sort_segments_by_count_descending
 
 DEFAULT_CAPACITY = 2048  # > the paper's last histogram edge (2001) and > every m_k
-FOLD_EVENTS = 1 << 22  # fold pending events after this many, or as many as the summaries hold (and per unit)
+FOLD_EVENTS = 1 << 24  # fold pending events after this many (~16.8M: short runs fold once, at the end), or as
+# many as the summaries hold; a fold briefly needs ~36 B per pending event, a snapshot stores them
 RARE_FLUSH_ROWS = 1 << 20  # pending rare pairs collapsed into a table beyond this many
 
 
