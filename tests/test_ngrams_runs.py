@@ -4,6 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
+from fastneurons.ngrams import runs as ngram_runs
 from fastneurons.ngrams import (SeenTable, Table, add_tables, group_by_neuron, merge_many,
                                 merge_tables, read_table, write_table)
 
@@ -150,3 +151,31 @@ def test_group_by_neuron_matches_lexsort_on_a_random_table():
     np.testing.assert_array_equal(keys, table.key[order])
     np.testing.assert_array_equal(counts, table.count[order])
     np.testing.assert_array_equal(np.diff(offsets), np.bincount(table.neuron, minlength=80))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint32, np.uint64, np.int64])
+def test_write_column_stores_the_chunks_hdf5s_own_filters_would(tmp_path, dtype):
+    """Chunks deflated in threads and written directly: the same bytes as HDF5's shuffle + gzip, read back equal."""
+    import numba
+
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, np.iinfo(dtype).max // 3, 5 * ngram_runs.CHUNK_ROWS + 11, dtype=dtype)
+    stored = {}
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for how in ("direct", "filters"):
+            with h5py.File(tmp_path / f"{how}.h5", "w") as f:
+                dataset = f.create_dataset("x", shape=values.shape, dtype=values.dtype,
+                                           chunks=(ngram_runs.CHUNK_ROWS,), **ngram_runs.COMPRESSION)
+                if how == "direct":
+                    ngram_runs.write_column(dataset, values)
+                else:
+                    dataset[...] = values
+            with h5py.File(tmp_path / f"{how}.h5", "r") as f:
+                np.testing.assert_array_equal(f["x"][()], values)
+                stored[how] = [f["x"].id.read_direct_chunk((start,))[1]
+                               for start in range(0, values.size, ngram_runs.CHUNK_ROWS)]
+    finally:
+        numba.set_num_threads(before)
+    assert stored["direct"] == stored["filters"]

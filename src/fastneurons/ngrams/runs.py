@@ -8,7 +8,11 @@ more than ``memory_bytes`` of rows.
 
 from __future__ import annotations
 
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
 import h5py
+import numba
 import numpy as np
 
 from fastneurons.ngrams import kernels
@@ -75,7 +79,35 @@ def write_table(group: h5py.Group, table, compress: bool = True, check: bool = T
     _create_columns(group, kind, table.order, table.rows, growing=False, compress=compress)
     if table.rows:
         for name in _columns(kind):
-            group[name][...] = getattr(table, name)
+            write_column(group[name], getattr(table, name))
+
+
+def _deflated_chunk(array: np.ndarray, start: int, rows: int) -> bytes:
+    """Rows ``[start, start + rows)`` of ``array`` (zero padded to a whole chunk) as HDF5's shuffle +
+    deflate-1 pipeline stores them: bytes grouped by significance, then zlib level 1."""
+    part = array[start:start + rows]
+    if part.size < rows:
+        part = np.concatenate([part, np.zeros(rows - part.size, dtype=array.dtype)])
+    shuffled = part.view(np.uint8).reshape(rows, array.dtype.itemsize).T.tobytes()
+    return zlib.compress(shuffled, COMPRESSION["compression_opts"])
+
+
+def write_column(dataset: h5py.Dataset, array: np.ndarray) -> None:
+    """Fill a new 1-D dataset with ``array``. Datasets made with ``COMPRESSION`` get their chunks
+    shuffled and deflated in parallel threads (zlib lets go of the GIL) and written as they are
+    (``write_direct_chunk``): the same file HDF5's own filters would write, in a fraction of the time."""
+    array = np.ascontiguousarray(array, dtype=dataset.dtype)
+    if dataset.compression != "gzip" or not dataset.shuffle or dataset.chunks is None or array.size < 2 * CHUNK_ROWS:
+        dataset[...] = array
+        return
+    rows = dataset.chunks[0]
+    starts = range(0, array.size, rows)
+    threads = max(1, numba.get_num_threads())
+    with ThreadPoolExecutor(threads) as pool:
+        for batch in range(0, len(starts), 4 * threads):  # a few chunks per thread in memory at a time
+            chosen = starts[batch:batch + 4 * threads]
+            for start, data in zip(chosen, pool.map(lambda s: _deflated_chunk(array, s, rows), chosen)):
+                dataset.id.write_direct_chunk((start,), data)
 
 
 def table_kind(group: h5py.Group) -> str:

@@ -66,8 +66,9 @@ def _write_by_neuron(group: h5py.Group, rows: ByNeuron) -> None:
     options = ngram_runs.COMPRESSION if rows.rows else {}
     chunks = {"chunks": (max(1, min(ngram_runs.CHUNK_ROWS, rows.rows)),)} if options else {}
     group.create_dataset("offsets", data=rows.offsets)
-    group.create_dataset("key", data=_narrow(rows.key), **chunks, **options)
-    group.create_dataset("count", data=_narrow(rows.count), **chunks, **options)
+    for name, column in (("key", _narrow(rows.key)), ("count", _narrow(rows.count))):
+        ngram_runs.write_column(group.create_dataset(name, shape=column.shape, dtype=column.dtype, **chunks,
+                                                     **options), column)
 
 
 def _read_rows(group: h5py.Group, num_neurons: int, k: int) -> tuple:
