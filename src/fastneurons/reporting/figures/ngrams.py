@@ -36,6 +36,13 @@ def plot_coverage(results, k: int = 1, ax=None, normalize: bool = False, legend:
     for b, (label, color) in enumerate(zip(labels, colors)):
         ax.bar(layers, values[:, b], bottom=bottom, color=color, width=0.8, label=label)
         bottom += values[:, b]
+    # bounded stores: neurons whose bin is not certain are drawn, never dropped (their C is at least
+    # the bin of its lower bound; docs/bounded-ngrams.md)
+    uncertain = np.array([h.uncertain.sum() / (h.neurons if normalize and h.neurons else 1) for h in histograms],
+                         float)
+    if uncertain.any():
+        ax.bar(layers, uncertain, bottom=bottom, color="0.85", hatch="//", edgecolor="0.6", width=0.8,
+               label="bin not certain")
     ax.set_ylabel("share of neurons" if normalize else "neurons with k-gram mass")
     ax.set_title(f"C{k}: {ngram_name(k, True)} holding {results.settings.get('coverage', 0.95):g} of activations")
     if legend:
