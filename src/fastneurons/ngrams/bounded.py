@@ -24,8 +24,6 @@ DEFAULT_CAPACITY = 2048  # > the paper's last histogram edge (2001) and > every 
 FOLD_EVENTS = 1 << 24  # fold pending events after this many (~16.8M: short runs fold once, at the end), or as
 # many as the summaries hold; a fold briefly needs ~36 B per pending event, a snapshot stores them
 RARE_FLUSH_ROWS = 1 << 20  # pending rare pairs collapsed into a table beyond this many
-
-
 PARALLEL_MIN_ROWS = 1 << 16  # folds of fewer rows run on one thread (a parallel launch costs more)
 
 

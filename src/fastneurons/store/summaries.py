@@ -1,9 +1,10 @@
 """The bounded n-gram mode in the store (docs/store-schema.md): pass-1 summaries, pass-2 counts.
 
 ``summaries/layer{l}/k{k}``: the Misra-Gries summary (group ``by_neuron``: datasets ``offsets``
-[F+1], ``key``, ``count`` (each in the smallest unsigned integer type that holds it), neuron n's rows at ``offsets[n]:offsets[n+1]``, keys ascending; plus
-``delta`` and ``mass`` [F], attr ``capacity``; stores written before 2026-12-02 hold a ``table``
-group sorted by (key, neuron) instead, still read). ``counted/layer{l}/k{k}``: pass 2's exact counts (a table group plus
+[F+1], ``key``, ``count``, each in the smallest unsigned integer type that holds it, neuron n's rows
+at ``offsets[n]:offsets[n+1]`` with keys ascending; plus ``delta`` and ``mass`` [F], attr
+``capacity``; stores written before 2026-12-02 hold a ``table`` group sorted by (key, neuron)
+instead, still read). ``counted/layer{l}/k{k}``: pass 2's exact counts (a table group plus
 ``rare_limit`` [F]); the ``counted`` group's attrs hold the settings that planned it. A store
 snapshot rewrites ``summaries``; ``counted`` exists only in a finished store whose second pass ran.
 ``counted`` holds only the neurons pass 2 counted (``counted_neurons``: cut and possible detector
