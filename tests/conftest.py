@@ -40,3 +40,19 @@ def pytest_runtest_setup(item):
 def device(request):
     """A torch.device: 'cpu' always, 'cuda' when torch sees a GPU (the CUDA case is skipped otherwise)."""
     return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_restored(request):
+    """Every test starts with the SIGINT handler the session started with: a test (or a library it
+    calls) that leaves another one behind is named on stderr and undone, so the signal tests that
+    follow do not depend on the order the tests run in."""
+    import signal
+    import sys
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        print(f"\n{request.node.nodeid} left SIGINT handler {after!r} (was {before!r}); restored", file=sys.stderr)
+        signal.signal(signal.SIGINT, before)
