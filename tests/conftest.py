@@ -5,6 +5,8 @@ they fail, so a CPU-only torch on a GPU machine cannot pass for a green GPU run.
 """
 
 import os
+import signal
+import sys
 
 import pytest
 import torch
@@ -42,17 +44,16 @@ def device(request):
     return torch.device(request.param)
 
 
+_SESSION_SIGINT = signal.getsignal(signal.SIGINT)  # Python's default_int_handler under pytest
+
+
 @pytest.fixture(autouse=True)
 def _sigint_handler_restored(request):
-    """Every test starts with the SIGINT handler the session started with: a test (or a library it
-    calls) that leaves another one behind is named on stderr and undone, so the signal tests that
-    follow do not depend on the order the tests run in."""
-    import signal
-    import sys
-
-    before = signal.getsignal(signal.SIGINT)
+    """Every test starts with the SIGINT handler the session started with: one left behind by an
+    earlier test, fixture or library is named on stderr and undone, so the signal tests do not
+    depend on the order the tests run in."""
+    now = signal.getsignal(signal.SIGINT)
+    if now is not _SESSION_SIGINT:
+        print(f"\nbefore {request.node.nodeid}: SIGINT handler was {now!r}; restored", file=sys.stderr)
+        signal.signal(signal.SIGINT, _SESSION_SIGINT)
     yield
-    after = signal.getsignal(signal.SIGINT)
-    if after is not before:
-        print(f"\n{request.node.nodeid} left SIGINT handler {after!r} (was {before!r}); restored", file=sys.stderr)
-        signal.signal(signal.SIGINT, before)
