@@ -9,6 +9,8 @@ import errno
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -543,7 +545,25 @@ def test_every_write_path_fails_with_one_line_and_keeps_the_last_commit(tmp_path
         assert counts.units_held == 1
 
 
-def test_ctrl_c_during_a_write_discards_it_and_keeps_the_last_commit(tmp_path):
+IN_CHILD = "FASTNEURONS_SIGNAL_TEST_CHILD"
+child_only = pytest.mark.skipif(os.environ.get(IN_CHILD) != "1", reason="run in a fresh process by the test below it")
+
+
+@pytest.mark.parametrize("name", ["ctrl_c_during_a_write_discards_it_and_keeps_the_last_commit",
+                                  "a_signal_deferred_during_a_write_is_raised_once_the_write_landed"])
+def test_signal_handling_in_a_fresh_process(name):
+    """The SIGINT tests run in their own interpreter: in the whole suite, some earlier test leaves the
+    process in a state where a raised SIGINT does not reach Python's handler (not pinned down; they
+    pass alone and after the eight files before them), and a signal test should not depend
+    on what ran before it."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"{__file__}::test_in_child_{name}"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, IN_CHILD: "1"})
+    assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+@child_only
+def test_in_child_ctrl_c_during_a_write_discards_it_and_keeps_the_last_commit(tmp_path):
     path = tmp_path / "s.h5"
     writer = CountsWriter.create(path, make_header(), MEMORY)
     writer.commit(random_dense(1), 0, [0])
@@ -563,7 +583,8 @@ def test_ctrl_c_during_a_write_discards_it_and_keeps_the_last_commit(tmp_path):
         assert counts.units_held == 2
 
 
-def test_a_signal_deferred_during_a_write_is_raised_once_the_write_landed(tmp_path):
+@child_only
+def test_in_child_a_signal_deferred_during_a_write_is_raised_once_the_write_landed(tmp_path):
     """A Ctrl-C that lands inside HDF5's I/O is raised when the write is complete, not re-sent blindly
     (a re-sent signal can land in the next write again, and again, until the run ends)."""
     path = tmp_path / "x.h5"
