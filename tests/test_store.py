@@ -552,14 +552,19 @@ child_only = pytest.mark.skipif(os.environ.get(IN_CHILD) != "1", reason="run in 
 @pytest.mark.parametrize("name", ["ctrl_c_during_a_write_discards_it_and_keeps_the_last_commit",
                                   "a_signal_deferred_during_a_write_is_raised_once_the_write_landed"])
 def test_signal_handling_in_a_fresh_process(name):
-    """The SIGINT tests run in their own interpreter: in the whole suite, some earlier test leaves the
-    process in a state where a raised SIGINT does not reach Python's handler (not pinned down; they
-    pass alone and after the eight files before them), and a signal test should not depend
-    on what ran before it."""
+    """The SIGINT tests run in their own interpreter, started with SIGINT unblocked: in the whole suite
+    some earlier test leaves SIGINT blocked or ignored at the OS level, which a child inherits (not
+    pinned down; they pass alone and after the eight files before them)."""
+    def clean_signals():  # a child inherits blocked and ignored signals: start it with neither
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            f"{__file__}::test_in_child_{name}"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, IN_CHILD: "1"})
-    assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
+                          env={**os.environ, IN_CHILD: "1"}, preexec_fn=clean_signals)
+    assert done.returncode == 0 and " passed" in done.stdout, (f"signals blocked in this process: {blocked}\n"
+                                                              + done.stdout[-3000:] + done.stderr[-2000:])
 
 
 @child_only
