@@ -3,7 +3,8 @@
 Sections: env (versions, kernel image, CUDA problems), tests (every CUDA test case), exactness (the kernel
 on the device against the CPU kernel and the naive reference on real pre-activations of a random and a
 planted OPT, fp32/fp16/bf16, padded batches), kernel (fused pass vs eager torch vs a plain read of the same
-bytes), share (counting's share of one OPT-1.3b / OPT-6.7b layer forward), offload (streamed recording of
+bytes), share (counting's share of one OPT-1.3b / OPT-6.7b layer forward), summaries (bounded pass 1
+in torch ops on the device against numba on the host: same summaries, events/s against the forward's), offload (streamed recording of
 a model larger than --gpu-memory against in-memory recording, same counts) and trace (a torch profiler
 trace of streaming: how much of the host-to-device copying overlaps compute). Writes gpu_check.md (one
 markdown table), gpu_check.json and the trace to OUT. Exit status 1 if a check failed, or if
@@ -33,7 +34,7 @@ from fastneurons.models import architectures as archs
 from fastneurons.recording.counter import positions_from_mask
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("env", "tests", "exactness", "kernel", "share", "offload", "trace")
+SECTIONS = ("env", "tests", "exactness", "kernel", "share", "summaries", "offload", "trace")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BANDWIDTH_TARGET = 0.70   # the kernel reads its input at >= 70% of a plain read's speed
 SHARE_TARGET = 0.03       # counting adds <= 3% to a layer forward
@@ -256,6 +257,7 @@ def check_share(report: Report, device: torch.device, quick: bool) -> None:
     gpu = device.type == "cuda"
     sizes = ("tiny",) if quick else ("1.3b", "6.7b")
     batch, seq_len = (8, 2048) if gpu else (2, 32 if quick else 64)
+    forward = {}
     dtype = torch.float16 if gpu else torch.float32
     for size in sizes:
         config = opt_config(size)
@@ -296,6 +298,7 @@ def check_share(report: Report, device: torch.device, quick: bool) -> None:
         kernel_only = lambda: count_activations(pre, positions, counted, 0.0, **sums)  # noqa: E731
         t_bare, t_hooked, t_kernel = _best_times([bare, hooked, kernel_only], 5 if gpu else 2, device)
         share = (t_hooked - t_bare) / t_bare
+        forward[size] = (t_bare, batch * seq_len)
         label = f"OPT-{size} layer, {batch * seq_len} tokens {str(dtype)[6:]}"
         report.add("share", f"{label}: counting / layer forward",
                    f"{100 * share:.1f}% ({1e3 * t_bare:.2f} ms forward; kernel alone {1e3 * t_kernel:.3f} ms = "
@@ -304,6 +307,29 @@ def check_share(report: Report, device: torch.device, quick: bool) -> None:
         del model, pre, captured, sums
     if not gpu:
         report.skip("share", "OPT-1.3b / OPT-6.7b layers on the GPU", "no GPU")
+    return forward
+
+
+def check_summaries(report: Report, device: torch.device, quick: bool, forward: dict) -> None:
+    """Bounded pass 1 on the device (torch ops) == on the host (numba), at OPT-1.3b width, 5% active; its
+    time per layer against one OPT-1.3b layer forward of the same tokens (from the share section)."""
+    from fastneurons.bench.summaries import bench_summaries
+
+    gpu = device.type == "cuda"
+    neurons, tokens, chunks = (8192, 16384, 8) if gpu else ((256, 512, 2) if quick else (8192, 2048, 2))
+    r = bench_summaries(device, neurons=neurons, tokens=tokens, chunks=chunks, density=0.05)
+    label = f"F {neurons}, {chunks} x {tokens} tokens, 5% active, k = 1, 2, 3"
+    report.add("summaries", f"{label}: device summaries == host summaries", r["identical"], "True", r["identical"])
+    report.add("summaries", f"{label}: events/s", f"device {r['device_events_per_s'] / 1e6:.1f} M/s, host (numba) "
+               f"{r['host_events_per_s'] / 1e6:.1f} M/s; {r['summary_rows']} summary rows")
+    if gpu and "1.3b" in forward:
+        t_bare, forward_tokens = forward["1.3b"]
+        per_layer = r["device_seconds"] / r["tokens"] * forward_tokens
+        report.add("summaries", "pass 1 of one layer / that layer's forward (OPT-1.3b)",
+                   f"{per_layer / t_bare:.2f} ({1e3 * per_layer:.2f} ms vs {1e3 * t_bare:.2f} ms per "
+                   f"{forward_tokens} tokens)", "<= 1 (keeps up)", per_layer <= t_bare)
+    else:
+        report.skip("summaries", "device pass 1 against the OPT-1.3b forward", "no GPU" if not gpu else "share not run")
 
 
 def _offload_model(work: Path, tokens: int, size: str):
@@ -463,8 +489,9 @@ def run_checks(args, out: Path, work: Path) -> int:
             report.skip("exactness", "planted OPT record on CUDA == on CPU", "no GPU")
     if "kernel" in wanted:
         check_kernel(report, device, args.quick)
-    if "share" in wanted:
-        check_share(report, device, args.quick)
+    forward = check_share(report, device, args.quick) if "share" in wanted else {}
+    if "summaries" in wanted:
+        check_summaries(report, device, args.quick, forward)
     info = None
     if "offload" in wanted:
         if gpu:

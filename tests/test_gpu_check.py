@@ -31,7 +31,9 @@ def test_cpu_mode_runs_the_cpu_parts_and_says_what_it_skipped(tmp_path):
     assert status[("exactness", "random OPT bfloat16: CPU kernel == naive")] == "PASS"
     assert status[("exactness", "planted OPT float16: CPU kernel == naive")] == "PASS"
     skipped = {section for section, _ in (k for k, v in status.items() if v == "SKIP")}
-    assert skipped == {"exactness", "kernel", "share", "offload", "trace"}
+    assert skipped == {"exactness", "kernel", "share", "summaries", "offload", "trace"}
+    assert status[("summaries", "F 256, 2 x 512 tokens, 5% active, k = 1, 2, 3: device summaries == host summaries")] \
+        == "PASS"
     assert "Skipped: exactness: CUDA counts == CPU kernel" in table and "| SKIP |" in table
     assert not any(r["status"] == "FAIL" for r in rows)
 

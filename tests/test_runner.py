@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -25,12 +26,15 @@ from fastneurons.config import RecordConfig
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.models.loading import gpt2_tokenizer
 from fastneurons.store import StoreError, merge_stores, open_counts
-from same_counts import assert_same_store
+from same_counts import assert_same_datasets, assert_same_store
 
 TEXT_A = ("def add(a, b):\n    return a + b\n\nclass Point:\n    '''A point in the plane.'''\n"
           "    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n") * 6
 TEXT_B = ("The quick brown fox jumps over the lazy dog. Neurons fire after n-grams; "
           "some neurons never fire at all, and some fire only at certain positions. ") * 8
+
+
+STORE_GROUPS = ("corpora", "dense", "ngrams", "summaries", "counted")  # all but the settings ("meta")
 
 
 def _opt(tmp_path, name, pre_ln=True, layers=3, seed=0):
@@ -371,3 +375,27 @@ def test_commits_wait_longer_when_they_are_slow():
     assert runner._next_wait(60.0, 0.5) == 60.0
     assert runner._next_wait(60.0, 10.0) == pytest.approx(10.0 / runner.COMMIT_SHARE)
     assert runner._next_wait(0.0, 10.0) == 0.0  # --commit-seconds 0: after every unit
+
+
+def test_summaries_made_on_the_device_equal_the_host_ones_and_resume_either_way(tmp_path, corpus, monkeypatch):
+    """--summary-kernels device (torch ops; here on the CPU) records the host's store, bit for bit, with
+    cuts and folds mid-run, and a run interrupted on one resumes on the other to the same store."""
+    from fastneurons.ngrams import bounded
+    monkeypatch.setattr(bounded, "FOLD_EVENTS", 2000)
+    model = _opt(tmp_path, "opt")
+    settings = dict(summary_capacity=3, ngram_layers=["0", "2"])
+    host = _config(model, corpus, tmp_path / "host.h5", summary_kernels="host", **settings)
+    runner.record(host, log=lambda *a: None)
+    device = _config(model, corpus, tmp_path / "device.h5", summary_kernels="device", **settings)
+    runner.record(device, log=lambda *a: None)
+    with h5py.File(host.out, "r") as f:  # the summaries were cut: the prune and pass 2 were exercised
+        assert all(f[f"summaries/layer{layer}/k{k}/delta"][()].any() for layer in (0, 2) for k in (1, 2, 3))
+    assert_same_datasets(host.out, device.out, STORE_GROUPS)
+    part = _config(model, corpus, tmp_path / "part.h5", summary_kernels="device", **settings)
+    with monkeypatch.context() as patch:
+        interrupt_after_commits(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            runner.record(part, log=lambda *a: None)
+    part.resume, part.summary_kernels = True, "host"
+    runner.record(part, log=lambda *a: None)
+    assert_same_datasets(host.out, part.out, STORE_GROUPS)

@@ -91,6 +91,9 @@ class RecordConfig:
                                   "exact (full tables: grow with tokens; the reference, for small runs)")
     summary_capacity: int = _opt(2048, "bounded mode: n-grams kept per (layer, order, neuron); above the last "
                                        "histogram edge and every m_k for exact results")
+    summary_kernels: str = _opt("auto", "bounded pass 1's per-event work: device (torch ops where the bits are, "
+                                        "no events cross to the host), host (numba) or auto (device when "
+                                        "recording on a GPU); the summaries are the same either way")
     compress_runs: bool = _opt(False, "gzip the intermediate n-gram runs on disk: about 13x less temporary "
                                       "disk for long recordings, slower commits (the final store is always compressed)")
     threshold: float = _opt(0.0, "a neuron is active iff its pre-activation > threshold")
@@ -131,6 +134,8 @@ class RecordConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.ngrams not in ("exact", "bounded"):
             raise ValueError(f"--ngrams {self.ngrams!r}: choose exact or bounded")
+        if self.summary_kernels not in ("auto", "device", "host"):
+            raise ValueError(f"--summary-kernels {self.summary_kernels!r}: choose auto, device or host")
         if self.summary_capacity < 1:
             raise ValueError("--summary-capacity must be at least 1")
         if self.commit_seconds < 0:

@@ -214,7 +214,8 @@ def _record_locked(config: RecordConfig, log) -> Path:
         f"{len(todo)} units to go of {plan.num_units} in the plan -> {config.out}")
     if writer.lost_units:
         _rerecord_ngrams(recording, writer, log)
-    make = second_pass.summary_accumulators(config, header.meta["num_neurons"], pack_bits) if bounded else None
+    make = (second_pass.summary_accumulators(config, header.meta["num_neurons"], pack_bits, device)
+            if bounded else None)
     taps = LayerTaps(recording, writer.dense, make_accumulator=make)
     if bounded:
         second_pass.attach(writer, taps, restored)

@@ -18,6 +18,7 @@ from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.models.offload import LayerStreamer
 from fastneurons.ngrams.accumulator import SeenTable, Table
 from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, plan_candidates
+from fastneurons.ngrams.device import DeviceSummaryAccumulator
 from fastneurons.progress import counting_bar
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.store import DenseCounts, StoreError, open_counts
@@ -26,8 +27,13 @@ from fastneurons.store.summaries import (empty_plan_settings, is_bounded, load_p
                                          write_resume_state, write_second_pass)
 
 
-def summary_accumulators(config: RecordConfig, num_neurons: int, pack_bits: int):
-    """The taps' accumulator factory of pass 1: one ``SummaryAccumulator`` per n-gram layer."""
+def summary_accumulators(config: RecordConfig, num_neurons: int, pack_bits: int, device: torch.device):
+    """The taps' accumulator factory of pass 1: one summary accumulator per n-gram layer, on ``device``
+    (torch ops, ``--summary-kernels device``, or auto on a GPU) or on the host (numba)."""
+    on_device = config.summary_kernels == "device" or (config.summary_kernels == "auto" and device.type == "cuda")
+    if on_device:
+        return lambda layer: DeviceSummaryAccumulator(num_neurons, config.orders, pack_bits,
+                                                      config.summary_capacity, device=device)
     return lambda layer: SummaryAccumulator(num_neurons, config.orders, pack_bits, config.summary_capacity)
 
 

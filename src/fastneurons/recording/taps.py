@@ -80,8 +80,12 @@ class NgramFeed:
     def add_bits(self, layer: int, bits: torch.Tensor) -> None:
         """One n-gram layer's activation bits [..., W] on the current micro-batch."""
         ids, pos, counted = self._tokens
+        accumulator = self.layers[layer]
+        if getattr(accumulator, "takes_device_bits", False):  # bounded pass 1 on the device: no copy
+            accumulator.add(bits, ids, pos, counted)
+            return
         words = self.host_copies.copy(layer, bits).reshape(-1, bits.shape[-1]).numpy().view(np.uint64)
-        self.layers[layer].add(words, ids, pos, counted)
+        accumulator.add(words, ids, pos, counted)
 
     @property
     def nbytes(self) -> int:
