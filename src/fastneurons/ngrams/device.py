@@ -200,13 +200,7 @@ class DeviceSummaryAccumulator:
                 self._pending[k].append((neuron[order], key[order], to(table.count.astype(np.int64))[order]))
         self.unfolded = int(unfolded)
 
-    # the runner's spill interface, as SummaryAccumulator's: nothing to spill, fixed-size state
-    def tables(self) -> dict:
-        return {}
-
-    def clear(self) -> None:
-        pass
-
-    @property
-    def nbytes(self) -> int:
-        return 0
+    # the runner's spill interface, SummaryAccumulator's: nothing to spill, fixed-size state
+    tables = bounded.SummaryAccumulator.tables
+    clear = bounded.SummaryAccumulator.clear
+    nbytes = bounded.SummaryAccumulator.nbytes
