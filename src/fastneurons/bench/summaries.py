@@ -11,7 +11,7 @@ import torch
 
 from fastneurons.bench.ngrams import synthetic_chunk
 from fastneurons.ngrams.bounded import SummaryAccumulator
-from fastneurons.ngrams.device import DeviceSummaryAccumulator
+from fastneurons.recording.device_summaries import DeviceSummaryAccumulator
 
 
 def _sync(device: torch.device) -> None:

@@ -18,7 +18,7 @@ from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.models.offload import LayerStreamer
 from fastneurons.ngrams.accumulator import SeenTable, Table
 from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, plan_candidates
-from fastneurons.ngrams.device import DeviceSummaryAccumulator
+from fastneurons.recording.device_summaries import DeviceSummaryAccumulator
 from fastneurons.progress import counting_bar
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.store import DenseCounts, StoreError, open_counts

@@ -1,5 +1,5 @@
-"""Bounded pass 1 in torch ops (ngrams/device.py) against the numba accumulator on the same inputs:
-exact equality of every summary row, delta and mass, across folds, cuts, snapshots and resumes, and
+"""Bounded pass 1 in torch ops (recording/device_summaries.py) against the numba accumulator on the
+same inputs: exact equality of every summary row, delta and mass, across folds, cuts, snapshots and resumes, and
 of whole recordings. Runs on the CPU here; benchmarks/gpu_check.py runs the same checks on a GPU."""
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 
 from fastneurons.ngrams import bounded
 from fastneurons.ngrams.bounded import SummaryAccumulator
-from fastneurons.ngrams.device import DeviceSummaryAccumulator, active_pairs, neuron_key_order
+from fastneurons.recording.device_summaries import DeviceSummaryAccumulator, active_pairs, neuron_key_order
 
 
 def _chunk(rng, n, num_neurons, density, vocab, seq=17):
