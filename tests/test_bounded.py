@@ -23,6 +23,7 @@ from fastneurons.config import SecondPassConfig
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
 from fastneurons.ngrams import bounded as bounded_module
 from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, plan_candidates
+from fastneurons.ngrams.by_neuron import slots_of_bits
 from fastneurons.recording import runner
 from fastneurons.recording import second_pass as second_pass_module
 from fastneurons.recording.second_pass import second_pass
@@ -98,7 +99,6 @@ def _naive_fold(held: dict, new: dict, num_neurons: int, capacity: int, delta: n
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fold_by_neuron_equals_a_naive_misra_gries_merge(capacity, threads, monkeypatch):
     import numba
-    monkeypatch.setattr(bounded_module, "PARALLEL_MIN_ROWS", 0 if threads > 1 else 1 << 62)
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     tables = []
@@ -124,6 +124,41 @@ def test_fold_by_neuron_equals_a_naive_misra_gries_merge(capacity, threads, monk
         order = np.lexsort((table.neuron, table.key))
         np.testing.assert_array_equal(order, np.arange(table.rows))  # sorted by (key, neuron)
     numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("capacity", [1, 7, 40])
+def test_fold_ranks_large_counts_like_a_naive_merge(capacity):
+    """Counts far above the fold's histogram bins (SELECT_BINS) and ties at the cut."""
+    rng = np.random.default_rng(capacity)
+    sides = []
+    for _ in range(2):
+        key = rng.integers(0, 60, 900).astype(np.uint64)
+        neuron = rng.integers(0, 12, 900).astype(np.uint32)
+        count = rng.choice([1, 2, 255, 256, 257, 3000, 10**6], 900).astype(np.int64)
+        sides.append(bounded_module._pairs_table(key, neuron, 1))
+        sides[-1].count[:] = count[:sides[-1].rows]
+    delta, naive_delta = np.zeros(12, dtype=np.int64), np.zeros(12, dtype=np.int64)
+    folded = bounded_module.fold_rows(*(bounded_module.ByNeuron.of(t, 12) for t in sides), capacity, delta)
+    expected = _naive_fold(_as_dict(sides[0]), _as_dict(sides[1]), 12, capacity, naive_delta)
+    assert _as_dict(folded.table(1)) == expected
+    np.testing.assert_array_equal(delta, naive_delta)
+    assert (naive_delta >= 256).any()
+
+
+def test_rows_by_neuron_equal_the_chunk_table_regrouped():
+    from fastneurons.ngrams.accumulator import chunk_table
+    rng = np.random.default_rng(3)
+    for neurons in (1, 64, 65, 700):
+        for density in (0.0, 0.05, 0.7):
+            active = rng.random((400, -(-neurons // 64) * 64)) < density
+            active[:, neurons:] = False
+            bits = np.packbits(active, axis=1, bitorder="little").view(np.uint64)
+            rows = rng.integers(0, 400, 900)
+            keys = rng.integers(0, 25, 900).astype(np.uint64)
+            direct = slots_of_bits(bits, rows, keys, neurons).packed()
+            regrouped = bounded_module.ByNeuron.of(chunk_table(bits, rows, keys, 1), neurons)
+            for field in ("offsets", "key", "count"):
+                np.testing.assert_array_equal(getattr(direct, field), getattr(regrouped, field))
 
 
 def test_second_pass_counts_exactly_the_planned_and_rare_pairs():

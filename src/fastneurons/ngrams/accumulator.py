@@ -20,6 +20,7 @@ from fastneurons.ngrams.keys import (check_orders, check_pack_bits, check_token_
 EMPTY_KEYS = np.zeros(0, dtype=np.uint64)
 EMPTY_COUNTS = np.zeros(0, dtype=np.int64)
 EMPTY_NEURONS = np.zeros(0, dtype=np.uint32)
+EMPTY_ROWS = np.zeros(0, dtype=np.int64)
 MERGE_RATIO = 2  # merge the newest run into its predecessor while predecessor <= ratio * newest
 # below these sizes the single-threaded kernels win: a parallel launch can cost milliseconds
 PARALLEL_MIN_WORDS = 1 << 18  # bit-row words scanned by one chunk_table
@@ -281,6 +282,21 @@ class NgramAccumulator:
                 self._runs[k].push(chunk_table(bits, rows, keys, k))
             self._pending_rows = self._pending_events = 0
         return {k: self._runs[k].table() for k in self.orders}
+
+    def drain(self) -> tuple:
+        """Everything added since the last ``clear``, unexpanded, and clear: ``(bits [R, W], {k: (rows,
+        keys)}, {k: Table})`` -- the pending bit rows, each order's rows of them with their keys, and
+        each order's table of what ``tables`` or ``seed`` had already turned into tables."""
+        words = (self.num_neurons + 63) // 64
+        bits = np.concatenate(self._pending_bits) if self._pending_bits else np.zeros((0, words), np.uint64)
+        rows_and_keys = {}
+        for k in self.orders:
+            parts = self._pending[k]
+            rows_and_keys[k] = (np.concatenate([local for local, _ in parts]) if parts else EMPTY_ROWS,
+                                np.concatenate([keys for _, keys in parts]) if parts else EMPTY_KEYS)
+        built = {k: self._runs[k].table() for k in self.orders}
+        self.clear()
+        return bits, rows_and_keys, built
 
     @property
     def events_added(self) -> int:

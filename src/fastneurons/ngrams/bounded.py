@@ -17,6 +17,7 @@ import numpy as np
 from fastneurons.numbers import ceil_fraction, exact_fraction
 from fastneurons.ngrams import summary as kernels
 from fastneurons.ngrams.accumulator import NgramAccumulator, Table, check_chunk, merge_two
+from fastneurons.ngrams.by_neuron import NO_CUT, ByNeuron, add_mass, fill_slots, fold_rows, release_scratch
 from fastneurons.ngrams.keys import check_orders, ngram_rows_and_keys
 from fastneurons.ngrams.kernels import sort_segments_by_count_descending
 
@@ -24,60 +25,6 @@ DEFAULT_CAPACITY = 2048  # > the paper's last histogram edge (2001) and > every 
 FOLD_EVENTS = 1 << 24  # fold pending events after this many (~16.8M: short runs fold once, at the end), or as
 # many as the summaries hold; a fold briefly needs ~36 B per pending event, a snapshot stores them
 RARE_FLUSH_ROWS = 1 << 20  # pending rare pairs collapsed into a table beyond this many
-PARALLEL_MIN_ROWS = 1 << 16  # folds of fewer rows run on one thread (a parallel launch costs more)
-
-
-@dataclass
-class ByNeuron:
-    """Rows grouped by neuron, keys ascending within a neuron: the form a fold works in (each
-    neuron's rows are ``key[offsets[n]:offsets[n+1]]`` with their counts)."""
-
-    offsets: np.ndarray  # int64 [F+1]
-    key: np.ndarray  # uint64 [M]
-    count: np.ndarray  # int64 [M]
-
-    @classmethod
-    def of(cls, table: Table, num_neurons: int) -> ByNeuron:
-        """The rows of a table (sorted by (key, neuron)), regrouped by neuron (a counting sort)."""
-        return cls(*kernels.regroup_by_neuron(table.key, table.neuron, table.count, int(num_neurons)))
-
-    @property
-    def rows(self) -> int:
-        return int(self.key.size)
-
-    def table(self, order: int, neurons: np.ndarray | None = None) -> Table:
-        """The rows (of the ``neurons`` mask, default all) as a Table sorted by (key, neuron): a stable
-        radix sort by key keeps the neurons of equal keys ascending."""
-        neuron = kernels.neuron_of_rows(self.offsets)
-        key, count = self.key, self.count
-        if neurons is not None:
-            pick = np.asarray(neurons, dtype=bool)[neuron]
-            key, neuron, count = key[pick], neuron[pick], count[pick]
-        if key.size == 0:
-            return Table.empty(order)
-        sort = kernels.stable_key_order(key)
-        return Table(key[sort], neuron[sort], count[sort], order)
-
-
-def fold_rows(held: ByNeuron, new: ByNeuron, capacity: int, delta: np.ndarray) -> ByNeuron:
-    """Misra-Gries merge of ``new`` into ``held``, pruned to ``capacity`` rows per neuron; the cut of
-    each neuron is added to ``delta`` (in place). Neurons are independent, so the result does not
-    depend on the thread count."""
-    sizes = np.empty(delta.size, dtype=np.int64)
-    total = held.rows + new.rows
-    out_key = np.empty(total, dtype=np.uint64)
-    out_count = np.empty(total, dtype=np.int64)
-    fold = kernels.fold_by_neuron if total >= PARALLEL_MIN_ROWS else kernels.fold_by_neuron_serial
-    fold(held.offsets, held.key, held.count, new.offsets, new.key, new.count, int(capacity), delta,
-         out_key, out_count, sizes)
-    offsets = np.zeros(delta.size + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    if offsets[-1] == total:
-        return ByNeuron(offsets, out_key, out_count)
-    key = np.empty(offsets[-1], dtype=np.uint64)
-    count = np.empty(offsets[-1], dtype=np.int64)
-    kernels.compact_by_neuron(held.offsets[:-1] + new.offsets[:-1], sizes, offsets, out_key, out_count, key, count)
-    return ByNeuron(offsets, key, count)
 
 
 @dataclass
@@ -117,10 +64,16 @@ class Summary:
             self._table = self.rows.table(self.order)
         return self._table
 
-    def absorb(self, table: Table, delta=None, mass=None) -> Summary:
-        """This summary plus an exact table (``delta`` None) or another summary's parts, pruned to
-        ``capacity`` per neuron (Agarwal et al.'s merge: the errors add, plus the cut)."""
-        return self._fold(ByNeuron.of(table, self.num_neurons), delta, mass, table)
+    def absorb(self, table: Table) -> Summary:
+        """This summary plus an exact table, pruned to ``capacity`` per neuron."""
+        return self.absorb_rows(ByNeuron.of(table, self.num_neurons))
+
+    def absorb_rows(self, rows) -> Summary:
+        """This summary plus exact counts grouped by neuron (``ByNeuron`` or ``Slots``), pruned to
+        ``capacity`` per neuron."""
+        mass = np.zeros(self.num_neurons, dtype=np.int64)
+        add_mass(rows, mass)
+        return self._fold(rows, None, mass)
 
     def merge(self, other: Summary) -> Summary:
         """Two summaries of disjoint token streams (shards) as one, with the same guarantee."""
@@ -130,10 +83,8 @@ class Summary:
             raise ValueError(f"cannot merge summaries of capacity {self.capacity} and {other.capacity}")
         return self._fold(other.rows, other.delta, other.mass)
 
-    def _fold(self, rows: ByNeuron, delta, mass, table: Table | None = None) -> Summary:
-        if mass is None:
-            mass = np.zeros(self.num_neurons, dtype=np.int64)
-            kernels.add_mass(table.neuron, table.count, mass)
+    def _fold(self, rows, delta, mass) -> Summary:
+        """Agarwal et al.'s merge: the errors add, plus the cut."""
         new_delta = self.delta + (0 if delta is None else delta)
         folded = fold_rows(self.rows, rows, self.capacity, new_delta)
         return Summary(folded, new_delta, self.mass + mass, self.capacity, self.order)
@@ -167,17 +118,22 @@ class SummaryAccumulator:
             self.fold()
 
     def fold(self) -> None:
-        """Fold everything pending into the summaries."""
-        tables = self.pending.tables()
-        self.pending.clear()
+        """Fold everything pending into the summaries. The pending bit rows go to rows by neuron
+        directly; tables a snapshot made of earlier pending events (``state``) are added to them."""
+        bits, rows_and_keys, built = self.pending.drain()
         self.unfolded = 0
-        for k in self.orders:
-            if tables[k].rows:
-                self.summaries[k] = self.summaries[k].absorb(tables[k])
+        num_neurons = self.pending.num_neurons
+        for k, new in fill_slots(bits, rows_and_keys, num_neurons):
+            if built[k].rows:
+                new = fold_rows(new, ByNeuron.of(built[k], num_neurons), NO_CUT,
+                                np.zeros(num_neurons, dtype=np.int64))
+            if new.rows:
+                self.summaries[k] = self.summaries[k].absorb_rows(new)
 
     def finish(self) -> None:
         """The recording ended: fold what is pending, so the finished store holds summaries only."""
         self.fold()
+        release_scratch()
 
     def state(self) -> tuple:
         """(summaries, pending exact tables, events pending): what a snapshot saves to resume from."""

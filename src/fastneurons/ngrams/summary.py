@@ -27,15 +27,47 @@ def add_mass(neuron, count, mass):
 
 
 @njit(cache=True, nogil=True)
-def _fold_neuron(n, held_offsets, held_key, held_count, new_offsets, new_key, new_count, capacity, delta,
-                 out_key, out_count):
-    """Merge neuron n's held rows with its new rows into ``out[held_offsets[n] + new_offsets[n]:]``;
-    past ``capacity`` rows, subtract the (capacity+1)-th largest count ``s`` from each, drop rows that
-    reach 0 and add ``s`` to ``delta[n]``. Returns the rows written."""
-    i, i_end = held_offsets[n], held_offsets[n + 1]
-    j, j_end = new_offsets[n], new_offsets[n + 1]
-    start = i + j
-    o = start
+def add_mass_by_neuron(starts, ends, count, mass):
+    """``mass[n] += sum of count[starts[n]:ends[n]]`` (neuron n's rows of a by-neuron layout)."""
+    for n in range(starts.size):
+        for r in range(starts[n], ends[n]):
+            mass[n] += count[r]
+
+
+SELECT_BINS = 256  # counts below this are ranked by a histogram; the few above by a partition
+
+
+@njit(cache=True, nogil=True)
+def count_at_rank(count, lo, hi, rank):
+    """The (rank+1)-th largest of ``count[lo:hi]`` (positive counts, ``rank < hi - lo``): a histogram
+    of the counts below ``SELECT_BINS`` (most of a summary's), a partition of the others only when
+    the answer lies among them. The value ``np.partition`` gives, without sorting thousands of rows."""
+    hist = np.zeros(SELECT_BINS + 1, dtype=np.int64)
+    for r in range(lo, hi):
+        hist[min(count[r], SELECT_BINS)] += 1
+    if hist[SELECT_BINS] > rank:
+        big = np.empty(hist[SELECT_BINS], dtype=np.int64)
+        b = 0
+        for r in range(lo, hi):
+            if count[r] >= SELECT_BINS:
+                big[b] = count[r]
+                b += 1
+        return np.partition(big, big.size - 1 - rank)[big.size - 1 - rank]
+    above = hist[SELECT_BINS]
+    for value in range(SELECT_BINS - 1, 0, -1):
+        above += hist[value]
+        if above > rank:
+            return value
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _merge_neuron(n, held_starts, held_ends, held_key, held_count, new_starts, new_ends, new_key, new_count,
+                  out_key, out_count, o):
+    """Neuron n's held and new rows merged in key order, equal keys summed, at ``out[o:]``; returns
+    the end."""
+    i, i_end = held_starts[n], held_ends[n]
+    j, j_end = new_starts[n], new_ends[n]
     while i < i_end and j < j_end:
         if held_key[i] < new_key[j]:
             out_key[o], out_count[o] = held_key[i], held_count[i]
@@ -48,57 +80,54 @@ def _fold_neuron(n, held_offsets, held_key, held_count, new_offsets, new_key, ne
             i += 1
             j += 1
         o += 1
-    while i < i_end:
-        out_key[o], out_count[o] = held_key[i], held_count[i]
-        i += 1
+    for r in range(i, i_end):
+        out_key[o], out_count[o] = held_key[r], held_count[r]
         o += 1
-    while j < j_end:
-        out_key[o], out_count[o] = new_key[j], new_count[j]
-        j += 1
+    for r in range(j, j_end):
+        out_key[o], out_count[o] = new_key[r], new_count[r]
         o += 1
-    size = o - start
-    if size <= capacity:
-        return size
-    at = size - capacity - 1  # the (capacity+1)-th largest sits here in ascending order
-    cut = np.partition(out_count[start:o].copy(), at)[at]
-    delta[n] += cut
-    w = start
-    for r in range(start, o):
-        left = out_count[r] - cut
-        if left > 0:
-            out_key[w], out_count[w] = out_key[r], left
-            w += 1
-    return w - start
+    return o
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def fold_by_neuron(held_offsets, held_key, held_count, new_offsets, new_key, new_count, capacity, delta,
-                   out_key, out_count, sizes):
+def fold_by_neuron(held_starts, held_ends, held_key, held_count, new_starts, new_ends, new_key, new_count,
+                   capacity, delta, slots, slot_key, slot_count):
     """Misra-Gries merge of two row sets grouped by neuron (keys ascending within a neuron), one
-    neuron per iteration (``prange``): ``sizes[n]`` rows of neuron n land at ``out[held_offsets[n] +
-    new_offsets[n]:]`` (``out`` sized held + new); see ``_fold_neuron``. Each row loses at most the
-    ``s`` of its neuron."""
-    for n in prange(sizes.size):
-        sizes[n] = _fold_neuron(n, held_offsets, held_key, held_count, new_offsets, new_key, new_count,
-                                capacity, delta, out_key, out_count)
-
-
-@njit(cache=True, nogil=True)
-def fold_by_neuron_serial(held_offsets, held_key, held_count, new_offsets, new_key, new_count, capacity,
-                          delta, out_key, out_count, sizes):
-    """``fold_by_neuron`` on one thread (small folds, where a parallel launch costs more)."""
-    for n in range(sizes.size):
-        sizes[n] = _fold_neuron(n, held_offsets, held_key, held_count, new_offsets, new_key, new_count,
-                                capacity, delta, out_key, out_count)
+    neuron per iteration in parallel, into neuron n's slot from ``slots[n]`` (room for min(held + new,
+    capacity) rows): equal keys summed; past ``capacity`` rows the (capacity+1)-th largest count ``s``
+    is subtracted from every row (rows reaching 0 go) and added to ``delta[n]``. A neuron that cannot
+    pass ``capacity`` merges straight into its slot, the others through a scratch array. Returns the
+    rows written per slot (int64 [F])."""
+    num_neurons = delta.size
+    sizes = np.zeros(num_neurons, dtype=np.int64)
+    for n in prange(num_neurons):
+        o = slots[n]
+        most = held_ends[n] - held_starts[n] + new_ends[n] - new_starts[n]
+        if most <= capacity:
+            sizes[n] = _merge_neuron(n, held_starts, held_ends, held_key, held_count, new_starts, new_ends,
+                                     new_key, new_count, slot_key, slot_count, o) - o
+            continue
+        merged_key = np.empty(most, dtype=np.uint64)
+        merged = np.empty(most, dtype=np.int64)
+        size = _merge_neuron(n, held_starts, held_ends, held_key, held_count, new_starts, new_ends, new_key,
+                             new_count, merged_key, merged, 0)
+        cut = count_at_rank(merged, 0, size, capacity) if size > capacity else 0
+        delta[n] += cut
+        w = o
+        for r in range(size):
+            if merged[r] > cut:
+                slot_key[w], slot_count[w] = merged_key[r], merged[r] - cut
+                w += 1
+        sizes[n] = w - o
+    return sizes
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def compact_by_neuron(starts, sizes, offsets, key, count, out_key, out_count):
-    """Copy neuron n's ``sizes[n]`` rows from ``starts[n]`` to ``offsets[n]`` of the out arrays."""
-    for n in prange(sizes.size):
-        for r in range(sizes[n]):
-            out_key[offsets[n] + r] = key[starts[n] + r]
-            out_count[offsets[n] + r] = count[starts[n] + r]
+def pack_slots(starts, ends, key, count, offsets, out_key, out_count):
+    """Copy neuron n's rows ``key/count[starts[n]:ends[n]]`` to ``out_*[offsets[n]:]``."""
+    for n in prange(starts.size):
+        out_key[offsets[n]:offsets[n + 1]] = key[starts[n]:ends[n]]
+        out_count[offsets[n]:offsets[n + 1]] = count[starts[n]:ends[n]]
 
 
 @njit(cache=True, nogil=True)
@@ -154,6 +183,57 @@ def stable_key_order(key):
         order, spare_order = spare_order, order
         shift += RADIX_BITS
     return order
+
+
+NO_KEY = np.uint64(0xFFFFFFFFFFFFFFFF)  # no n-gram key has all 64 bits set (keys use at most 63)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def column_counts(bits, num_neurons, block_words):
+    """Set bits of each neuron over all rows of ``bits`` (int64 [F]); blocks of ``block_words`` words
+    run in parallel."""
+    n_words = bits.shape[1]
+    counts = np.zeros(n_words * 64, dtype=np.int64)
+    for b in prange((n_words + block_words - 1) // block_words):
+        for r in range(bits.shape[0]):
+            for w in range(b * block_words, min(n_words, (b + 1) * block_words)):
+                x = bits[r, w]
+                while x != ZERO:
+                    counts[64 * w + np.int64(trailing_zeros(x))] += 1
+                    x &= x - ONE
+    return counts[:num_neurons]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def rows_by_neuron(sorted_bits, keys, slots, block_words, slot_key, slot_count):
+    """The (key, neuron) counts of the set bits of ``sorted_bits`` (row i has n-gram ``keys[i]``, keys
+    ascending), grouped by neuron with keys ascending: neuron n's rows land in its slot from
+    ``slots[n]`` (room for its set bits, ``slots[n+1]`` on) of ``slot_key/slot_count``, a new (key, 1)
+    when its key changes, else +1 on its last row. Returns where each slot's rows end (int64 [F]).
+
+    Blocks of ``block_words`` words (64 neurons each) run in parallel, each reading its slice of every
+    row; the writes of a block go to its own neurons' slots."""
+    num_neurons = slots.size - 1
+    n_words = sorted_bits.shape[1]
+    heads = np.zeros(n_words * 64, dtype=np.int64)
+    heads[:num_neurons] = slots[:-1]
+    last = np.full(n_words * 64, NO_KEY, dtype=np.uint64)
+    for b in prange((n_words + block_words - 1) // block_words):
+        for i in range(keys.size):
+            key = keys[i]
+            for w in range(b * block_words, min(n_words, (b + 1) * block_words)):
+                x = sorted_bits[i, w]
+                while x != ZERO:
+                    n = 64 * w + np.int64(trailing_zeros(x))
+                    x &= x - ONE
+                    if last[n] != key:
+                        last[n] = key
+                        slot_key[heads[n]] = key
+                        slot_count[heads[n]] = 1
+                        heads[n] += 1
+                    else:
+                        slot_count[heads[n] - 1] += 1
+    return heads[:num_neurons]
 
 
 @njit(cache=True, nogil=True)
