@@ -17,7 +17,8 @@ import numpy as np
 from fastneurons.numbers import ceil_fraction, exact_fraction
 from fastneurons.ngrams import summary as kernels
 from fastneurons.ngrams.accumulator import NgramAccumulator, Table, check_chunk, merge_two
-from fastneurons.ngrams.by_neuron import NO_CUT, ByNeuron, add_mass, fill_slots, fold_rows, release_scratch
+from fastneurons.ngrams.by_neuron import (NO_CUT, ByNeuron, HeldRows, add_mass, fill_slots, fold_rows,
+                                          release_scratch)
 from fastneurons.ngrams.keys import check_orders, ngram_rows_and_keys
 from fastneurons.ngrams.kernels import sort_segments_by_count_descending
 
@@ -66,11 +67,7 @@ class Summary:
 
     def absorb(self, table: Table) -> Summary:
         """This summary plus an exact table, pruned to ``capacity`` per neuron."""
-        return self.absorb_rows(ByNeuron.of(table, self.num_neurons))
-
-    def absorb_rows(self, rows) -> Summary:
-        """This summary plus exact counts grouped by neuron (``ByNeuron`` or ``Slots``), pruned to
-        ``capacity`` per neuron."""
+        rows = ByNeuron.of(table, self.num_neurons)
         mass = np.zeros(self.num_neurons, dtype=np.int64)
         add_mass(rows, mass)
         return self._fold(rows, None, mass)
@@ -103,23 +100,24 @@ class SummaryAccumulator:
 
     def __init__(self, num_neurons: int, orders=(1, 2, 3), pack_bits: int = 16,
                  capacity: int = DEFAULT_CAPACITY, vocab_size: int | None = None):
+        if int(capacity) < 1:
+            raise ValueError(f"summary capacity must be at least 1, got {capacity}")
         self.orders = check_orders(orders)
+        self.capacity = int(capacity)
         self.pending = NgramAccumulator(num_neurons, self.orders, pack_bits, vocab_size)
-        self.summaries = {k: Summary.empty(num_neurons, k, capacity) for k in self.orders}
-        self.unfolded = 0  # events added since the last fold
+        self.restore({k: Summary.empty(num_neurons, k, capacity) for k in self.orders})
 
     def add(self, bits, token_ids, positions, counted) -> None:
         """Take one chunk (see ``NgramAccumulator.add``)."""
         before = self.pending.events_added
         self.pending.add(bits, token_ids, positions, counted)
         self.unfolded += self.pending.events_added - before
-        held = sum(summary.rows.rows for summary in self.summaries.values())
-        if self.unfolded >= max(FOLD_EVENTS, held):
+        if self.unfolded >= max(FOLD_EVENTS, sum(held.rows for held in self._held.values())):
             self.fold()
 
     def fold(self) -> None:
-        """Fold everything pending into the summaries. The pending bit rows go to rows by neuron
-        directly; tables a snapshot made of earlier pending events (``state``) are added to them."""
+        """Fold everything pending into the summaries, in place. The pending bit rows go to rows by
+        neuron directly; tables a snapshot made of earlier pending events (``state``) are added to them."""
         bits, rows_and_keys, built = self.pending.drain()
         self.unfolded = 0
         num_neurons = self.pending.num_neurons
@@ -127,13 +125,19 @@ class SummaryAccumulator:
             if built[k].rows:
                 new = fold_rows(new, ByNeuron.of(built[k], num_neurons), NO_CUT,
                                 np.zeros(num_neurons, dtype=np.int64))
-            if new.rows:
-                self.summaries[k] = self.summaries[k].absorb_rows(new)
+            add_mass(new, self._mass[k])
+            self._held[k].fold(new, self._delta[k])
 
     def finish(self) -> None:
         """The recording ended: fold what is pending, so the finished store holds summaries only."""
         self.fold()
         release_scratch()
+
+    @property
+    def summaries(self) -> dict:
+        """{k: Summary} of what has been folded (fresh arrays; pending events not included)."""
+        return {k: Summary(self._held[k].packed(), self._delta[k].copy(), self._mass[k].copy(), self.capacity, k)
+                for k in self.orders}
 
     def state(self) -> tuple:
         """(summaries, pending exact tables, events pending): what a snapshot saves to resume from."""
@@ -141,7 +145,14 @@ class SummaryAccumulator:
 
     def restore(self, summaries: dict, pending: dict | None = None, unfolded: int = 0) -> None:
         """Continue from a snapshot's ``state()`` (resume)."""
-        self.summaries = {k: summaries[k] for k in self.orders}
+        self._held, self._delta, self._mass = {}, {}, {}
+        for k in self.orders:
+            summary = summaries[k]
+            if summary.capacity != self.capacity:
+                raise ValueError(f"a summary of capacity {summary.capacity} cannot continue at {self.capacity}")
+            self._held[k] = HeldRows(summary.num_neurons, self.capacity)
+            self._held[k].load(summary.rows)
+            self._delta[k], self._mass[k] = summary.delta.copy(), summary.mass.copy()
         self.pending.clear()
         self.pending.seed({k: pending[k] for k in self.orders} if pending else {})
         self.unfolded = int(unfolded)

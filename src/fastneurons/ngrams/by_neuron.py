@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from fastneurons.ngrams import summary as kernels
-from fastneurons.ngrams.accumulator import Table
+from fastneurons.ngrams.accumulator import EMPTY_COUNTS, EMPTY_KEYS, Table
 
 NO_CUT = np.iinfo(np.int64).max  # a capacity no neuron reaches: fold_rows then only adds
 
@@ -79,8 +79,50 @@ class Slots:
         offsets = np.zeros(self.starts.size + 1, dtype=np.int64)
         np.cumsum(self.ends - self.starts, out=offsets[1:])
         key, count = np.empty(offsets[-1], dtype=np.uint64), np.empty(offsets[-1], dtype=np.int64)
-        kernels.pack_slots(self.starts, self.ends, self.key, self.count, offsets, key, count)
+        kernels.copy_rows(self.starts, self.ends, self.key, self.count, offsets[:-1], key, count)
         return ByNeuron(offsets, key, count)
+
+
+class HeldRows:
+    """A summary's rows as pass 1 holds them between folds: neuron n's in a slot of ``capacity`` rows
+    from ``n * capacity``, so a fold merges into them in place and allocates nothing. The arrays are
+    reserved whole (F x capacity rows) but only the pages that rows land on are ever backed."""
+
+    def __init__(self, num_neurons: int, capacity: int):
+        num_neurons, capacity = int(num_neurons), int(capacity)
+        self.capacity = capacity
+        self.starts = np.arange(num_neurons, dtype=np.int64) * capacity
+        self.sizes = np.zeros(num_neurons, dtype=np.int64)
+        self.key = kernels.untouched_array(num_neurons * capacity, EMPTY_KEYS)
+        self.count = kernels.untouched_array(num_neurons * capacity, EMPTY_COUNTS)
+
+    @property
+    def ends(self) -> np.ndarray:
+        return self.starts + self.sizes
+
+    @property
+    def rows(self) -> int:
+        return int(self.sizes.sum())
+
+    def fold(self, new, delta: np.ndarray) -> None:
+        """Misra-Gries merge of ``new`` (a ``ByNeuron`` or ``Slots``) into these rows, in place; the cut
+        of each neuron is added to ``delta``. The same result as ``fold_rows``."""
+        blocks = min(self.sizes.size, 16 * numba.get_num_threads())
+        kernels.fold_in_place(self.starts, self.sizes, self.key, self.count, self.capacity, new.starts, new.ends,
+                              new.key, new.count, delta, blocks)
+
+    def load(self, rows: ByNeuron) -> None:
+        """Hold ``rows`` (at most ``capacity`` per neuron) instead."""
+        sizes = np.diff(rows.offsets)
+        if sizes.size != self.sizes.size or (sizes > self.capacity).any():
+            raise ValueError(f"cannot hold rows of {sizes.size} neurons (at most {sizes.max(initial=0)} each) in "
+                             f"{self.sizes.size} slots of {self.capacity}")
+        kernels.copy_rows(rows.starts, rows.ends, rows.key, rows.count, self.starts, self.key, self.count)
+        self.sizes[:] = sizes
+
+    def packed(self) -> ByNeuron:
+        """The rows as a ``ByNeuron`` (fresh arrays)."""
+        return Slots(self.starts, self.ends, self.key, self.count).packed()
 
 
 def fill_slots(bits: np.ndarray, rows_and_keys: dict, num_neurons: int):

@@ -62,31 +62,41 @@ def count_at_rank(count, lo, hi, rank):
 
 
 @njit(cache=True, nogil=True)
-def _merge_neuron(n, held_starts, held_ends, held_key, held_count, new_starts, new_ends, new_key, new_count,
-                  out_key, out_count, o):
-    """Neuron n's held and new rows merged in key order, equal keys summed, at ``out[o:]``; returns
-    the end."""
-    i, i_end = held_starts[n], held_ends[n]
-    j, j_end = new_starts[n], new_ends[n]
+def _merge_runs(a_key, a_count, i, i_end, b_key, b_count, j, j_end, out_key, out_count, o):
+    """Rows ``a[i:i_end]`` and ``b[j:j_end]`` (keys ascending) merged in key order, equal keys summed,
+    at ``out[o:]``; returns the end."""
     while i < i_end and j < j_end:
-        if held_key[i] < new_key[j]:
-            out_key[o], out_count[o] = held_key[i], held_count[i]
+        if a_key[i] < b_key[j]:
+            out_key[o], out_count[o] = a_key[i], a_count[i]
             i += 1
-        elif new_key[j] < held_key[i]:
-            out_key[o], out_count[o] = new_key[j], new_count[j]
+        elif b_key[j] < a_key[i]:
+            out_key[o], out_count[o] = b_key[j], b_count[j]
             j += 1
         else:
-            out_key[o], out_count[o] = held_key[i], held_count[i] + new_count[j]
+            out_key[o], out_count[o] = a_key[i], a_count[i] + b_count[j]
             i += 1
             j += 1
         o += 1
     for r in range(i, i_end):
-        out_key[o], out_count[o] = held_key[r], held_count[r]
+        out_key[o], out_count[o] = a_key[r], a_count[r]
         o += 1
     for r in range(j, j_end):
-        out_key[o], out_count[o] = new_key[r], new_count[r]
+        out_key[o], out_count[o] = b_key[r], b_count[r]
         o += 1
     return o
+
+
+@njit(cache=True, nogil=True)
+def _prune_into(merged_key, merged, size, capacity, out_key, out_count, o):
+    """Misra-Gries prune of ``size`` merged rows: past ``capacity`` rows the (capacity+1)-th largest
+    count ``s`` is subtracted from every row and rows reaching 0 go; the rest are written at
+    ``out[o:]``. Returns (end, s)."""
+    cut = count_at_rank(merged, 0, size, capacity) if size > capacity else 0
+    for r in range(size):
+        if merged[r] > cut:
+            out_key[o], out_count[o] = merged_key[r], merged[r] - cut
+            o += 1
+    return o, cut
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -101,33 +111,57 @@ def fold_by_neuron(held_starts, held_ends, held_key, held_count, new_starts, new
     num_neurons = delta.size
     sizes = np.zeros(num_neurons, dtype=np.int64)
     for n in prange(num_neurons):
-        o = slots[n]
-        most = held_ends[n] - held_starts[n] + new_ends[n] - new_starts[n]
-        if most <= capacity:
-            sizes[n] = _merge_neuron(n, held_starts, held_ends, held_key, held_count, new_starts, new_ends,
-                                     new_key, new_count, slot_key, slot_count, o) - o
+        i, i_end, j, j_end = held_starts[n], held_ends[n], new_starts[n], new_ends[n]
+        if i_end - i + j_end - j <= capacity:
+            sizes[n] = _merge_runs(held_key, held_count, i, i_end, new_key, new_count, j, j_end, slot_key,
+                                   slot_count, slots[n]) - slots[n]
             continue
-        merged_key = np.empty(most, dtype=np.uint64)
-        merged = np.empty(most, dtype=np.int64)
-        size = _merge_neuron(n, held_starts, held_ends, held_key, held_count, new_starts, new_ends, new_key,
-                             new_count, merged_key, merged, 0)
-        cut = count_at_rank(merged, 0, size, capacity) if size > capacity else 0
+        merged_key = np.empty(i_end - i + j_end - j, dtype=np.uint64)
+        merged = np.empty(i_end - i + j_end - j, dtype=np.int64)
+        size = _merge_runs(held_key, held_count, i, i_end, new_key, new_count, j, j_end, merged_key, merged, 0)
+        end, cut = _prune_into(merged_key, merged, size, capacity, slot_key, slot_count, slots[n])
         delta[n] += cut
-        w = o
-        for r in range(size):
-            if merged[r] > cut:
-                slot_key[w], slot_count[w] = merged_key[r], merged[r] - cut
-                w += 1
-        sizes[n] = w - o
+        sizes[n] = end - slots[n]
     return sizes
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def pack_slots(starts, ends, key, count, offsets, out_key, out_count):
-    """Copy neuron n's rows ``key/count[starts[n]:ends[n]]`` to ``out_*[offsets[n]:]``."""
+def fold_in_place(starts, sizes, key, count, capacity, new_starts, new_ends, new_key, new_count, delta, blocks):
+    """``fold_by_neuron`` into fixed slots: neuron n's held rows are ``key/count[starts[n]:][:sizes[n]]``
+    in a slot of ``capacity`` rows; its new rows are merged with them into a scratch array and the
+    result, pruned to ``capacity`` rows, goes back into the slot (``sizes`` updated). Neurons run in
+    ``blocks`` blocks in parallel, one scratch array a block."""
+    num_neurons = sizes.size
+    for b in prange(blocks):
+        lo, hi = b * num_neurons // blocks, (b + 1) * num_neurons // blocks
+        most = 0
+        for n in range(lo, hi):
+            most = max(most, sizes[n] + new_ends[n] - new_starts[n])
+        merged_key = np.empty(most, dtype=np.uint64)
+        merged = np.empty(most, dtype=np.int64)
+        for n in range(lo, hi):
+            if new_ends[n] > new_starts[n]:
+                size = _merge_runs(key, count, starts[n], starts[n] + sizes[n], new_key, new_count, new_starts[n],
+                                   new_ends[n], merged_key, merged, 0)
+                end, cut = _prune_into(merged_key, merged, size, capacity, key, count, starts[n])
+                delta[n] += cut
+                sizes[n] = end - starts[n]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def copy_rows(starts, ends, key, count, to, out_key, out_count):
+    """Copy neuron n's rows ``key/count[starts[n]:ends[n]]`` to ``out_*[to[n]:]``."""
     for n in prange(starts.size):
-        out_key[offsets[n]:offsets[n + 1]] = key[starts[n]:ends[n]]
-        out_count[offsets[n]:offsets[n + 1]] = count[starts[n]:ends[n]]
+        size = ends[n] - starts[n]
+        out_key[to[n]:to[n] + size] = key[starts[n]:ends[n]]
+        out_count[to[n]:to[n] + size] = count[starts[n]:ends[n]]
+
+
+@njit(cache=True, nogil=True)
+def untouched_array(size, dtype_example):
+    """``np.empty(size)`` of the example's dtype, allocated by numba: no huge pages are asked for
+    (numpy asks for them on large arrays), so only the 4 KiB pages rows land on are ever backed."""
+    return np.empty(size, dtype=dtype_example.dtype)
 
 
 @njit(cache=True, nogil=True)
