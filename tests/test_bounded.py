@@ -5,6 +5,7 @@ and planted OPTs recorded in both modes give identical detectors, G(n), detected
 counts, suppression and C_k(n) for every certified neuron; a summary made too small leaves neurons
 uncertified and says so; resume after an interruption, shards + merge + second pass stay exact.
 """
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -359,8 +360,8 @@ def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus,
     monkeypatch.undo()  # commits work again
     monkeypatch.setattr(bounded_module, "FOLD_EVENTS", 60_000)
     state = second_pass_module.stored_summaries(part.out)
-    assert any(pending[k].rows for _, pending, _ in state.values() for k in pending)  # saved unfolded events
-    assert any(summaries[k].mass.any() for summaries, _, _ in state.values() for k in summaries)  # and folds
+    assert any(part.rows for _, pending, *_ in state.values() for k in pending for part in pending[k])  # unfolded
+    assert any(summaries[k].mass.any() for summaries, *_ in state.values() for k in summaries)  # and folds
     with h5py.File(full.out, "r") as f:  # a finished store holds folded summaries only
         assert not any("pending" in f["summaries"][name] for name in ("layer0/k1", "layer0/k2", "layer0/k3"))
     with pytest.raises(StoreError, match="unfinished"):
@@ -393,6 +394,46 @@ def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus,
                     np.testing.assert_array_equal(obj[()], b[name][path][()], err_msg=path)
             a[name].visititems(same)
     assert_same_ngram_results(_results(full.out), _results(part.out), expect_all_certified=False)
+
+
+def test_a_snapshot_deflates_only_what_changed(tmp_path, monkeypatch):
+    """Snapshots between folds copy the summaries and the pending parts the last one wrote (chunk by
+    chunk) and write one new part; after a fold the summaries are written anew and no part is left.
+    Every snapshot reads back as the state it saved."""
+    from fastneurons.store import summaries as stored
+
+    written = []
+    write_rows, write_table = stored._write_by_neuron, stored.ngram_runs.write_table
+    monkeypatch.setattr(stored, "_write_by_neuron", lambda *a: written.append("summary") or write_rows(*a))
+    monkeypatch.setattr(stored.ngram_runs, "write_table",
+                        lambda group, *a, **kw: written.append(group.name) or write_table(group, *a, **kw))
+    acc = SummaryAccumulator(100, capacity=5)
+    bits, ids, pos, counted = _random_chunk(9, rows=1800)
+
+    def snapshot(name, previous):
+        written.clear()
+        state = acc.state()
+        with h5py.File(tmp_path / name, "w") as f, (h5py.File(tmp_path / previous, "r") if previous
+                                                     else contextlib.nullcontext()) as before:
+            stored.write_resume_state(f, {0: state}, before)
+        with h5py.File(tmp_path / name, "r") as f:
+            for k in (1, 2, 3):
+                summary, parts, unfolded, folds = stored._summary_parts(f, 0, k)
+                assert (unfolded, folds) == (state[2], state[3])
+                assert _as_dict(summary.table) == _as_dict(state[0][k].table)
+                assert [_as_dict(p) for p in parts] == [_as_dict(p) for p in state[1][k]]
+        return list(written)
+
+    for step, (start, name, previous) in enumerate([(0, "a.h5", None), (300, "b.h5", "a.h5"), (600, "c.h5", "b.h5")]):
+        acc.add(bits[start:start + 300], ids[start:start + 300], pos[start:start + 300], counted[start:start + 300])
+        wrote = snapshot(name, previous)
+        assert wrote.count("summary") == (3 if step == 0 else 0)  # unchanged summaries are copied
+        assert [w for w in wrote if w != "summary"] == [f"/summaries/layer0/k{k}/pending/{step}" for k in (1, 2, 3)]
+    acc.fold()
+    wrote = snapshot("d.h5", "c.h5")
+    assert wrote == ["summary"] * 3  # after a fold: the summaries anew, nothing pending
+    acc.add(bits[900:1200], ids[900:1200], pos[900:1200], counted[900:1200])
+    assert snapshot("e.h5", "d.h5") == [f"/summaries/layer0/k{k}/pending/0" for k in (1, 2, 3)]
 
 
 def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811

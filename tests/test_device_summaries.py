@@ -31,12 +31,13 @@ def _assert_same_summaries(host, device):
 
 
 def _assert_same_state(a, b):
-    (_, pending_a, unfolded_a), (_, pending_b, unfolded_b) = a, b
-    assert unfolded_a == unfolded_b
-    for k, table in pending_a.items():
-        other = pending_b[k]
-        assert np.array_equal(table.key, other.key) and np.array_equal(table.neuron, other.neuron)
-        assert np.array_equal(table.count, other.count)
+    (_, pending_a, unfolded_a, folds_a), (_, pending_b, unfolded_b, folds_b) = a, b
+    assert (unfolded_a, folds_a) == (unfolded_b, folds_b)
+    for k, parts in pending_a.items():
+        assert len(parts) == len(pending_b[k])
+        for table, other in zip(parts, pending_b[k]):
+            assert np.array_equal(table.key, other.key) and np.array_equal(table.neuron, other.neuron)
+            assert np.array_equal(table.count, other.count)
 
 
 def test_active_pairs_lists_every_set_bit_by_neuron_then_row(device):
@@ -78,6 +79,8 @@ def test_device_summaries_equal_the_host_ones_across_folds_and_resumes(monkeypat
             ids = ids + (1 << 20)  # ids that use the high bits of a 21-bit key
         host.add(bits, ids, positions, counted)
         device.add(torch.from_numpy(bits.view(np.int64)).to(where), ids, positions, counted)
+        if step in (2, 8):  # a snapshot that the run goes on from (pending events in parts)
+            _assert_same_state(host.state(), device.state())
         if step in (5, 11):  # a snapshot, resumed by the other kind of accumulator
             host_state, device_state = host.state(), device.state()
             _assert_same_state(host_state, device_state)

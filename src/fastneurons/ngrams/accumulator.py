@@ -284,9 +284,11 @@ class NgramAccumulator:
         return {k: self._runs[k].table() for k in self.orders}
 
     def drain(self) -> tuple:
-        """Everything added since the last ``clear``, unexpanded, and clear: ``(bits [R, W], {k: (rows,
-        keys)}, {k: Table})`` -- the pending bit rows, each order's rows of them with their keys, and
-        each order's table of what ``tables`` or ``seed`` had already turned into tables."""
+        """The chunks added since the last ``clear``, unexpanded, and clear: ``(bits [R, W], {k: (rows,
+        keys)})`` -- the kept bit rows, and each order's rows of them (ascending) with their keys.
+        Tables already built (``tables``, ``seed``) are not included: call it on a fresh accumulator."""
+        if any(runs.runs for runs in self._runs.values()):
+            raise ValueError("drain() takes unexpanded chunks only; this accumulator holds built tables")
         words = (self.num_neurons + 63) // 64
         bits = np.concatenate(self._pending_bits) if self._pending_bits else np.zeros((0, words), np.uint64)
         rows_and_keys = {}
@@ -294,9 +296,8 @@ class NgramAccumulator:
             parts = self._pending[k]
             rows_and_keys[k] = (np.concatenate([local for local, _ in parts]) if parts else EMPTY_ROWS,
                                 np.concatenate([keys for _, keys in parts]) if parts else EMPTY_KEYS)
-        built = {k: self._runs[k].table() for k in self.orders}
         self.clear()
-        return bits, rows_and_keys, built
+        return bits, rows_and_keys
 
     @property
     def events_added(self) -> int:

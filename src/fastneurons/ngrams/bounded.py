@@ -16,7 +16,7 @@ import numpy as np
 
 from fastneurons.numbers import ceil_fraction, exact_fraction
 from fastneurons.ngrams import summary as kernels
-from fastneurons.ngrams.accumulator import NgramAccumulator, Table, check_chunk, merge_two
+from fastneurons.ngrams.accumulator import NgramAccumulator, Table, check_chunk, merge_many, merge_two
 from fastneurons.ngrams.by_neuron import (NO_CUT, ByNeuron, HeldRows, add_mass, fill_slots, fold_rows,
                                           release_scratch)
 from fastneurons.ngrams.keys import check_orders, ngram_rows_and_keys
@@ -117,16 +117,20 @@ class SummaryAccumulator:
 
     def fold(self) -> None:
         """Fold everything pending into the summaries, in place. The pending bit rows go to rows by
-        neuron directly; tables a snapshot made of earlier pending events (``state``) are added to them."""
-        bits, rows_and_keys, built = self.pending.drain()
-        self.unfolded = 0
+        neuron directly; the tables snapshots made of earlier pending events (``state``) are added to
+        them."""
+        bits, rows_and_keys = self.pending.drain()
         num_neurons = self.pending.num_neurons
         for k, new in fill_slots(bits, rows_and_keys, num_neurons):
-            if built[k].rows:
-                new = fold_rows(new, ByNeuron.of(built[k], num_neurons), NO_CUT,
+            if self._parts[k]:
+                new = fold_rows(new, ByNeuron.of(merge_many(self._parts[k]), num_neurons), NO_CUT,
                                 np.zeros(num_neurons, dtype=np.int64))
-            add_mass(new, self._mass[k])
-            self._held[k].fold(new, self._delta[k])
+            if new.rows:
+                add_mass(new, self._mass[k])
+                self._held[k].fold(new, self._delta[k])
+                self.folds += 1
+        self._parts = {k: [] for k in self.orders}
+        self.unfolded = 0
 
     def finish(self) -> None:
         """The recording ended: fold what is pending, so the finished store holds summaries only."""
@@ -140,11 +144,18 @@ class SummaryAccumulator:
                 for k in self.orders}
 
     def state(self) -> tuple:
-        """(summaries, pending exact tables, events pending): what a snapshot saves to resume from."""
-        return self.summaries, self.pending.tables(), self.unfolded
+        """What a snapshot saves to resume from: (summaries, {k: [pending Table, ...]}, events pending,
+        folds). The pending events are the tables of earlier snapshots, unchanged, plus one of the
+        events since the last: a snapshot rewrites only what changed (``folds`` says when the
+        summaries last did)."""
+        for k, table in self.pending.tables().items():
+            if table.rows:
+                self._parts[k].append(table)
+        self.pending.clear()
+        return self.summaries, {k: list(parts) for k, parts in self._parts.items()}, self.unfolded, self.folds
 
-    def restore(self, summaries: dict, pending: dict | None = None, unfolded: int = 0) -> None:
-        """Continue from a snapshot's ``state()`` (resume)."""
+    def restore(self, summaries: dict, pending: dict | None = None, unfolded: int = 0, folds: int = 0) -> None:
+        """Continue from a snapshot's ``state()`` (resume); ``pending[k]`` is a Table or a list of them."""
         self._held, self._delta, self._mass = {}, {}, {}
         for k in self.orders:
             summary = summaries[k]
@@ -154,8 +165,8 @@ class SummaryAccumulator:
             self._held[k].load(summary.rows)
             self._delta[k], self._mass[k] = summary.delta.copy(), summary.mass.copy()
         self.pending.clear()
-        self.pending.seed({k: pending[k] for k in self.orders} if pending else {})
-        self.unfolded = int(unfolded)
+        self._parts = {k: pending_parts((pending or {}).get(k)) for k in self.orders}
+        self.unfolded, self.folds = int(unfolded), int(folds)
 
     # the runner's spill interface: there are no exact tables to spill, and the state is fixed-size
     def tables(self) -> dict:
@@ -167,6 +178,12 @@ class SummaryAccumulator:
     @property
     def nbytes(self) -> int:
         return 0
+
+
+def pending_parts(pending) -> list:
+    """A snapshot's pending events of one order as a list of non-empty tables (a Table, a list, None)."""
+    parts = [] if pending is None else [pending] if isinstance(pending, Table) else list(pending)
+    return [part for part in parts if part.rows]
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 
 from fastneurons.ngrams import bounded
 from fastneurons.ngrams.accumulator import Table, check_chunk
-from fastneurons.ngrams.bounded import ByNeuron, Summary
+from fastneurons.ngrams.bounded import ByNeuron, Summary, pending_parts
 from fastneurons.ngrams.keys import check_orders, check_pack_bits, check_token_ids, ngram_rows_and_keys
 from fastneurons.ngrams.summary import neuron_of_rows
 
@@ -151,7 +151,10 @@ class DeviceSummaryAccumulator:
             merged = combine([self._held[k], new], self.pack_bits * k, self.num_neurons)
             self._held[k], cut = prune(*merged, self.capacity, self.num_neurons)
             self._delta[k] += cut
-            self._pending[k] = []
+            self.folds += 1
+        self._pending = {k: [] for k in self.orders}
+        self._parts = {k: [] for k in self.orders}
+        self._saved = {k: 0 for k in self.orders}
         self.unfolded = 0
 
     def finish(self) -> None:
@@ -170,35 +173,44 @@ class DeviceSummaryAccumulator:
         return Summary(ByNeuron(offsets, key.view(np.uint64), count), self._delta[k].cpu().numpy(),
                        self._mass[k].cpu().numpy(), self.capacity, k)
 
-    def _pending_table(self, k: int) -> Table:
-        if not self._pending[k]:
+    def _pending_table(self, k: int, start: int = 0) -> Table:
+        """The pending entries of order k from ``start`` on, combined, as a host Table."""
+        if not self._pending[k][start:]:
             return Table.empty(k)
-        neuron, key, count = combine(self._pending[k], self.pack_bits * k, self.num_neurons)
+        neuron, key, count = combine(self._pending[k][start:], self.pack_bits * k, self.num_neurons)
         by_key = torch.sort(key, stable=True).indices  # (neuron, key) -> (key, neuron) order
         return Table(key[by_key].cpu().numpy().view(np.uint64), neuron[by_key].to(torch.int32).cpu().numpy()
                      .view(np.uint32), count[by_key].cpu().numpy(), k)
 
     def state(self) -> tuple:
-        """(summaries, pending exact tables, events pending), on the host: what a snapshot saves."""
-        return self.summaries, {k: self._pending_table(k) for k in self.orders}, self.unfolded
+        """(summaries, {k: [pending Table, ...]}, events pending, folds), on the host: what a snapshot
+        saves, as ``SummaryAccumulator.state`` (the pending entries since the last state make one new
+        part; all of them stay on the device until the next fold)."""
+        for k in self.orders:
+            part = self._pending_table(k, self._saved[k])
+            if part.rows:
+                self._parts[k].append(part)
+            self._saved[k] = len(self._pending[k])
+        return self.summaries, {k: list(parts) for k, parts in self._parts.items()}, self.unfolded, self.folds
 
-    def restore(self, summaries: dict, pending: dict | None = None, unfolded: int = 0) -> None:
+    def restore(self, summaries: dict, pending: dict | None = None, unfolded: int = 0, folds: int = 0) -> None:
         """Continue from a snapshot's ``state()`` (either accumulator's)."""
         to = lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(self.device)  # noqa: E731
-        self._held, self._delta, self._mass, self._pending = {}, {}, {}, {}
+        self._held, self._delta, self._mass, self._pending, self._parts, self._saved = {}, {}, {}, {}, {}, {}
         for k in self.orders:
             summary = summaries[k]
             rows = summary.rows
             self._held[k] = (to(neuron_of_rows(rows.offsets).astype(np.int64)), to(rows.key.view(np.int64)),
                              to(rows.count.astype(np.int64)))
             self._delta[k], self._mass[k] = to(summary.delta.astype(np.int64)), to(summary.mass.astype(np.int64))
-            table = (pending or {}).get(k)
+            self._parts[k] = pending_parts((pending or {}).get(k))
             self._pending[k] = []
-            if table is not None and table.rows:
+            for table in self._parts[k]:
                 neuron, key = to(table.neuron.astype(np.int64)), to(table.key.view(np.int64))
                 order = neuron_key_order(neuron, key, self.pack_bits * k, self.num_neurons)
                 self._pending[k].append((neuron[order], key[order], to(table.count.astype(np.int64))[order]))
-        self.unfolded = int(unfolded)
+            self._saved[k] = len(self._pending[k])
+        self.unfolded, self.folds = int(unfolded), int(folds)
 
     # the runner's spill interface, SummaryAccumulator's: nothing to spill, fixed-size state
     tables = bounded.SummaryAccumulator.tables

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from fastneurons.ngrams import runs as ngram_runs
-from fastneurons.ngrams.accumulator import Table, merge_two
+from fastneurons.ngrams.accumulator import Table, merge_many, merge_two
 from fastneurons.ngrams.bounded import ByNeuron, HeldTable, Summary, summary_rows
 from fastneurons.store.format import Header, StoreError, _atomic_h5, _write_json_attr, read_header, table_path
 
@@ -33,22 +33,56 @@ def is_bounded(meta: dict) -> bool:
     return meta.get("ngram_mode", "exact") == "bounded"
 
 
-def write_summaries(f: h5py.File, summaries: dict, pending: dict | None = None,
-                    unfolded: dict | None = None) -> None:
+def write_summaries(f: h5py.File, summaries: dict, pending: dict | None = None, unfolded: dict | None = None,
+                    folds: dict | None = None, previous: h5py.File | None = None) -> None:
     """Write {(layer, k): Summary} under ``summaries/`` of an open (new) file; a snapshot of a running
-    recording adds its events not yet folded: ``pending`` {(layer, k): exact Table}, ``unfolded``
-    {layer: events}."""
+    recording adds its events not yet folded: ``pending`` {(layer, k): [exact Table, ...]} (parts,
+    oldest first), ``unfolded`` {layer: events} and ``folds`` {layer: folds so far}.
+
+    What the ``previous`` snapshot of the same recording already holds is copied from it chunk by
+    chunk (no deflate): a summary whose layer has not folded since (same ``folds``), and the pending
+    parts it wrote. So a snapshot deflates only what changed since the last one."""
     root = f.create_group(SUMMARIES)
     for (layer, k), summary in summaries.items():
-        group = root.create_group(table_path(layer, k))
-        _write_by_neuron(group.create_group("by_neuron"), summary.rows)
-        group.create_dataset("delta", data=summary.delta)
-        group.create_dataset("mass", data=summary.mass)
+        path = table_path(layer, k)
+        group = root.create_group(path)
+        generation = (folds or {}).get(layer)
+        before = previous.get(f"{SUMMARIES}/{path}") if previous is not None and generation is not None else None
+        if before is not None and (before.attrs.get("folds") != generation or not _same_summary(before, summary)):
+            before = None
+        if before is not None:
+            for name in ("by_neuron", "delta", "mass"):
+                previous.copy(before[name], group, name)
+        else:
+            _write_by_neuron(group.create_group("by_neuron"), summary.rows)
+            group.create_dataset("delta", data=summary.delta)
+            group.create_dataset("mass", data=summary.mass)
         group.attrs["capacity"] = int(summary.capacity)
-        table = (pending or {}).get((layer, k))
-        if table is not None and table.rows:
-            ngram_runs.write_table(group.create_group("pending"), table, check=False)
+        if generation is not None:
+            group.attrs["folds"] = int(generation)
+        parts = (pending or {}).get((layer, k)) or []
+        if parts:
+            _write_parts(group.create_group("pending"), parts, before)
         group.attrs["unfolded"] = int((unfolded or {}).get(layer, 0))
+
+
+def _same_summary(group: h5py.Group, summary: Summary) -> bool:
+    """A cheap check that a stored summary group holds ``summary`` (its shape and mass)."""
+    rows = group.get("by_neuron")
+    return (rows is not None and rows["key"].shape == (summary.rows.rows,) and int(group.attrs["capacity"])
+            == summary.capacity and np.array_equal(group["mass"][()], summary.mass))
+
+
+def _write_parts(group: h5py.Group, parts: list, before: h5py.Group | None) -> None:
+    """Pending parts as ``pending/0``, ``pending/1``, ... (tables); those the previous snapshot of this
+    fold wrote already (``before``: same index and rows) are copied from it."""
+    old = before.get("pending") if before is not None else None
+    for index, table in enumerate(parts):
+        name = str(index)
+        if old is not None and name in old and old[name]["key"].shape == (table.rows,):
+            old.file.copy(old[name], group, name)
+        else:
+            ngram_runs.write_table(group.create_group(name), table, check=False)
 
 
 def _narrow(values: np.ndarray) -> np.ndarray:
@@ -133,23 +167,27 @@ def empty_plan_settings(f: h5py.File) -> dict | None:
 
 
 def _summary_parts(f: h5py.File, layer: int, k: int) -> tuple:
-    """(Summary, pending Table, events pending) of (layer, k) as a snapshot saved them."""
+    """(Summary, [pending Table, ...], events pending, folds) of (layer, k) as a snapshot saved them."""
     group = f[f"{SUMMARIES}/{table_path(layer, k)}"]
     delta, mass = group["delta"][()].astype(np.int64), group["mass"][()].astype(np.int64)
     rows, table = _read_rows(group, delta.size, k)
     summary = Summary(rows, delta, mass, int(group.attrs["capacity"]), k, table)
-    pending = Table.empty(k)
+    parts = []
     if "pending" in group:
-        pending = ngram_runs.read_table(group["pending"])
-        pending.order = k
-    return summary, pending, int(group.attrs.get("unfolded", 0))
+        pending = group["pending"]
+        for sub in ([pending] if "key" in pending else [pending[name] for name in sorted(pending, key=int)]):
+            part = ngram_runs.read_table(sub)  # a store before 2026-12-06 holds one table, not parts
+            part.order = k
+            parts.append(part)
+    return summary, parts, int(group.attrs.get("unfolded", 0)), int(group.attrs.get("folds", 0))
 
 
 def _read_summary(f: h5py.File, layer: int, k: int) -> Summary:
     """The summary of (layer, k) with any pending events of an unfinished snapshot folded in (Lemma 1
     holds for it as for any absorb)."""
-    summary, pending, _ = _summary_parts(f, layer, k)
-    return summary.absorb(pending) if pending.rows else summary
+    summary, parts, _, _ = _summary_parts(f, layer, k)
+    parts = [part for part in parts if part.rows]
+    return summary.absorb(merge_many(parts)) if parts else summary
 
 
 def read_exact_summary(f: h5py.File, layer: int, k: int) -> Table | None:
@@ -179,8 +217,8 @@ def read_held(f: h5py.File, layer: int, k: int, path) -> HeldTable:
 
 
 def read_resume_state(path) -> dict | None:
-    """{layer: ({k: Summary}, {k: pending Table}, events pending)} of the bounded store at ``path``, as
-    its last snapshot saved them (None if it holds no summaries or does not exist)."""
+    """{layer: ({k: Summary}, {k: [pending Table, ...]}, events pending, folds)} of the bounded store at
+    ``path``, as its last snapshot saved them (None if it holds no summaries or does not exist)."""
     path = Path(path)
     if not path.exists():
         return None
@@ -191,17 +229,29 @@ def read_resume_state(path) -> dict | None:
         out = {}
         for layer in header.ngram_layers:
             parts = {k: _summary_parts(f, layer, k) for k in header.orders}
-            out[layer] = ({k: p[0] for k, p in parts.items()}, {k: p[1] for k, p in parts.items()},
-                          next(iter(parts.values()))[2])
+            first = next(iter(parts.values()))
+            out[layer] = ({k: p[0] for k, p in parts.items()}, {k: p[1] for k, p in parts.items()}, first[2],
+                          first[3])
         return out
 
 
-def write_resume_state(f: h5py.File, states: dict) -> None:
-    """Write {layer: (summaries, pending, unfolded)} (``read_resume_state``'s form) into a snapshot."""
-    write_summaries(f, {(layer, k): summary for layer, (summaries, _, _) in states.items()
+def previous_snapshot(path) -> h5py.File | None:
+    """The snapshot at ``path`` that the one being written replaces, open read-only to copy from (None
+    when there is none or it cannot be read: everything is then written anew)."""
+    try:
+        return h5py.File(path, "r") if Path(path).exists() else None
+    except OSError:
+        return None
+
+
+def write_resume_state(f: h5py.File, states: dict, previous: h5py.File | None = None) -> None:
+    """Write {layer: (summaries, pending parts, unfolded, folds)} (``read_resume_state``'s form) into a
+    snapshot, copying from the ``previous`` one what has not changed (see ``write_summaries``)."""
+    write_summaries(f, {(layer, k): summary for layer, (summaries, *_) in states.items()
                         for k, summary in summaries.items()},
-                    {(layer, k): table for layer, (_, pending, _) in states.items() for k, table in pending.items()},
-                    {layer: unfolded for layer, (_, _, unfolded) in states.items()})
+                    {(layer, k): parts for layer, (_, pending, *_) in states.items() for k, parts in pending.items()},
+                    {layer: state[2] for layer, state in states.items()},
+                    {layer: state[3] for layer, state in states.items() if len(state) > 3}, previous)
 
 
 def store_is_bounded(path) -> bool:
