@@ -162,6 +162,19 @@ def test_rows_by_neuron_equal_the_chunk_table_regrouped():
                 np.testing.assert_array_equal(getattr(direct, field), getattr(regrouped, field))
 
 
+def test_top_sums_equal_sorted_sums():
+    from fastneurons.ngrams import summary as kernels
+    rng = np.random.default_rng(11)
+    sizes = rng.integers(0, 120, 300)
+    offsets = np.concatenate(([0], np.cumsum(sizes)))
+    count = rng.choice([1, 1, 2, 3, 300, 5000], offsets[-1]).astype(np.int64)
+    among = rng.random(300) < 0.8
+    for m in (0, 1, 7, 50, 200):
+        want = [int(np.sort(count[offsets[n]:offsets[n + 1]])[::-1][:m].sum()) if among[n] else 0
+                for n in range(300)]
+        assert kernels.top_sums(offsets, count, m, among).tolist() == want
+
+
 def test_second_pass_counts_exactly_the_planned_and_rare_pairs():
     bits, ids, pos, counted = _random_chunk(1, density=0.03)
     exact = NgramAccumulator(100)

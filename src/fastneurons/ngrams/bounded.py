@@ -17,10 +17,8 @@ import numpy as np
 from fastneurons.numbers import ceil_fraction, exact_fraction
 from fastneurons.ngrams import summary as kernels
 from fastneurons.ngrams.accumulator import NgramAccumulator, Table, check_chunk, merge_many, merge_two
-from fastneurons.ngrams.by_neuron import (NO_CUT, ByNeuron, HeldRows, add_mass, fill_slots, fold_rows,
-                                          release_scratch)
+from fastneurons.ngrams.by_neuron import NO_CUT, ByNeuron, HeldRows, add_mass, fill_slots, fold_rows
 from fastneurons.ngrams.keys import check_orders, ngram_rows_and_keys
-from fastneurons.ngrams.kernels import sort_segments_by_count_descending
 
 DEFAULT_CAPACITY = 2048  # > the paper's last histogram edge (2001) and > every m_k
 FOLD_EVENTS = 1 << 24  # fold pending events after this many (~16.8M: short runs fold once, at the end), or as
@@ -135,7 +133,6 @@ class SummaryAccumulator:
     def finish(self) -> None:
         """The recording ended: fold what is pending, so the finished store holds summaries only."""
         self.fold()
-        release_scratch()
 
     @property
     def summaries(self) -> dict:
@@ -212,22 +209,16 @@ class CandidatePlan:
         return np.packbits(words, bitorder="little").view(np.uint64).copy()
 
 
-def counts_largest_first(rows: ByNeuron) -> np.ndarray:
-    """The rows' counts, each neuron's sorted largest first."""
-    order = np.arange(rows.rows, dtype=np.int64)
-    sort_segments_by_count_descending(order, rows.count, rows.offsets)
-    return rows.count[order]
-
-
-def possible_candidates(summary: Summary, max_coverage: int, coverage: float) -> np.ndarray:
-    """Neurons whose C_k(n) may be <= ``max_coverage`` given the summary's upper bounds (bool [F])."""
-    offsets, counts = summary.rows.offsets, counts_largest_first(summary.rows)
-    cumulative = np.concatenate(([0], np.cumsum(counts)))
-    take = np.minimum(np.diff(offsets), int(max_coverage))
-    top = cumulative[offsets[:-1] + take] - cumulative[offsets[:-1]]
+def possible_candidates(summary: Summary, max_coverage: int, coverage: float,
+                        among: np.ndarray | None = None) -> np.ndarray:
+    """Neurons (of ``among``, default all) whose C_k(n) may be <= ``max_coverage`` given the summary's
+    upper bounds (bool [F]): the sum of their ``max_coverage`` largest counts (found by rank, not by
+    sorting each neuron), each possibly under-counted by delta, reaches the coverage's share."""
+    among = (summary.mass > 0) if among is None else (np.asarray(among, dtype=bool) & (summary.mass > 0))
+    top = kernels.top_sums(summary.rows.offsets, summary.rows.count, int(max_coverage), among)
     upper = top + int(max_coverage) * summary.delta  # each of the top m can be under-counted by delta
     need = ceil_fraction(summary.mass, exact_fraction(coverage, "coverage"))
-    return (summary.mass > 0) & (upper >= need)
+    return among & (upper >= need)
 
 
 def plan_candidates(summary: Summary, max_coverage: int = 50, coverage: float = 0.95,
@@ -240,7 +231,7 @@ def plan_candidates(summary: Summary, max_coverage: int = 50, coverage: float = 
     An untracked n-gram g of neuron n has active <= delta[n]; it can be in G(n) only if
     active >= cover_rate * seen[g], so only if seen[g] <= delta[n] / cover_rate."""
     fraction = exact_fraction(cover_rate, "cover_rate")
-    counted = (summary.delta > 0) & possible_candidates(summary, max_coverage, coverage)
+    counted = possible_candidates(summary, max_coverage, coverage, among=summary.delta > 0)
     limit = np.where(counted, (summary.delta * fraction.denominator) // fraction.numerator, 0).astype(np.int64)
     chosen = summary.rows.table(summary.order, counted)
     return CandidatePlan(chosen.key, chosen.neuron, limit, summary.order, counted)

@@ -61,6 +61,29 @@ def count_at_rank(count, lo, hi, rank):
     return 0
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def top_sums(offsets, count, m, among):
+    """For each neuron of the ``among`` mask, the sum of its ``m`` largest counts (all of them when it
+    has at most ``m`` rows); 0 elsewhere. By rank (``count_at_rank``), without sorting."""
+    out = np.zeros(offsets.size - 1, dtype=np.int64)
+    for n in prange(offsets.size - 1):
+        lo, hi = offsets[n], offsets[n + 1]
+        if not among[n] or m <= 0:
+            continue
+        if hi - lo <= m:
+            for r in range(lo, hi):
+                out[n] += count[r]
+            continue
+        at = count_at_rank(count, lo, hi, m - 1)  # the m-th largest: rows above it, then ties at it
+        above, total = 0, 0
+        for r in range(lo, hi):
+            if count[r] > at:
+                above += 1
+                total += count[r]
+        out[n] = total + (m - above) * at
+    return out
+
+
 @njit(cache=True, nogil=True)
 def _merge_runs(a_key, a_count, i, i_end, b_key, b_count, j, j_end, out_key, out_count, o):
     """Rows ``a[i:i_end]`` and ``b[j:j_end]`` (keys ascending) merged in key order, equal keys summed,
@@ -246,22 +269,27 @@ def rows_by_neuron(sorted_bits, keys, slots, block_words, slot_key, slot_count):
     when its key changes, else +1 on its last row. Returns where each slot's rows end (int64 [F]).
 
     Blocks of ``block_words`` words (64 neurons each) run in parallel, each reading its slice of every
-    row; the writes of a block go to its own neurons' slots."""
+    row; the writes of a block go to its own neurons' slots. A key on one row only (most 2- and
+    3-grams of a fold) appends without looking at ``last``: keys ascend, so no neuron can have met it;
+    ``last`` is only kept inside runs of equal keys."""
     num_neurons = slots.size - 1
     n_words = sorted_bits.shape[1]
     heads = np.zeros(n_words * 64, dtype=np.int64)
     heads[:num_neurons] = slots[:-1]
     last = np.full(n_words * 64, NO_KEY, dtype=np.uint64)
     for b in prange((n_words + block_words - 1) // block_words):
+        w_lo, w_hi = b * block_words, min(n_words, (b + 1) * block_words)
         for i in range(keys.size):
             key = keys[i]
-            for w in range(b * block_words, min(n_words, (b + 1) * block_words)):
+            alone = (i == 0 or keys[i - 1] != key) and (i + 1 == keys.size or keys[i + 1] != key)
+            for w in range(w_lo, w_hi):
                 x = sorted_bits[i, w]
                 while x != ZERO:
                     n = 64 * w + np.int64(trailing_zeros(x))
                     x &= x - ONE
-                    if last[n] != key:
-                        last[n] = key
+                    if alone or last[n] != key:
+                        if not alone:
+                            last[n] = key
                         slot_key[heads[n]] = key
                         slot_count[heads[n]] = 1
                         heads[n] += 1

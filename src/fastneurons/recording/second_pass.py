@@ -65,9 +65,11 @@ def attach(writer, taps, restored: dict | None) -> None:
         raise StoreError(f"{writer.path} holds units but no n-gram summaries: it cannot be resumed in bounded mode")
 
     def write(f, final):  # gzip-1 + shuffle: a snapshot is old + new on disk while it is written
-        _write_state(f, {layer: acc.state() for layer, acc in taps.ngrams.layers.items()}, writer.path)
+        states = {layer: acc.state() for layer, acc in taps.ngrams.layers.items()}
+        _write_state(f, states, writer.path)
         if final:
-            _write_counted_if_nothing_to_count(f, taps)
+            _write_counted_if_nothing_to_count(f, {(layer, k): summary for layer, (summaries, *_) in states.items()
+                                                   for k, summary in summaries.items()})
 
     writer.extra_groups = write
 
@@ -99,12 +101,12 @@ def _no_counts(plans: dict) -> dict:
     return {key: Table.empty(key[1]) for key in plans}
 
 
-def _write_counted_if_nothing_to_count(f, taps) -> None:
-    """Pass 1's finished store: when pass 2's default plan is empty (no cut neuron may be a detector
-    candidate), write its empty counts now, so no second pass (and no second forward) is needed."""
+def _write_counted_if_nothing_to_count(f, summaries: dict) -> None:
+    """Pass 1's finished store: when pass 2's default plan of its {(layer, k): Summary} is empty (no
+    cut neuron may be a detector candidate), write its empty counts now, so no second pass (and no
+    second forward) is needed."""
     settings = plan_settings(SecondPassConfig(store=""))
-    plans = plans_of({(layer, k): summary for layer, acc in taps.ngrams.layers.items()
-                      for k, summary in acc.summaries.items()}, settings)
+    plans = plans_of(summaries, settings)
     if all(plan.empty for plan in plans.values()):
         write_counted(f, _no_counts(plans), plans, settings)
 

@@ -13,6 +13,7 @@ from fastneurons.kernels import PinnedHostCopies
 from fastneurons.models import architectures as archs
 from fastneurons.models.loading import LoadedModel
 from fastneurons.ngrams.accumulator import NgramAccumulator, SeenAccumulator
+from fastneurons.ngrams.by_neuron import release_scratch
 from fastneurons.recording.corpus import CorpusPlan
 from fastneurons.recording.counter import attach_counters
 from fastneurons.store import DenseCounts
@@ -143,10 +144,12 @@ class LayerTaps:
         self.ngrams.add_tokens(cpu_arrays)
 
     def finish(self) -> None:
-        """The recording ended (its last units are in): bounded mode folds what its summaries hold pending."""
+        """The recording ended (its last units are in): bounded mode folds what its summaries hold
+        pending, then frees the arrays its folds shared across layers."""
         for accumulator in self.ngrams.layers.values():
             if hasattr(accumulator, "finish"):
                 accumulator.finish()
+        release_scratch()
 
     def ngram_bytes(self) -> int:
         return self.ngrams.nbytes
