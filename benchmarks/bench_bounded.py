@@ -110,11 +110,10 @@ def synthetic_state(tokens: int, mode: str, width: str = "opt125m", capacity: in
     exact tables take, and what no long recording can hold), ``exact-runs`` (a table every RUN_TOKENS,
     merged at the end: record's exact path without its disk and gzip) or ``bounded`` (pass 1's
     summaries, folded by size as record does)."""
-    from fastneurons.ngrams.accumulator import NgramAccumulator
+    from fastneurons.ngrams.accumulator import NgramAccumulator, merge_many
     from fastneurons.ngrams.bounded import SummaryAccumulator
 
-    from fastneurons.ngrams.accumulator import merge_many
-
+    phases = _time_pass1_phases() if mode == "bounded" else {}
     neurons, density = WIDTHS[width]
     rng = np.random.default_rng(1)
     acc = SummaryAccumulator(neurons, capacity=capacity) if mode == "bounded" else NgramAccumulator(neurons)
@@ -140,17 +139,63 @@ def synthetic_state(tokens: int, mode: str, width: str = "opt125m", capacity: in
         events = int(sum(t.count.sum() for t in tables))
     elif mode == "bounded":
         acc.finish()
-        states = acc.summaries.values()
-        state_bytes = sum(s.rows.key.nbytes + s.rows.count.nbytes + s.rows.offsets.nbytes + s.delta.nbytes
-                          + s.mass.nbytes for s in states)
-        events = int(sum(s.mass.sum() for s in states))
     else:
         tables = acc.tables().values()
         state_bytes = sum(t.nbytes for t in tables)
         events = int(sum(t.count.sum() for t in tables))
     seconds += time.perf_counter() - t0
-    return {"tokens": tokens, "width": width, "mode": mode, "bytes": state_bytes, "events": events,
-            "seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    out = {"tokens": tokens, "width": width, "mode": mode, "events": events, "seconds": seconds}
+    if mode == "bounded":
+        summaries = acc.summaries  # packed for the store (a snapshot does this), not part of pass 1's rate
+        out["events"] = int(sum(s.mass.sum() for s in summaries.values()))
+        out["rows"] = int(sum(s.rows.rows for s in summaries.values()))
+        state_bytes = sum(s.rows.key.nbytes + s.rows.count.nbytes + s.rows.offsets.nbytes + s.delta.nbytes
+                          + s.mass.nbytes for s in summaries.values())
+        out.update(phases, **_write_seconds(summaries))
+    return {**out, "bytes": state_bytes, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _time_pass1_phases() -> dict:
+    """Wrap pass 1's two steps (pending bits to rows by neuron; the in-place fold) to time them:
+    returns the dict their seconds accumulate in (``fill_s``, ``fold_s``, ``fold_rows``: held + new
+    rows the folds read)."""
+    from fastneurons.ngrams import bounded, by_neuron
+
+    phases = {"fill_s": 0.0, "fold_s": 0.0, "fold_rows": 0}
+    fill, fold = by_neuron.fill_slots, by_neuron.HeldRows.fold
+
+    def timed_fill(*args):
+        steps = fill(*args)
+        while True:
+            start = time.perf_counter()
+            item = next(steps, None)
+            phases["fill_s"] += time.perf_counter() - start
+            if item is None:
+                return
+            yield item
+
+    def timed_fold(held, new, delta):
+        phases["fold_rows"] += held.rows + new.rows
+        start = time.perf_counter()
+        fold(held, new, delta)
+        phases["fold_s"] += time.perf_counter() - start
+
+    bounded.fill_slots, by_neuron.HeldRows.fold = timed_fill, timed_fold
+    return phases
+
+
+def _write_seconds(summaries: dict) -> dict:
+    """Seconds and bytes of writing the summaries as a finished store holds them (gzip-1 + shuffle)."""
+    import h5py
+
+    from fastneurons.store.summaries import write_summaries
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "summaries.h5"
+        start = time.perf_counter()
+        with h5py.File(path, "w") as f:
+            write_summaries(f, {(0, k): summary for k, summary in summaries.items()})
+        return {"write_s": time.perf_counter() - start, "write_bytes": path.stat().st_size}
 
 
 def main() -> None:
@@ -221,6 +266,7 @@ def synthetic_table(args) -> None:
     print("| width | tokens | events | exact tables MiB | summaries MiB | exact, one sort: M events/s | "
           "exact, runs + merge: M events/s | bounded pass 1: M events/s | peak RSS MiB exact / bounded |")
     print("|---|---|---|---|---|---|---|---|---|")
+    parts = []
     for width in args.widths:
         neurons, density = WIDTHS[width]
         for text in args.synthetic_tokens:
@@ -241,6 +287,17 @@ def synthetic_table(args) -> None:
             print(f"| {width} (F = {neurons}, {density:.0%}) | {tokens} | {bounded['events']} | {mib(exact)} | "
                   f"{mib(bounded)} | {rate(exact)} | {rate(cells['exact-runs'])} | {rate(bounded)} | "
                   f"{rss(exact)} / {rss(bounded)} |", flush=True)
+            parts.append((width, neurons, density, tokens, bounded))
+    print("\nWhere bounded pass 1's time goes (wall, all threads together), and the final write of its summaries "
+          "(gzip-1 + shuffle, threaded deflate):\n")
+    print("| width | tokens | fill: ns per event | fold: ns per row read (held + new) | rest of pass 1 | "
+          "final write: ns per row | final write MB/s (compressed) |")
+    print("|---|---|---|---|---|---|---|")
+    for width, neurons, density, tokens, c in parts:
+        rest = c["seconds"] - c["fill_s"] - c["fold_s"]
+        print(f"| {width} | {tokens} | {1e9 * c['fill_s'] / c['events']:.1f} | "
+              f"{1e9 * c['fold_s'] / max(1, c['fold_rows']):.1f} | {rest / c['seconds']:.0%} | "
+              f"{1e9 * c['write_s'] / max(1, c['rows']):.1f} | {c['write_bytes'] / c['write_s'] / 2**20:.0f} |")
 
 
 def synthetic_one(width: str, tokens: int, mode: str, threads: int, capacity: int) -> dict:

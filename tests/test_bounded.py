@@ -162,6 +162,11 @@ def test_rows_by_neuron_equal_the_chunk_table_regrouped():
                 np.testing.assert_array_equal(getattr(direct, field), getattr(regrouped, field))
 
 
+def test_a_summary_too_large_to_reserve_says_so():
+    with pytest.raises(MemoryError, match="smaller --summary-capacity"):
+        SummaryAccumulator(10**6, capacity=10**9)
+
+
 def test_top_sums_equal_sorted_sums():
     from fastneurons.ngrams import summary as kernels
     rng = np.random.default_rng(11)

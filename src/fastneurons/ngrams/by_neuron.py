@@ -93,8 +93,13 @@ class HeldRows:
         self.capacity = capacity
         self.starts = np.arange(num_neurons, dtype=np.int64) * capacity
         self.sizes = np.zeros(num_neurons, dtype=np.int64)
-        self.key = kernels.untouched_array(num_neurons * capacity, EMPTY_KEYS)
-        self.count = kernels.untouched_array(num_neurons * capacity, EMPTY_COUNTS)
+        try:
+            self.key = kernels.untouched_array(num_neurons * capacity, EMPTY_KEYS)
+            self.count = kernels.untouched_array(num_neurons * capacity, EMPTY_COUNTS)
+        except MemoryError:
+            raise MemoryError(f"a summary of capacity {capacity} for {num_neurons} neurons reserves "
+                              f"{num_neurons * capacity * 16 / 2**30:.1f} GiB (what it holds once full), more "
+                              "than this machine can map: choose a smaller --summary-capacity") from None
 
     @property
     def ends(self) -> np.ndarray:
