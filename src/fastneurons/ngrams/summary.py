@@ -1,10 +1,12 @@
-"""Numba kernels of the bounded n-gram mode: the Misra-Gries fold of per-neuron summaries (pass 1)
-and the exact count of candidate (n-gram, neuron) pairs (pass 2). docs/bounded-ngrams.md has the proofs.
+"""Numba kernels of the bounded n-gram mode: pending bits to rows by neuron and the Misra-Gries fold
+of per-neuron summaries (pass 1), the exact count of candidate (n-gram, neuron) pairs (pass 2).
+docs/bounded-ngrams.md has the proofs.
 
-Like ``kernels.py``: no validation, no allocation policy (``bounded.py`` wraps them). Tables are the
-usual parallel arrays ``key uint64, neuron uint32, count int64`` sorted by ``(key, neuron)``; the fold
-works on rows grouped by neuron (``offsets [F+1]``, keys ascending within a neuron), where each
-neuron's merge and prune touch only its own few thousand rows and neurons run in parallel.
+Like ``kernels.py``: no validation, no allocation policy (``by_neuron.py`` and ``bounded.py`` wrap
+them). Tables are the usual parallel arrays ``key uint64, neuron uint32, count int64`` sorted by
+``(key, neuron)``; the fold works on rows grouped by neuron (neuron n's rows at ``starts[n]:ends[n]``,
+keys ascending), where each neuron's merge and prune touch only its own few thousand rows and
+neurons run in parallel.
 """
 
 from __future__ import annotations
