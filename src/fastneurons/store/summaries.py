@@ -6,7 +6,9 @@ at ``offsets[n]:offsets[n+1]`` with keys ascending; plus ``delta`` and ``mass`` 
 ``capacity``; stores written before 2026-12-02 hold a ``table`` group sorted by (key, neuron)
 instead, still read). ``counted/layer{l}/k{k}``: pass 2's exact counts (a table group plus
 ``rare_limit`` [F]); the ``counted`` group's attrs hold the settings that planned it. A store
-snapshot rewrites ``summaries``; ``counted`` exists only in a finished store whose second pass ran.
+snapshot writes ``summaries`` anew, copying from the snapshot it replaces what has not changed
+(unfolded summaries, earlier pending parts); ``counted`` exists only in a finished store whose
+second pass ran.
 ``counted`` holds only the neurons pass 2 counted (``counted_neurons``: cut and possible detector
 candidates); the others are read from their summary (attr ``uncounted_from_summary``; stores
 written before it hold every neuron there).
