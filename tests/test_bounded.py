@@ -162,6 +162,40 @@ def test_rows_by_neuron_equal_the_chunk_table_regrouped():
                 np.testing.assert_array_equal(getattr(direct, field), getattr(regrouped, field))
 
 
+def test_a_snapshot_written_before_raw_chunks_resumes_to_the_same_summaries(tmp_path, monkeypatch):
+    """Snapshots written before 2026-12-06 saved pending events as exact tables per order: a run resumed
+    from one (and from the snapshots it writes before its next fold) folds them with the rest."""
+    from fastneurons.store import summaries as stored
+
+    monkeypatch.setattr(bounded_module, "FOLD_EVENTS", 1 << 30)  # no fold before finish
+    bits, ids, pos, counted = _random_chunk(12, rows=1200)
+    first, second = slice(0, 600), slice(600, 1200)
+    straight = SummaryAccumulator(100, capacity=4)
+    for part in (first, second):
+        straight.add(bits[part], ids[part], pos[part], counted[part])
+    straight.finish()
+    old = SummaryAccumulator(100, capacity=4)
+    old.add(bits[first], ids[first], pos[first], counted[first])
+    summaries, pending, unfolded, folds = old.state()
+    resumed = SummaryAccumulator(100, capacity=4)
+    resumed.restore(summaries, {k: pending.exact_tables(k)[0] for k in (1, 2, 3)}, unfolded)  # the old form
+    resumed.add(bits[second], ids[second], pos[second], counted[second])
+    with h5py.File(tmp_path / "s.h5", "w") as f:  # a snapshot of it keeps the old tables beside a new chunk
+        stored.write_resume_state(f, {0: resumed.state()})
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        state = [stored._summary_parts(f, 0, k) for k in (1, 2, 3)]
+    again = SummaryAccumulator(100, capacity=4)
+    again.restore({k: state[k - 1][0] for k in (1, 2, 3)},
+                  bounded_module.Pending(state[0][1].chunks, {k: state[k - 1][1].tables[k] for k in (1, 2, 3)}),
+                  state[0][2], state[0][3])
+    for accumulator in (resumed, again):
+        accumulator.finish()
+        for k in (1, 2, 3):
+            assert _as_dict(accumulator.summaries[k].table) == _as_dict(straight.summaries[k].table)
+            np.testing.assert_array_equal(accumulator.summaries[k].delta, straight.summaries[k].delta)
+        assert (straight.summaries[3].delta > 0).any()
+
+
 def test_a_summary_too_large_to_reserve_says_so():
     with pytest.raises(MemoryError, match="smaller --summary-capacity"):
         SummaryAccumulator(10**6, capacity=10**9)
@@ -378,7 +412,7 @@ def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus,
     monkeypatch.undo()  # commits work again
     monkeypatch.setattr(bounded_module, "FOLD_EVENTS", 60_000)
     state = second_pass_module.stored_summaries(part.out)
-    assert any(part.rows for _, pending, *_ in state.values() for k in pending for part in pending[k])  # unfolded
+    assert any(chunk.num_rows for _, pending, *_ in state.values() for chunk in pending.chunks)  # unfolded
     assert any(summaries[k].mass.any() for summaries, *_ in state.values() for k in summaries)  # and folds
     with h5py.File(full.out, "r") as f:  # a finished store holds folded summaries only
         assert not any("pending" in f["summaries"][name] for name in ("layer0/k1", "layer0/k2", "layer0/k3"))
@@ -421,10 +455,9 @@ def test_a_snapshot_deflates_only_what_changed(tmp_path, monkeypatch):
     from fastneurons.store import summaries as stored
 
     written = []
-    write_rows, write_table = stored._write_by_neuron, stored.ngram_runs.write_table
+    write_rows, write_chunk = stored._write_by_neuron, stored._write_chunk
     monkeypatch.setattr(stored, "_write_by_neuron", lambda *a: written.append("summary") or write_rows(*a))
-    monkeypatch.setattr(stored.ngram_runs, "write_table",
-                        lambda group, *a, **kw: written.append(group.name) or write_table(group, *a, **kw))
+    monkeypatch.setattr(stored, "_write_chunk", lambda group, *a: written.append(group.name) or write_chunk(group, *a))
     acc = SummaryAccumulator(100, capacity=5)
     bits, ids, pos, counted = _random_chunk(9, rows=1800)
 
@@ -436,22 +469,23 @@ def test_a_snapshot_deflates_only_what_changed(tmp_path, monkeypatch):
             stored.write_resume_state(f, {0: state}, before)
         with h5py.File(tmp_path / name, "r") as f:
             for k in (1, 2, 3):
-                summary, parts, unfolded, folds = stored._summary_parts(f, 0, k)
+                summary, pending, unfolded, folds = stored._summary_parts(f, 0, k)
                 assert (unfolded, folds) == (state[2], state[3])
                 assert _as_dict(summary.table) == _as_dict(state[0][k].table)
-                assert [_as_dict(p) for p in parts] == [_as_dict(p) for p in state[1][k]]
+                assert [_as_dict(p) for p in pending.exact_tables(k)] == [_as_dict(p) for p in
+                                                                          state[1].exact_tables(k)]
         return list(written)
 
     for step, (start, name, previous) in enumerate([(0, "a.h5", None), (300, "b.h5", "a.h5"), (600, "c.h5", "b.h5")]):
         acc.add(bits[start:start + 300], ids[start:start + 300], pos[start:start + 300], counted[start:start + 300])
         wrote = snapshot(name, previous)
         assert wrote.count("summary") == (3 if step == 0 else 0)  # unchanged summaries are copied
-        assert [w for w in wrote if w != "summary"] == [f"/summaries/layer0/k{k}/pending/{step}" for k in (1, 2, 3)]
+        assert [w for w in wrote if w != "summary"] == [f"/summaries/layer0/pending/{step}"]  # one new part
     acc.fold()
     wrote = snapshot("d.h5", "c.h5")
     assert wrote == ["summary"] * 3  # after a fold: the summaries anew, nothing pending
     acc.add(bits[900:1200], ids[900:1200], pos[900:1200], counted[900:1200])
-    assert snapshot("e.h5", "d.h5") == [f"/summaries/layer0/k{k}/pending/0" for k in (1, 2, 3)]
+    assert snapshot("e.h5", "d.h5") == ["/summaries/layer0/pending/0"]
 
 
 def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811

@@ -33,11 +33,11 @@ def _assert_same_summaries(host, device):
 def _assert_same_state(a, b):
     (_, pending_a, unfolded_a, folds_a), (_, pending_b, unfolded_b, folds_b) = a, b
     assert (unfolded_a, folds_a) == (unfolded_b, folds_b)
-    for k, parts in pending_a.items():
-        assert len(parts) == len(pending_b[k])
-        for table, other in zip(parts, pending_b[k]):
-            assert np.array_equal(table.key, other.key) and np.array_equal(table.neuron, other.neuron)
-            assert np.array_equal(table.count, other.count)
+    assert len(pending_a.chunks) == len(pending_b.chunks)
+    for chunk, other in zip(pending_a.chunks, pending_b.chunks):
+        assert np.array_equal(chunk.bits, other.bits)
+        for k in chunk.rows:
+            assert np.array_equal(chunk.rows[k], other.rows[k]) and np.array_equal(chunk.keys[k], other.keys[k])
 
 
 def test_active_pairs_lists_every_set_bit_by_neuron_then_row(device):

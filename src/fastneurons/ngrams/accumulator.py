@@ -132,6 +132,54 @@ def check_chunk(token_ids, positions, counted, bits=None, num_neurons=None):
     return token_ids, positions, counted, bits
 
 
+def chunk_rows(token_ids, positions, counted, orders, pack_bits: int) -> tuple:
+    """``(used, ({k: rows}, {k: keys}))`` of one checked chunk: the rows some order counts (every
+    order's rows are among them: counted, position >= 1), and each order's rows as indices into
+    ``used`` (ascending) with their n-gram keys."""
+    used = np.flatnonzero(counted & (positions >= 1))
+    rows, keys = {}, {}
+    for k in orders:
+        chunk_rows_k, keys[k] = ngram_rows_and_keys(token_ids, positions, counted, k, pack_bits)
+        rows[k] = np.searchsorted(used, chunk_rows_k).astype(np.int64)
+    return used, (rows, keys)
+
+
+@dataclass
+class RawRows:
+    """Events not yet expanded into tables, as the n-gram accumulators keep them: the bit rows of the
+    tokens some order counts, and each order's rows of them (ascending) with their n-gram keys. A few
+    hundred bytes per token, where the tables take ~17 bytes per event."""
+
+    bits: np.ndarray  # uint64 [R, W]
+    rows: dict  # {k: int64 [M_k]}, indices into bits
+    keys: dict  # {k: uint64 [M_k]}
+
+    @classmethod
+    def empty(cls, orders, num_neurons: int) -> RawRows:
+        """No rows."""
+        return cls(np.zeros((0, (int(num_neurons) + 63) // 64), np.uint64), {k: EMPTY_ROWS for k in orders},
+                   {k: EMPTY_KEYS for k in orders})
+
+    @classmethod
+    def concat(cls, parts: list) -> RawRows:
+        """Several parts as one (rows renumbered)."""
+        if len(parts) == 1:
+            return parts[0]
+        offsets = np.cumsum([0] + [part.num_rows for part in parts])
+        orders = parts[0].rows.keys()
+        return cls(np.concatenate([part.bits for part in parts]),
+                   {k: np.concatenate([part.rows[k] + at for part, at in zip(parts, offsets)]) for k in orders},
+                   {k: np.concatenate([part.keys[k] for part in parts]) for k in orders})
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.bits.shape[0])
+
+    def table(self, order: int) -> Table:
+        """The exact table of order ``order`` of these events."""
+        return chunk_table(self.bits, self.rows[order], self.keys[order], order)
+
+
 def _parallel_blocks(group_starts: np.ndarray) -> np.ndarray:
     """Split groups into blocks of about equal row counts, several per thread, for prange."""
     n_groups = group_starts.size - 1
@@ -257,18 +305,20 @@ class NgramAccumulator:
         token_ids, positions, counted, bits = check_chunk(token_ids, positions, counted, bits,
                                                           self.num_neurons)
         check_token_ids(token_ids[positions >= 0], self.pack_bits, self.vocab_size)
-        used = np.flatnonzero(counted & (positions >= 1))  # every order's rows are among these
-        if used.size == 0:
+        used, rows_and_keys = chunk_rows(token_ids, positions, counted, self.orders, self.pack_bits)
+        if used.size:
+            self.add_raw(RawRows(bits[used], *rows_and_keys))
+
+    def add_raw(self, raw: RawRows) -> None:
+        """Take chunks as ``add`` keeps them (what ``drain`` gave, e.g. saved by a snapshot)."""
+        if raw.num_rows == 0:
             return
-        kept = bits[used]
-        active_per_row = kernels.row_popcounts(kept)
+        active_per_row = kernels.row_popcounts(raw.bits)
         for k in self.orders:
-            rows, keys = ngram_rows_and_keys(token_ids, positions, counted, k, self.pack_bits)
-            local = np.searchsorted(used, rows) + self._pending_rows
-            self._pending[k].append((local, keys))
-            self._pending_events += int(active_per_row[local - self._pending_rows].sum())
-        self._pending_bits.append(kept)
-        self._pending_rows += used.size
+            self._pending[k].append((raw.rows[k] + self._pending_rows, raw.keys[k]))
+            self._pending_events += int(active_per_row[raw.rows[k]].sum())
+        self._pending_bits.append(raw.bits)
+        self._pending_rows += raw.num_rows
 
     def tables(self) -> dict[int, Table]:
         """The merged table of each order (sorted by (key, neuron), no duplicates)."""
@@ -283,21 +333,19 @@ class NgramAccumulator:
             self._pending_rows = self._pending_events = 0
         return {k: self._runs[k].table() for k in self.orders}
 
-    def drain(self) -> tuple:
-        """The chunks added since the last ``clear``, unexpanded, and clear: ``(bits [R, W], {k: (rows,
-        keys)})`` -- the kept bit rows, and each order's rows of them (ascending) with their keys.
-        Tables already built (``tables``, ``seed``) are not included: call it on a fresh accumulator."""
+    def drain(self) -> RawRows:
+        """The chunks added since the last ``clear``, unexpanded, and clear. Tables already built
+        (``tables``, ``seed``) are not included: call it on an accumulator that holds none."""
         if any(runs.runs for runs in self._runs.values()):
             raise ValueError("drain() takes unexpanded chunks only; this accumulator holds built tables")
         words = (self.num_neurons + 63) // 64
         bits = np.concatenate(self._pending_bits) if self._pending_bits else np.zeros((0, words), np.uint64)
-        rows_and_keys = {}
-        for k in self.orders:
-            parts = self._pending[k]
-            rows_and_keys[k] = (np.concatenate([local for local, _ in parts]) if parts else EMPTY_ROWS,
-                                np.concatenate([keys for _, keys in parts]) if parts else EMPTY_KEYS)
+        rows = {k: np.concatenate([local for local, _ in parts]) if parts else EMPTY_ROWS
+                for k, parts in self._pending.items()}
+        keys = {k: np.concatenate([keys for _, keys in parts]) if parts else EMPTY_KEYS
+                for k, parts in self._pending.items()}
         self.clear()
-        return bits, rows_and_keys
+        return RawRows(bits, rows, keys)
 
     @property
     def events_added(self) -> int:

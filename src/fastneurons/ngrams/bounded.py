@@ -16,7 +16,7 @@ import numpy as np
 
 from fastneurons.numbers import ceil_fraction, exact_fraction
 from fastneurons.ngrams import summary as kernels
-from fastneurons.ngrams.accumulator import NgramAccumulator, Table, check_chunk, merge_many, merge_two
+from fastneurons.ngrams.accumulator import NgramAccumulator, RawRows, Table, check_chunk, merge_many, merge_two
 from fastneurons.ngrams.by_neuron import NO_CUT, ByNeuron, HeldRows, add_mass, fill_slots, fold_rows
 from fastneurons.ngrams.keys import check_orders, ngram_rows_and_keys
 
@@ -88,12 +88,11 @@ class Summary:
 class SummaryAccumulator:
     """One layer's pass-1 state: a ``Summary`` per order, fed like ``NgramAccumulator``.
 
-    Events are kept as pending chunks (bits, expanded to exact tables only when needed) and folded
+    Events are kept as pending chunks (their bit rows and keys, expanded only at a fold) and folded
     into the summaries once the events added since the last fold reach ``FOLD_EVENTS`` or the
-    summaries' size (a fold costs O(summaries + new): amortised O(1) per event; more pending would
-    make the snapshots, which save it, larger), and at the end of the
+    summaries' size (a fold costs O(summaries + new): amortised O(1) per event), and at the end of the
     recording (``finish``). That rule depends on the data alone, and a snapshot saves the pending
-    events as exact tables with the count (``state``), so a run resumed after a kill folds where an
+    chunks as they are with the count (``state``), so a run resumed after a kill folds where an
     uninterrupted one does and ends with the same summaries."""
 
     def __init__(self, num_neurons: int, orders=(1, 2, 3), pack_bits: int = 16,
@@ -114,20 +113,20 @@ class SummaryAccumulator:
             self.fold()
 
     def fold(self) -> None:
-        """Fold everything pending into the summaries, in place. The pending bit rows go to rows by
-        neuron directly; the tables snapshots made of earlier pending events (``state``) are added to
-        them."""
-        bits, rows_and_keys = self.pending.drain()
+        """Fold everything pending into the summaries, in place: the chunks snapshots saved and those
+        since, straight from their bit rows to rows by neuron (and the exact tables of a snapshot
+        written before 2026-12-06, when a run resumed from one has not folded since)."""
+        raw = RawRows.concat(self._saved + [self.pending.drain()])
         num_neurons = self.pending.num_neurons
-        for k, new in fill_slots(bits, rows_and_keys, num_neurons):
-            if self._parts[k]:
-                new = fold_rows(new, ByNeuron.of(merge_many(self._parts[k]), num_neurons), NO_CUT,
+        for k, new in fill_slots(raw.bits, {k: (raw.rows[k], raw.keys[k]) for k in self.orders}, num_neurons):
+            if self._tables[k]:
+                new = fold_rows(new, ByNeuron.of(merge_many(self._tables[k]), num_neurons), NO_CUT,
                                 np.zeros(num_neurons, dtype=np.int64))
             if new.rows:
                 add_mass(new, self._mass[k])
                 self._held[k].fold(new, self._delta[k])
                 self.folds += 1
-        self._parts = {k: [] for k in self.orders}
+        self._saved, self._tables = [], {k: [] for k in self.orders}
         self.unfolded = 0
 
     def finish(self) -> None:
@@ -141,18 +140,18 @@ class SummaryAccumulator:
                 for k in self.orders}
 
     def state(self) -> tuple:
-        """What a snapshot saves to resume from: (summaries, {k: [pending Table, ...]}, events pending,
-        folds). The pending events are the tables of earlier snapshots, unchanged, plus one of the
-        events since the last: a snapshot rewrites only what changed (``folds`` says when the
-        summaries last did)."""
-        for k, table in self.pending.tables().items():
-            if table.rows:
-                self._parts[k].append(table)
-        self.pending.clear()
-        return self.summaries, {k: list(parts) for k, parts in self._parts.items()}, self.unfolded, self.folds
+        """What a snapshot saves to resume from: (summaries, ``Pending``, events pending, folds). The
+        pending chunks are those earlier snapshots saved, unchanged, plus one of the chunks since the
+        last: a snapshot writes only what changed (``folds`` says when the summaries last did)."""
+        since = self.pending.drain()
+        if since.num_rows:
+            self._saved.append(since)
+        return self.summaries, Pending(list(self._saved), {k: list(t) for k, t in self._tables.items()}), \
+            self.unfolded, self.folds
 
-    def restore(self, summaries: dict, pending: dict | None = None, unfolded: int = 0, folds: int = 0) -> None:
-        """Continue from a snapshot's ``state()`` (resume); ``pending[k]`` is a Table or a list of them."""
+    def restore(self, summaries: dict, pending=None, unfolded: int = 0, folds: int = 0) -> None:
+        """Continue from a snapshot's ``state()`` (resume); ``pending`` is a ``Pending`` (or, from an
+        older snapshot, {k: exact Table or list of them})."""
         self._held, self._delta, self._mass = {}, {}, {}
         for k in self.orders:
             summary = summaries[k]
@@ -162,7 +161,8 @@ class SummaryAccumulator:
             self._held[k].load(summary.rows)
             self._delta[k], self._mass[k] = summary.delta.copy(), summary.mass.copy()
         self.pending.clear()
-        self._parts = {k: pending_parts((pending or {}).get(k)) for k in self.orders}
+        pending = Pending.of(pending, self.orders)
+        self._saved, self._tables = list(pending.chunks), {k: list(pending.tables[k]) for k in self.orders}
         self.unfolded, self.folds = int(unfolded), int(folds)
 
     # the runner's spill interface: there are no exact tables to spill, and the state is fixed-size
@@ -177,10 +177,28 @@ class SummaryAccumulator:
         return 0
 
 
-def pending_parts(pending) -> list:
-    """A snapshot's pending events of one order as a list of non-empty tables (a Table, a list, None)."""
-    parts = [] if pending is None else [pending] if isinstance(pending, Table) else list(pending)
-    return [part for part in parts if part.rows]
+@dataclass
+class Pending:
+    """The events of one layer not yet folded, as a snapshot saves them: raw chunks (their bit rows and
+    keys, one per snapshot since the last fold) and, in a run resumed from a snapshot written before
+    2026-12-06 that has not folded since, that snapshot's exact tables per order."""
+
+    chunks: list  # [RawRows]
+    tables: dict  # {k: [Table]}
+
+    @classmethod
+    def of(cls, pending, orders) -> Pending:
+        """A ``Pending`` from itself, None, or an older snapshot's {k: Table or [Table]}."""
+        if isinstance(pending, Pending):
+            return cls(pending.chunks, {k: pending.tables.get(k, []) for k in orders})
+        pending = pending or {}
+        tables = {k: pending.get(k) for k in orders}
+        tables = {k: [] if t is None else [t] if isinstance(t, Table) else list(t) for k, t in tables.items()}
+        return cls([], {k: [t for t in parts if t.rows] for k, parts in tables.items()})
+
+    def exact_tables(self, order: int) -> list:
+        """The pending events of one order as exact tables (what a reader folds in)."""
+        return self.tables.get(order, []) + [chunk.table(order) for chunk in self.chunks]
 
 
 @dataclass

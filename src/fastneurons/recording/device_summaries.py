@@ -1,6 +1,6 @@
 """Bounded pass 1 in torch ops on the device that made the bits: a GPU when recording on one, the CPU
-in the tests (the same code). The events never leave the device; only per-token keys go to it and
-only the summaries come back, at snapshots. The summaries are bit-identical to ``SummaryAccumulator``'s
+in the tests (the same code). The events never leave the device; only per-token keys go to it, and
+only the summaries and the bit rows of the chunks not yet folded come back, at snapshots. The summaries are bit-identical to ``SummaryAccumulator``'s
 (numba on the host): same Misra-Gries fold (docs/bounded-ngrams.md), same fold schedule.
 
 Rows live as three int64 tensors ``(neuron, key, count)`` sorted by (neuron, key): the by-neuron
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from fastneurons.ngrams import bounded
-from fastneurons.ngrams.accumulator import Table, check_chunk
-from fastneurons.ngrams.bounded import ByNeuron, Summary, pending_parts
-from fastneurons.ngrams.keys import check_orders, check_pack_bits, check_token_ids, ngram_rows_and_keys
+from fastneurons.ngrams.accumulator import RawRows, check_chunk, chunk_rows
+from fastneurons.ngrams.bounded import ByNeuron, Pending, Summary
+from fastneurons.ngrams.keys import check_orders, check_pack_bits, check_token_ids
 from fastneurons.ngrams.summary import neuron_of_rows
 
 BIT_SHIFTS = {}  # device -> uint8 [8] shifts that unpack a byte (little-endian bit order)
@@ -121,14 +121,26 @@ class DeviceSummaryAccumulator:
             raise ValueError(f"bits must be int64 [{token_ids.size}, {words}] for F={self.num_neurons}, "
                              f"got {bits.dtype} {tuple(bits.shape)}")
         check_token_ids(token_ids[positions >= 0], self.pack_bits, self.vocab_size)
-        bits = bits.reshape(-1, words)
+        used, (rows, keys) = chunk_rows(token_ids, positions, counted, self.orders, self.pack_bits)
+        if used.size == 0:
+            return
+        kept = bits.reshape(-1, words).index_select(0, torch.from_numpy(used).to(self.device))
+        self._since.append(RawRows(kept, rows, keys))  # what the next snapshot saves of it
+        self.unfolded += self._expand(kept, rows, keys)
+        held = sum(int(rows[0].numel()) for rows in self._held.values())
+        if self.unfolded >= max(bounded.FOLD_EVENTS, held):
+            self.fold()
+
+    def _expand(self, bits: torch.Tensor, rows: dict, keys: dict) -> int:
+        """The events of ``bits[rows[k]]`` (on the device) as pending (neuron, key, count) entries of
+        each order, in (neuron, key) order; returns how many events."""
+        events = 0
         for k in self.orders:
-            rows, keys = ngram_rows_and_keys(token_ids, positions, counted, k, self.pack_bits)
-            if rows.size == 0:
+            if rows[k].size == 0:
                 continue
-            order = np.argsort(keys, kind="stable")  # rows by key: the events come out by (neuron, key)
-            rows_t = torch.from_numpy(rows[order]).to(self.device, non_blocking=True)
-            keys_t = torch.from_numpy(keys[order].view(np.int64)).to(self.device, non_blocking=True)
+            order = np.argsort(keys[k], kind="stable")  # rows by key: the events come out by (neuron, key)
+            rows_t = torch.from_numpy(rows[k][order]).to(self.device, non_blocking=True)
+            keys_t = torch.from_numpy(keys[k][order].view(np.int64)).to(self.device, non_blocking=True)
             neuron, row = active_pairs(bits, rows_t, self.num_neurons)
             if neuron.numel() == 0:
                 continue
@@ -136,10 +148,8 @@ class DeviceSummaryAccumulator:
             starts = run_starts(neuron, key)
             ones = torch.ones(neuron.numel(), dtype=torch.int64, device=self.device)
             self._pending[k].append((neuron[starts], key[starts], run_sums(starts, ones)))
-            self.unfolded += int(neuron.numel())
-        held = sum(int(rows[0].numel()) for rows in self._held.values())
-        if self.unfolded >= max(bounded.FOLD_EVENTS, held):
-            self.fold()
+            events += int(neuron.numel())
+        return events
 
     def fold(self) -> None:
         """Fold everything pending into the summaries (on the device)."""
@@ -153,8 +163,7 @@ class DeviceSummaryAccumulator:
             self._delta[k] += cut
             self.folds += 1
         self._pending = {k: [] for k in self.orders}
-        self._parts = {k: [] for k in self.orders}
-        self._saved = {k: 0 for k in self.orders}
+        self._saved, self._since, self._tables = [], [], {k: [] for k in self.orders}
         self.unfolded = 0
 
     def finish(self) -> None:
@@ -173,43 +182,37 @@ class DeviceSummaryAccumulator:
         return Summary(ByNeuron(offsets, key.view(np.uint64), count), self._delta[k].cpu().numpy(),
                        self._mass[k].cpu().numpy(), self.capacity, k)
 
-    def _pending_table(self, k: int, start: int = 0) -> Table:
-        """The pending entries of order k from ``start`` on, combined, as a host Table."""
-        if not self._pending[k][start:]:
-            return Table.empty(k)
-        neuron, key, count = combine(self._pending[k][start:], self.pack_bits * k, self.num_neurons)
-        by_key = torch.sort(key, stable=True).indices  # (neuron, key) -> (key, neuron) order
-        return Table(key[by_key].cpu().numpy().view(np.uint64), neuron[by_key].to(torch.int32).cpu().numpy()
-                     .view(np.uint32), count[by_key].cpu().numpy(), k)
-
     def state(self) -> tuple:
-        """(summaries, {k: [pending Table, ...]}, events pending, folds), on the host: what a snapshot
-        saves, as ``SummaryAccumulator.state`` (the pending entries since the last state make one new
-        part; all of them stay on the device until the next fold)."""
-        for k in self.orders:
-            part = self._pending_table(k, self._saved[k])
-            if part.rows:
-                self._parts[k].append(part)
-            self._saved[k] = len(self._pending[k])
-        return self.summaries, {k: list(parts) for k, parts in self._parts.items()}, self.unfolded, self.folds
+        """(summaries, ``Pending``, events pending, folds), on the host: what a snapshot saves, as
+        ``SummaryAccumulator.state`` (the chunks since the last state, their bit rows brought to the
+        host, make one new raw part; the events stay expanded on the device until the next fold)."""
+        if self._since:
+            self._saved.append(RawRows.concat([RawRows(part.bits.cpu().numpy().view(np.uint64), part.rows,
+                                                       part.keys) for part in self._since]))
+            self._since = []
+        return self.summaries, Pending(list(self._saved), {k: list(t) for k, t in self._tables.items()}), \
+            self.unfolded, self.folds
 
-    def restore(self, summaries: dict, pending: dict | None = None, unfolded: int = 0, folds: int = 0) -> None:
+    def restore(self, summaries: dict, pending=None, unfolded: int = 0, folds: int = 0) -> None:
         """Continue from a snapshot's ``state()`` (either accumulator's)."""
         to = lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(self.device)  # noqa: E731
-        self._held, self._delta, self._mass, self._pending, self._parts, self._saved = {}, {}, {}, {}, {}, {}
+        self._held, self._delta, self._mass, self._pending = {}, {}, {}, {}
         for k in self.orders:
             summary = summaries[k]
             rows = summary.rows
             self._held[k] = (to(neuron_of_rows(rows.offsets).astype(np.int64)), to(rows.key.view(np.int64)),
                              to(rows.count.astype(np.int64)))
             self._delta[k], self._mass[k] = to(summary.delta.astype(np.int64)), to(summary.mass.astype(np.int64))
-            self._parts[k] = pending_parts((pending or {}).get(k))
             self._pending[k] = []
-            for table in self._parts[k]:
+        pending = Pending.of(pending, self.orders)
+        self._saved, self._since, self._tables = list(pending.chunks), [], pending.tables
+        for k, tables in self._tables.items():  # an older snapshot's exact tables
+            for table in tables:
                 neuron, key = to(table.neuron.astype(np.int64)), to(table.key.view(np.int64))
                 order = neuron_key_order(neuron, key, self.pack_bits * k, self.num_neurons)
                 self._pending[k].append((neuron[order], key[order], to(table.count.astype(np.int64))[order]))
-            self._saved[k] = len(self._pending[k])
+        for chunk in self._saved:
+            self._expand(to(chunk.bits.view(np.int64)), chunk.rows, chunk.keys)
         self.unfolded, self.folds = int(unfolded), int(folds)
 
     # the runner's spill interface, SummaryAccumulator's: nothing to spill, fixed-size state

@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 
 from fastneurons.ngrams import runs as ngram_runs
-from fastneurons.ngrams.accumulator import Table, merge_many, merge_two
-from fastneurons.ngrams.bounded import ByNeuron, HeldTable, Summary, summary_rows
+from fastneurons.ngrams.accumulator import RawRows, Table, merge_many, merge_two
+from fastneurons.ngrams.bounded import ByNeuron, HeldTable, Pending, Summary, summary_rows
 from fastneurons.store.format import Header, StoreError, _atomic_h5, _write_json_attr, read_header, table_path
 
 SUMMARIES = "summaries"
@@ -38,21 +38,27 @@ def is_bounded(meta: dict) -> bool:
 def write_summaries(f: h5py.File, summaries: dict, pending: dict | None = None, unfolded: dict | None = None,
                     folds: dict | None = None, previous: h5py.File | None = None) -> None:
     """Write {(layer, k): Summary} under ``summaries/`` of an open (new) file; a snapshot of a running
-    recording adds its events not yet folded: ``pending`` {(layer, k): [exact Table, ...]} (parts,
-    oldest first), ``unfolded`` {layer: events} and ``folds`` {layer: folds so far}.
+    recording adds its events not yet folded: ``pending`` {layer: Pending} (raw chunks, one per
+    snapshot since the last fold, oldest first), ``unfolded`` {layer: events} and ``folds`` {layer:
+    folds so far}.
 
     What the ``previous`` snapshot of the same recording already holds is copied from it chunk by
     chunk (no deflate): a summary whose layer has not folded since (same ``folds``), and the pending
     parts it wrote. So a snapshot deflates only what changed since the last one."""
     root = f.create_group(SUMMARIES)
+    reusable = {}  # layer -> its group in the previous snapshot, when the layer has not folded since
     for (layer, k), summary in summaries.items():
-        path = table_path(layer, k)
-        group = root.create_group(path)
         generation = (folds or {}).get(layer)
-        before = previous.get(f"{SUMMARIES}/{path}") if previous is not None and generation is not None else None
-        if before is not None and (before.attrs.get("folds") != generation or not _same_summary(before, summary)):
-            before = None
-        if before is not None:
+        if layer not in reusable:
+            before = previous.get(f"{SUMMARIES}/layer{layer}") if previous is not None else None
+            reusable[layer] = before if before is not None and generation is not None \
+                and before.attrs.get("folds") == generation else None
+            layer_group = root.require_group(f"layer{layer}")
+            if generation is not None:
+                layer_group.attrs["folds"] = int(generation)
+        group = root.create_group(table_path(layer, k))
+        before = reusable[layer].get(f"k{k}") if reusable[layer] is not None else None
+        if before is not None and _same_summary(before, summary):
             for name in ("by_neuron", "delta", "mass"):
                 previous.copy(before[name], group, name)
         else:
@@ -60,12 +66,14 @@ def write_summaries(f: h5py.File, summaries: dict, pending: dict | None = None, 
             group.create_dataset("delta", data=summary.delta)
             group.create_dataset("mass", data=summary.mass)
         group.attrs["capacity"] = int(summary.capacity)
-        if generation is not None:
-            group.attrs["folds"] = int(generation)
-        parts = (pending or {}).get((layer, k)) or []
-        if parts:
-            _write_parts(group.create_group("pending"), parts, before)
         group.attrs["unfolded"] = int((unfolded or {}).get(layer, 0))
+        tables = pending[layer].tables.get(k, []) if pending and layer in pending else []
+        if tables:  # a resumed run's pending tables from a snapshot written before 2026-12-06
+            _write_parts(group.create_group("pending"), tables, before, _write_table_part)
+    for layer, state in (pending or {}).items():
+        if state.chunks:
+            _write_parts(root[f"layer{layer}"].create_group("pending"), state.chunks, reusable.get(layer),
+                         _write_chunk)
 
 
 def _same_summary(group: h5py.Group, summary: Summary) -> bool:
@@ -75,16 +83,51 @@ def _same_summary(group: h5py.Group, summary: Summary) -> bool:
             == summary.capacity and np.array_equal(group["mass"][()], summary.mass))
 
 
-def _write_parts(group: h5py.Group, parts: list, before: h5py.Group | None) -> None:
-    """Pending parts as ``pending/0``, ``pending/1``, ... (tables); those the previous snapshot of this
-    fold wrote already (``before``: same index and rows) are copied from it."""
+def _write_parts(group: h5py.Group, parts: list, before: h5py.Group | None, write) -> None:
+    """Pending parts as ``pending/0``, ``pending/1``, ... (``write(group, part)``); those the previous
+    snapshot of this fold wrote already (``before``: same index, same size) are copied from it."""
     old = before.get("pending") if before is not None else None
-    for index, table in enumerate(parts):
+    for index, part in enumerate(parts):
         name = str(index)
-        if old is not None and name in old and old[name]["key"].shape == (table.rows,):
+        if old is not None and name in old and old[name].attrs.get("size") == _part_size(part):
             old.file.copy(old[name], group, name)
         else:
-            ngram_runs.write_table(group.create_group(name), table, check=False)
+            write(group.create_group(name), part)
+            group[name].attrs["size"] = _part_size(part)
+
+
+def _part_size(part) -> int:
+    return int(part.rows) if isinstance(part, Table) else int(part.num_rows)
+
+
+def _write_table_part(group: h5py.Group, table: Table) -> None:
+    ngram_runs.write_table(group, table, check=False)
+
+
+def _write_chunk(group: h5py.Group, chunk: RawRows) -> None:
+    """A raw pending chunk: ``bits`` [R * W] (attr ``words``), and per order ``rows_k<k>``, ``keys_k<k>``."""
+    _write_compressed(group, "bits", chunk.bits.reshape(-1))
+    group.attrs["words"] = int(chunk.bits.shape[1])
+    for k in chunk.rows:
+        _write_compressed(group, f"rows_k{k}", chunk.rows[k])
+        _write_compressed(group, f"keys_k{k}", chunk.keys[k])
+
+
+def _write_compressed(group: h5py.Group, name: str, column: np.ndarray) -> None:
+    options = ngram_runs.COMPRESSION if column.size else {}
+    chunks = {"chunks": (max(1, min(ngram_runs.CHUNK_ROWS, column.size)),)} if options else {}
+    ngram_runs.write_column(group.create_dataset(name, shape=column.shape, dtype=column.dtype, **chunks, **options),
+                            column)
+
+
+def _read_chunk(group: h5py.Group) -> RawRows:
+    words = int(group.attrs["words"])
+    bits = group["bits"][()].astype(np.uint64).reshape(-1, words)
+    orders = sorted(int(name[len("rows_k"):]) for name in group if name.startswith("rows_k"))
+    rows = {k: group[f"rows_k{k}"][()].astype(np.int64) for k in orders}
+    if any(r.size and (r.min() < 0 or r.max() >= bits.shape[0]) for r in rows.values()):
+        raise StoreError(f"{group.name}: pending rows outside the chunk's bit rows (corrupt store)")
+    return RawRows(bits, rows, {k: group[f"keys_k{k}"][()].astype(np.uint64) for k in orders})
 
 
 def _narrow(values: np.ndarray) -> np.ndarray:
@@ -169,26 +212,30 @@ def empty_plan_settings(f: h5py.File) -> dict | None:
 
 
 def _summary_parts(f: h5py.File, layer: int, k: int) -> tuple:
-    """(Summary, [pending Table, ...], events pending, folds) of (layer, k) as a snapshot saved them."""
+    """(Summary, Pending of the layer, events pending, folds) of (layer, k) as a snapshot saved them."""
     group = f[f"{SUMMARIES}/{table_path(layer, k)}"]
     delta, mass = group["delta"][()].astype(np.int64), group["mass"][()].astype(np.int64)
     rows, table = _read_rows(group, delta.size, k)
     summary = Summary(rows, delta, mass, int(group.attrs["capacity"]), k, table)
-    parts = []
-    if "pending" in group:
-        pending = group["pending"]
+    tables = []
+    if "pending" in group:  # exact tables: a snapshot written before 2026-12-06 (one table), or a
+        pending = group["pending"]  # resumed run's copy of them (parts)
         for sub in ([pending] if "key" in pending else [pending[name] for name in sorted(pending, key=int)]):
-            part = ngram_runs.read_table(sub)  # a store before 2026-12-06 holds one table, not parts
+            part = ngram_runs.read_table(sub)
             part.order = k
-            parts.append(part)
-    return summary, parts, int(group.attrs.get("unfolded", 0)), int(group.attrs.get("folds", 0))
+            tables.append(part)
+    layer_group = f[f"{SUMMARIES}/layer{layer}"]
+    chunks = [_read_chunk(layer_group["pending"][name]) for name in sorted(layer_group["pending"], key=int)] \
+        if "pending" in layer_group else []
+    folds = int(layer_group.attrs.get("folds", group.attrs.get("folds", 0)))
+    return summary, Pending(chunks, {k: tables}), int(group.attrs.get("unfolded", 0)), folds
 
 
 def _read_summary(f: h5py.File, layer: int, k: int) -> Summary:
     """The summary of (layer, k) with any pending events of an unfinished snapshot folded in (Lemma 1
     holds for it as for any absorb)."""
-    summary, parts, _, _ = _summary_parts(f, layer, k)
-    parts = [part for part in parts if part.rows]
+    summary, pending, _, _ = _summary_parts(f, layer, k)
+    parts = [part for part in pending.exact_tables(k) if part.rows]
     return summary.absorb(merge_many(parts)) if parts else summary
 
 
@@ -219,7 +266,7 @@ def read_held(f: h5py.File, layer: int, k: int, path) -> HeldTable:
 
 
 def read_resume_state(path) -> dict | None:
-    """{layer: ({k: Summary}, {k: [pending Table, ...]}, events pending, folds)} of the bounded store at
+    """{layer: ({k: Summary}, Pending, events pending, folds)} of the bounded store at
     ``path``, as its last snapshot saved them (None if it holds no summaries or does not exist)."""
     path = Path(path)
     if not path.exists():
@@ -232,8 +279,8 @@ def read_resume_state(path) -> dict | None:
         for layer in header.ngram_layers:
             parts = {k: _summary_parts(f, layer, k) for k in header.orders}
             first = next(iter(parts.values()))
-            out[layer] = ({k: p[0] for k, p in parts.items()}, {k: p[1] for k, p in parts.items()}, first[2],
-                          first[3])
+            pending = Pending(first[1].chunks, {k: p[1].tables[k] for k, p in parts.items()})
+            out[layer] = ({k: p[0] for k, p in parts.items()}, pending, first[2], first[3])
         return out
 
 
@@ -247,11 +294,11 @@ def previous_snapshot(path) -> h5py.File | None:
 
 
 def write_resume_state(f: h5py.File, states: dict, previous: h5py.File | None = None) -> None:
-    """Write {layer: (summaries, pending parts, unfolded, folds)} (``read_resume_state``'s form) into a
+    """Write {layer: (summaries, Pending, unfolded, folds)} (``read_resume_state``'s form) into a
     snapshot, copying from the ``previous`` one what has not changed (see ``write_summaries``)."""
     write_summaries(f, {(layer, k): summary for layer, (summaries, *_) in states.items()
                         for k, summary in summaries.items()},
-                    {(layer, k): parts for layer, (_, pending, *_) in states.items() for k, parts in pending.items()},
+                    {layer: Pending.of(state[1], list(state[0])) for layer, state in states.items()},
                     {layer: state[2] for layer, state in states.items()},
                     {layer: state[3] for layer, state in states.items() if len(state) > 3}, previous)
 
