@@ -5,7 +5,6 @@ and planted OPTs recorded in both modes give identical detectors, G(n), detected
 counts, suppression and C_k(n) for every certified neuron; a summary made too small leaves neurons
 uncertified and says so; resume after an interruption, shards + merge + second pass stay exact.
 """
-import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -178,7 +177,8 @@ def test_a_snapshot_written_before_raw_chunks_resumes_to_the_same_summaries(tmp_
     old.add(bits[first], ids[first], pos[first], counted[first])
     summaries, pending, unfolded, folds = old.state()
     resumed = SummaryAccumulator(100, capacity=4)
-    resumed.restore(summaries, {k: pending.exact_tables(k)[0] for k in (1, 2, 3)}, unfolded)  # the old form
+    resumed.restore(summaries, bounded_module.Pending([], {k: pending.exact_tables(k) for k in (1, 2, 3)}),
+                    unfolded)  # the old form: exact tables per order
     resumed.add(bits[second], ids[second], pos[second], counted[second])
     with h5py.File(tmp_path / "s.h5", "w") as f:  # a snapshot of it keeps the old tables beside a new chunk
         stored.write_resume_state(f, {0: resumed.state()})
@@ -464,9 +464,8 @@ def test_a_snapshot_deflates_only_what_changed(tmp_path, monkeypatch):
     def snapshot(name, previous):
         written.clear()
         state = acc.state()
-        with h5py.File(tmp_path / name, "w") as f, (h5py.File(tmp_path / previous, "r") if previous
-                                                     else contextlib.nullcontext()) as before:
-            stored.write_resume_state(f, {0: state}, before)
+        with h5py.File(tmp_path / name, "w") as f:
+            stored.write_resume_state(f, {0: state}, tmp_path / previous if previous else None)
         with h5py.File(tmp_path / name, "r") as f:
             for k in (1, 2, 3):
                 summary, pending, unfolded, folds = stored._summary_parts(f, 0, k)

@@ -155,12 +155,6 @@ class RawRows:
     keys: dict  # {k: uint64 [M_k]}
 
     @classmethod
-    def empty(cls, orders, num_neurons: int) -> RawRows:
-        """No rows."""
-        return cls(np.zeros((0, (int(num_neurons) + 63) // 64), np.uint64), {k: EMPTY_ROWS for k in orders},
-                   {k: EMPTY_KEYS for k in orders})
-
-    @classmethod
     def concat(cls, parts: list) -> RawRows:
         """Several parts as one (rows renumbered)."""
         if len(parts) == 1:

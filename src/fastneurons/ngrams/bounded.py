@@ -26,6 +26,13 @@ FOLD_EVENTS = 1 << 24  # fold pending events after this many (~16.8M: short runs
 RARE_FLUSH_ROWS = 1 << 20  # pending rare pairs collapsed into a table beyond this many
 
 
+def fold_due(unfolded: int, held_rows: int) -> bool:
+    """The fold schedule both pass-1 accumulators keep: fold once the events added since the last fold
+    reach ``FOLD_EVENTS`` or the rows the summaries hold (data alone decides, so a resumed run folds
+    where an uninterrupted one does)."""
+    return unfolded >= max(FOLD_EVENTS, held_rows)
+
+
 @dataclass
 class Summary:
     """Misra-Gries summary of one (layer, order): its ``rows`` (by neuron; ``table`` is the same rows
@@ -97,8 +104,6 @@ class SummaryAccumulator:
 
     def __init__(self, num_neurons: int, orders=(1, 2, 3), pack_bits: int = 16,
                  capacity: int = DEFAULT_CAPACITY, vocab_size: int | None = None):
-        if int(capacity) < 1:
-            raise ValueError(f"summary capacity must be at least 1, got {capacity}")
         self.orders = check_orders(orders)
         self.capacity = int(capacity)
         self.pending = NgramAccumulator(num_neurons, self.orders, pack_bits, vocab_size)
@@ -109,7 +114,7 @@ class SummaryAccumulator:
         before = self.pending.events_added
         self.pending.add(bits, token_ids, positions, counted)
         self.unfolded += self.pending.events_added - before
-        if self.unfolded >= max(FOLD_EVENTS, sum(held.rows for held in self._held.values())):
+        if fold_due(self.unfolded, sum(held.rows for held in self._held.values())):
             self.fold()
 
     def fold(self) -> None:
@@ -150,8 +155,7 @@ class SummaryAccumulator:
             self.unfolded, self.folds
 
     def restore(self, summaries: dict, pending=None, unfolded: int = 0, folds: int = 0) -> None:
-        """Continue from a snapshot's ``state()`` (resume); ``pending`` is a ``Pending`` (or, from an
-        older snapshot, {k: exact Table or list of them})."""
+        """Continue from a snapshot's ``state()`` (resume)."""
         self._held, self._delta, self._mass = {}, {}, {}
         for k in self.orders:
             summary = summaries[k]
@@ -187,14 +191,11 @@ class Pending:
     tables: dict  # {k: [Table]}
 
     @classmethod
-    def of(cls, pending, orders) -> Pending:
-        """A ``Pending`` from itself, None, or an older snapshot's {k: Table or [Table]}."""
-        if isinstance(pending, Pending):
-            return cls(pending.chunks, {k: pending.tables.get(k, []) for k in orders})
-        pending = pending or {}
-        tables = {k: pending.get(k) for k in orders}
-        tables = {k: [] if t is None else [t] if isinstance(t, Table) else list(t) for k, t in tables.items()}
-        return cls([], {k: [t for t in parts if t.rows] for k, parts in tables.items()})
+    def of(cls, pending: Pending | None, orders) -> Pending:
+        """``pending`` with a (possibly empty) table list for every order; nothing pending for None."""
+        if pending is None:
+            return cls([], {k: [] for k in orders})
+        return cls(pending.chunks, {k: [t for t in pending.tables.get(k, []) if t.rows] for k in orders})
 
     def exact_tables(self, order: int) -> list:
         """The pending events of one order as exact tables (what a reader folds in)."""

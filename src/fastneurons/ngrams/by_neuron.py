@@ -93,6 +93,7 @@ class HeldRows:
         self.capacity = capacity
         self.starts = np.arange(num_neurons, dtype=np.int64) * capacity
         self.sizes = np.zeros(num_neurons, dtype=np.int64)
+        self.rows = 0  # sizes.sum(), kept current: the fold schedule reads it on every add
         try:
             self.key = kernels.untouched_array(num_neurons * capacity, EMPTY_KEYS)
             self.count = kernels.untouched_array(num_neurons * capacity, EMPTY_COUNTS)
@@ -105,16 +106,13 @@ class HeldRows:
     def ends(self) -> np.ndarray:
         return self.starts + self.sizes
 
-    @property
-    def rows(self) -> int:
-        return int(self.sizes.sum())
-
     def fold(self, new, delta: np.ndarray) -> None:
         """Misra-Gries merge of ``new`` (a ``ByNeuron`` or ``Slots``) into these rows, in place; the cut
         of each neuron is added to ``delta``. The same result as ``fold_rows``."""
         blocks = min(self.sizes.size, 16 * numba.get_num_threads())
         kernels.fold_in_place(self.starts, self.sizes, self.key, self.count, self.capacity, new.starts, new.ends,
                               new.key, new.count, delta, blocks)
+        self.rows = int(self.sizes.sum())
 
     def load(self, rows: ByNeuron) -> None:
         """Hold ``rows`` (at most ``capacity`` per neuron) instead."""
@@ -124,6 +122,7 @@ class HeldRows:
                              f"{self.sizes.size} slots of {self.capacity}")
         kernels.copy_rows(rows.starts, rows.ends, rows.key, rows.count, self.starts, self.key, self.count)
         self.sizes[:] = sizes
+        self.rows = int(sizes.sum())
 
     def packed(self) -> ByNeuron:
         """The rows as a ``ByNeuron`` (fresh arrays)."""
@@ -182,11 +181,10 @@ def scratch(name: str, size: int, dtype) -> np.ndarray:
     """A reusable array of ``size`` elements, this thread's (kept from fold to fold, for every layer:
     fresh pages cost more than the work that fills them); ``release_scratch`` frees them."""
     arrays = _SCRATCH.__dict__.setdefault("arrays", {})
-    held = arrays.get(name)
-    if held is None or held.size < size:
-        arrays[name] = held = None  # free the old one first
-        arrays[name] = held = np.empty(max(int(size), 1), dtype=dtype)
-    return held[:size]
+    if name not in arrays or arrays[name].size < size:
+        arrays.pop(name, None)  # free the old one before the new one is made
+        arrays[name] = np.empty(max(int(size), 1), dtype=dtype)
+    return arrays[name][:size]
 
 
 def release_scratch() -> None:

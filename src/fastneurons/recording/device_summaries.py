@@ -1,7 +1,8 @@
 """Bounded pass 1 in torch ops on the device that made the bits: a GPU when recording on one, the CPU
 in the tests (the same code). The events never leave the device; only per-token keys go to it, and
-only the summaries and the bit rows of the chunks not yet folded come back, at snapshots. The summaries are bit-identical to ``SummaryAccumulator``'s
-(numba on the host): same Misra-Gries fold (docs/bounded-ngrams.md), same fold schedule.
+only the summaries and the bit rows of the chunks not yet folded come back, at snapshots. The
+summaries are bit-identical to ``SummaryAccumulator``'s (numba on the host): same Misra-Gries fold
+(docs/bounded-ngrams.md), same fold schedule (``bounded.fold_due``).
 
 Rows live as three int64 tensors ``(neuron, key, count)`` sorted by (neuron, key): the by-neuron
 order of ``ByNeuron``. Keys use at most 63 bits (``keys.py``), so int64 holds them unchanged.
@@ -127,8 +128,7 @@ class DeviceSummaryAccumulator:
         kept = bits.reshape(-1, words).index_select(0, torch.from_numpy(used).to(self.device))
         self._since.append(RawRows(kept, rows, keys))  # what the next snapshot saves of it
         self.unfolded += self._expand(kept, rows, keys)
-        held = sum(int(rows[0].numel()) for rows in self._held.values())
-        if self.unfolded >= max(bounded.FOLD_EVENTS, held):
+        if bounded.fold_due(self.unfolded, sum(int(rows[0].numel()) for rows in self._held.values())):
             self.fold()
 
     def _expand(self, bits: torch.Tensor, rows: dict, keys: dict) -> int:

@@ -24,7 +24,7 @@ from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.store import DenseCounts, StoreError, open_counts
 from fastneurons.store.summaries import (empty_plan_settings, is_bounded, load_pass2_state, read_resume_state,
                                          read_summaries, save_pass2_state, store_is_bounded, write_counted,
-                                         write_resume_state, write_second_pass, previous_snapshot)
+                                         write_resume_state, write_second_pass)
 
 
 def summary_accumulators(config: RecordConfig, num_neurons: int, pack_bits: int, device: torch.device):
@@ -39,7 +39,7 @@ def summary_accumulators(config: RecordConfig, num_neurons: int, pack_bits: int,
 
 def stored_summaries(path) -> dict | None:
     """The pass-1 state a bounded store's last snapshot holds (read before a resume rewrites it),
-    {layer: (summaries, pending parts, events pending, folds)}, None if it has none."""
+    {layer: (summaries, Pending, events pending, folds)}, None if it has none."""
     return read_resume_state(path)
 
 
@@ -66,23 +66,12 @@ def attach(writer, taps, restored: dict | None) -> None:
 
     def write(f, final):  # gzip-1 + shuffle: a snapshot is old + new on disk while it is written
         states = {layer: acc.state() for layer, acc in taps.ngrams.layers.items()}
-        _write_state(f, states, writer.path)
+        write_resume_state(f, states, writer.path)
         if final:
             _write_counted_if_nothing_to_count(f, {(layer, k): summary for layer, (summaries, *_) in states.items()
                                                    for k, summary in summaries.items()})
 
     writer.extra_groups = write
-
-
-def _write_state(f, states: dict, previous_path) -> None:
-    """Write the pass-1 state into a snapshot, copying what the snapshot it replaces (at
-    ``previous_path``) holds unchanged."""
-    previous = previous_snapshot(previous_path) if previous_path is not None else None
-    try:
-        write_resume_state(f, states, previous)
-    finally:
-        if previous is not None:
-            previous.close()
 
 
 def plan_settings(config: SecondPassConfig) -> dict:

@@ -284,23 +284,24 @@ def read_resume_state(path) -> dict | None:
         return out
 
 
-def previous_snapshot(path) -> h5py.File | None:
-    """The snapshot at ``path`` that the one being written replaces, open read-only to copy from (None
-    when there is none or it cannot be read: everything is then written anew)."""
-    try:
-        return h5py.File(path, "r") if Path(path).exists() else None
-    except OSError:
-        return None
-
-
-def write_resume_state(f: h5py.File, states: dict, previous: h5py.File | None = None) -> None:
+def write_resume_state(f: h5py.File, states: dict, previous_path=None) -> None:
     """Write {layer: (summaries, Pending, unfolded, folds)} (``read_resume_state``'s form) into a
-    snapshot, copying from the ``previous`` one what has not changed (see ``write_summaries``)."""
-    write_summaries(f, {(layer, k): summary for layer, (summaries, *_) in states.items()
-                        for k, summary in summaries.items()},
-                    {layer: Pending.of(state[1], list(state[0])) for layer, state in states.items()},
-                    {layer: state[2] for layer, state in states.items()},
-                    {layer: state[3] for layer, state in states.items() if len(state) > 3}, previous)
+    snapshot, copying what has not changed from the snapshot at ``previous_path`` that this one
+    replaces (see ``write_summaries``; written anew when there is none or it cannot be read)."""
+    try:
+        previous = h5py.File(previous_path, "r") if previous_path is not None and Path(previous_path).exists() \
+            else None
+    except OSError:
+        previous = None
+    try:
+        write_summaries(f, {(layer, k): summary for layer, (summaries, *_) in states.items()
+                            for k, summary in summaries.items()},
+                        {layer: state[1] for layer, state in states.items()},
+                        {layer: state[2] for layer, state in states.items()},
+                        {layer: state[3] for layer, state in states.items()}, previous)
+    finally:
+        if previous is not None:
+            previous.close()
 
 
 def store_is_bounded(path) -> bool:
