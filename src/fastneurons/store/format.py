@@ -14,6 +14,7 @@ from typing import Optional
 import h5py
 import numpy as np
 
+from fastneurons.ngrams.runs import COMPRESSION, write_column
 from fastneurons.store.atomic import atomic_h5 as _atomic_h5  # noqa: F401 (shared by writer and merge)
 
 FORMAT = "fastneurons.counts"
@@ -131,8 +132,9 @@ def _write_header(f: h5py.File, header: Header, complete: bool) -> None:
     _write_json_attr(domains, "labels", header.domain_labels)
 
 
-def _write_dense(f: h5py.File, header: Header, dense: DenseCounts, final: bool = True, empty: bool = False) -> None:
-    """The dense counters; intermediate snapshots skip the uint32 cast and compression (speed).
+def _write_dense(f: h5py.File, header: Header, dense: DenseCounts, empty: bool = False) -> None:
+    """The dense counters; ``pos_active`` as uint32 when its counts fit, shuffled and deflated by chunks of
+    256 positions of one layer (``write_column``: snapshots too, it costs about as much as writing it raw).
 
     ``empty``: all counts are zero, so ``pos_active`` is declared (HDF5 fill value 0), not written.
     """
@@ -146,13 +148,14 @@ def _write_dense(f: h5py.File, header: Header, dense: DenseCounts, final: bool =
         pos = dense.pos_active
         if empty:
             group.create_dataset("pos_active", shape=pos.shape, dtype=pos.dtype, fillvalue=0)
-        elif not final:
+        elif not pos.size:
             group.create_dataset("pos_active", data=pos)
         else:
-            if pos.size and pos.max() <= np.iinfo(np.uint32).max:
+            if pos.max() <= np.iinfo(np.uint32).max:
                 pos = pos.astype(np.uint32)
-            chunks = (1, min(pos.shape[1], 256), pos.shape[2]) if pos.size else None
-            group.create_dataset("pos_active", data=pos, chunks=chunks, compression="lzf" if chunks else None)
+            chunks = (1, min(pos.shape[1], 256), pos.shape[2])
+            write_column(group.create_dataset("pos_active", shape=pos.shape, dtype=pos.dtype, chunks=chunks,
+                                              **COMPRESSION), pos)
     f["domains"].create_dataset("tokens", data=dense.domain_tokens)
     f["domains"].create_dataset("active", data=dense.domain_active)
 

@@ -214,7 +214,7 @@ class CountsWriter:
     def _snapshot(self, complete: bool, empty: bool = False) -> None:
         def write(f):
             _write_header(f, self.header, complete)
-            _write_dense(f, self.header, self.dense, final=False, empty=empty)
+            _write_dense(f, self.header, self.dense, empty=empty)
             _ngram_group(f, self.header, self.pending, self.run_units)
             if self.extra_groups is not None:
                 self.extra_groups(f, final=False)
