@@ -25,7 +25,7 @@ def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-m", "fastneurons.bench", "--quick", "--densities", "sparse",
-                           "--scaling-factors", "1", "4", "--json", str(out)],
+                           "--scaling-factors", "1", "4", "--bare-in-workers", "--json", str(out)],
                           capture_output=True, text=True, env=env, cwd=out.parent, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(out.read_text()), done.stdout
@@ -45,6 +45,10 @@ def test_quick_run_writes_every_section(quick_results):
                 "fastneurons_dense_overhead", "counting_cost_ratio", "fastneurons_peak_rss_mb", "plain_extra_rss_mb"):
         assert key in derived, key
     assert {"forward", "forward.hooks", "store.commit", "store.finalize"} <= set(e2e["methods"]["fastneurons"]["phases"])
+    assert all(len(e2e["methods"][name]["bare_here_s"]) == len(e2e["methods"][name]["seconds"])
+               and f"{name}_overhead_same_process" in derived
+               for name in ("fastneurons", "fastneurons_dense", "fastneurons_bounded"))
+    assert any("in the record's own process" in t["name"] for t in e2e["targets"])
     assert {t["name"].split(" ")[0] for t in e2e["targets"]} == {"counting_cost_ratio", "overhead_all_counters",
                                                                  "overhead_dense_only", "overhead_bounded",
                                                                  "counting_cost_ratio_bounded"}
@@ -153,3 +157,7 @@ def test_derived_ratios_from_a_hand_made_result():
     assert derived["fastneurons_overhead_inside"] == pytest.approx(0.1)
     assert derived["counting_cost_ratio_inside"] == pytest.approx(20.0 / 2.0)
     assert derived["plain_extra_rss_mb"] == pytest.approx(50.0)
+    assert "fastneurons_overhead_same_process" not in derived
+    result["methods"]["fastneurons"].update(seconds=[14.0, 15.0], phases_runs=[phases, phases], bare_here_s=[10.0, 12.0])
+    # per round: (14 - 2) / 10 = 1.2 and (15 - 2) / 12 = 1.083...; the median of two is their mean
+    assert derive_end_to_end(result)["fastneurons_overhead_same_process"] == pytest.approx((1.2 + 13 / 12) / 2 - 1)

@@ -23,6 +23,8 @@ def summarize(runs: dict) -> dict:
                    "peak_rss_mb": _median([r["peak_rss_mb"] for r in results]),
                    "peak_rss_max_mb": max(r["peak_rss_mb"] for r in results),
                    "peak_rss_of_run": all(r["peak_rss_of_run"] for r in results)}
+        if all("bare_here_s" in r for r in results):
+            summary["bare_here_s"] = [r["bare_here_s"] for r in results]
         if "gpu_peak_mb" in results[0]:
             summary["gpu_peak_mb"] = max(r["gpu_peak_mb"] for r in results)
         if "phases" in results[0]:

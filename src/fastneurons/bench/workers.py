@@ -117,8 +117,9 @@ def _instrument_runner(cuda: bool) -> _Phases:
     return phases
 
 
-def _load_once() -> None:
-    """Make the runner's load_model remember the model it loaded (later records skip the load)."""
+def _load_once() -> dict:
+    """Make the runner's load_model remember the model it loaded (later records skip the load); returns
+    its cache {key: LoadedModel}."""
     from fastneurons.recording import runner
 
     original, cache = runner.load_model, {}
@@ -130,6 +131,7 @@ def _load_once() -> None:
         return cache[key]
 
     runner.load_model = load
+    return cache
 
 
 def _warm_up_counting() -> None:
@@ -167,8 +169,8 @@ class _Worker:
         _warm_up_counting()
         self.last_store, self.last_counts, self.runs = None, None, 0
         if kind == "fastneurons":
-            if job.reuse_model:
-                _load_once()
+            if job.reuse_model or job.bare_in_worker:
+                self.loaded = _load_once()
             self.phases = _instrument_runner(self.cuda)
             return
         dtype = torch.float16 if (job.dtype == "auto" and self.cuda) else \
@@ -205,20 +207,30 @@ class _Worker:
                   "rss_before_mb": rss_before, **extra}
         if self.cuda:
             result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.kind == "fastneurons" and self.job.bare_in_worker:
+            result["bare_here_s"] = self._bare_here()
         gc.collect()
         return result
 
     def _run_bare(self) -> dict:
-        from fastneurons.models import architectures as archs
-        from fastneurons.config import parse_bytes
-        from fastneurons.models.offload import LayerStreamer
-
-        last = self.num_layers - 1
-        budget = None if self.job.gpu_memory is None else parse_bytes(self.job.gpu_memory)
-        with LayerStreamer(self.model, self.arch, self.device, last, gpu_memory_bytes=budget), torch.inference_mode():
-            for ids, mask in self.batches:
-                archs.run_until(self.model, self.arch, ids.to(self.device), mask.to(self.device), last)
+        _bare_forward(self.model, self.arch, self.batches, self.job, self.device)
         return {}
+
+    def _bare_here(self) -> float:
+        """Seconds of a bare forward of the model the last record loaded, in this process, on the
+        job's batches (planned once): the same weights in the same memory as the record's forward."""
+        (loaded,) = self.loaded.values()
+        if any(module._forward_hooks or module._forward_pre_hooks for module in loaded.model.modules()):
+            raise RuntimeError("record left hooks on its model: a forward of it would not be bare")
+        if getattr(self, "bare_batches", None) is None:
+            self.bare_batches = _plan_batches(loaded.model, loaded.tokenizer, self.job.corpus, self.job.tokens,
+                                              self.job.seq_len, self.job.batch_size, self.job.full_length)
+        gc.collect()
+        start = time.perf_counter()
+        _bare_forward(loaded.model, loaded.arch, self.bare_batches, self.job, self.device)
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
 
     def _run_plain(self) -> dict:
         from fastneurons.models import architectures as archs
@@ -255,6 +267,19 @@ class _Worker:
     def close(self) -> None:
         if self.last_store is not None:
             Path(self.last_store).unlink(missing_ok=True)
+
+
+def _bare_forward(model, arch, batches, job: Job, device) -> None:
+    """The forward of every batch through the last layer, nothing counted: the limit every method is held to."""
+    from fastneurons.config import parse_bytes
+    from fastneurons.models import architectures as archs
+    from fastneurons.models.offload import LayerStreamer
+
+    last = archs.num_layers(model, arch) - 1
+    budget = None if job.gpu_memory is None else parse_bytes(job.gpu_memory)
+    with LayerStreamer(model, arch, device, last, gpu_memory_bytes=budget), torch.inference_mode():
+        for ids, mask in batches:
+            archs.run_until(model, arch, ids.to(device), mask.to(device), last)
 
 
 def _worker_main(conn, kind: str, job: dict, overrides: dict) -> None:
