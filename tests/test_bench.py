@@ -47,7 +47,8 @@ def test_quick_run_writes_every_section(quick_results):
     assert {"forward", "forward.hooks", "store.commit", "store.finalize"} <= set(e2e["methods"]["fastneurons"]["phases"])
     assert all(len(e2e["methods"][name]["bare_here_s"]) == len(e2e["methods"][name]["seconds"])
                and f"{name}_overhead_same_process" in derived
-               for name in ("fastneurons", "fastneurons_dense", "fastneurons_bounded"))
+               for name in ("plain", "fastneurons", "fastneurons_dense", "fastneurons_bounded"))
+    assert "counting_cost_ratio_bounded_same_process" in derived
     assert any("in the record's own process" in t["name"] for t in e2e["targets"])
     assert {t["name"].split(" ")[0] for t in e2e["targets"]} == {"counting_cost_ratio", "overhead_all_counters",
                                                                  "overhead_dense_only", "overhead_bounded",

@@ -207,7 +207,7 @@ class _Worker:
                   "rss_before_mb": rss_before, **extra}
         if self.cuda:
             result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        if self.kind == "fastneurons" and self.job.bare_in_worker:
+        if self.kind != "bare" and self.job.bare_in_worker:
             result["bare_here_s"] = self._bare_here()
         gc.collect()
         return result
@@ -217,17 +217,22 @@ class _Worker:
         return {}
 
     def _bare_here(self) -> float:
-        """Seconds of a bare forward of the model the last record loaded, in this process, on the
-        job's batches (planned once): the same weights in the same memory as the record's forward."""
-        (loaded,) = self.loaded.values()
-        if any(module._forward_hooks or module._forward_pre_hooks for module in loaded.model.modules()):
-            raise RuntimeError("record left hooks on its model: a forward of it would not be bare")
-        if getattr(self, "bare_batches", None) is None:
-            self.bare_batches = _plan_batches(loaded.model, loaded.tokenizer, self.job.corpus, self.job.tokens,
-                                              self.job.seq_len, self.job.batch_size, self.job.full_length)
+        """Seconds of a bare forward, in this process, of the model the method just ran (for record: the
+        one it loaded; batches planned once): the same weights in the same memory as the method's forward."""
+        if self.kind == "plain":
+            model, arch, batches = self.model, self.arch, self.batches
+        else:
+            (loaded,) = self.loaded.values()
+            model, arch = loaded.model, loaded.arch
+            if getattr(self, "batches", None) is None:
+                self.batches = _plan_batches(model, loaded.tokenizer, self.job.corpus, self.job.tokens,
+                                             self.job.seq_len, self.job.batch_size, self.job.full_length)
+            batches = self.batches
+        if any(module._forward_hooks or module._forward_pre_hooks for module in model.modules()):
+            raise RuntimeError(f"{self.kind} left hooks on its model: a forward of it would not be bare")
         gc.collect()
         start = time.perf_counter()
-        _bare_forward(loaded.model, loaded.arch, self.bare_batches, self.job, self.device)
+        _bare_forward(model, arch, batches, self.job, self.device)
         if self.cuda:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
