@@ -343,8 +343,8 @@ class BenchConfig:
     skip: list = field(default_factory=list, metadata={"help": f"sections to leave out: {', '.join(BENCH_SECTIONS)}",
                                                        "nargs": "+"})
     threads: Optional[int] = _opt(None, "CPU threads (default: all cores)")
-    bare_in_workers: bool = _opt(False, "each record worker also times a bare forward of its own model after each "
-                                        "record (per-process speed differences cancel in that ratio)")
+    bare_in_workers: bool = _opt(False, "each record and plain-way worker also times a bare forward of its own "
+                                        "model after each run (per-process speed differences cancel in that ratio)")
     gpu_memory: str = _opt("4G", "GPU weight budget of the offloaded run (cuda only)")
     offload_config: str = _opt("6.7b", "OPT size recorded offloaded vs in memory (cuda only)")
     json: str = _opt("bench-results.json", "where to write all results")

@@ -170,7 +170,7 @@ class Job:
     threads: Optional[int] = None
     gpu_memory: Optional[str] = None
     reuse_model: bool = False  # record loads the model on its first run only (a GGUF takes seconds to decode)
-    bare_in_worker: bool = False  # record workers also time a bare forward of their own model (implies reuse_model)
+    bare_in_worker: bool = False  # record and plain-way workers also time a bare forward of their own model
     record_overrides: dict = field(default_factory=dict)
 
     def record_config(self, out, **overrides):
