@@ -185,7 +185,7 @@ def _time_pass1_phases() -> dict:
 
 
 def _write_seconds(summaries: dict) -> dict:
-    """Seconds and bytes of writing the summaries as a finished store holds them (gzip-1 + shuffle)."""
+    """Seconds and bytes of writing the summaries as a finished store holds them (shuffle + gzip, deflated by write_column)."""
     import h5py
 
     from fastneurons.store.summaries import write_summaries
@@ -289,7 +289,7 @@ def synthetic_table(args) -> None:
                   f"{rss(exact)} / {rss(bounded)} |", flush=True)
             parts.append((width, neurons, density, tokens, bounded))
     print("\nWhere bounded pass 1's time goes (wall, all threads together), and the final write of its summaries "
-          "(gzip-1 + shuffle, threaded deflate):\n")
+          "(shuffle + gzip, ISA-L deflate in threads):\n")
     print("| width | tokens | fill: ns per event | fold: ns per row read (held + new) | rest of pass 1 | "
           "final write: ns per row | final write MB/s (compressed) |")
     print("|---|---|---|---|---|---|---|")
