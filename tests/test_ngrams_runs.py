@@ -216,6 +216,18 @@ def test_write_column_writes_chunks_of_any_shape(tmp_path):
     assert [zlib.decompress(c) for c in stored["direct"]] == [zlib.decompress(c) for c in stored["filters"]]
 
 
+def test_write_column_casts_to_the_dataset_dtype_chunk_by_chunk(tmp_path):
+    """int64 counts into a uint32 dataset (how ``pos_active`` is stored): the values, cast."""
+    values = np.random.default_rng(6).integers(0, 2**31, (2, 600, 9), dtype=np.int64)
+    with h5py.File(tmp_path / "cast.h5", "w") as f:
+        dataset = f.create_dataset("x", shape=values.shape, dtype=np.uint32, chunks=(1, 256, 9),
+                                   **ngram_runs.COMPRESSION)
+        ngram_runs.write_column(dataset, values)
+    with h5py.File(tmp_path / "cast.h5", "r") as f:
+        assert f["x"].dtype == np.uint32
+        np.testing.assert_array_equal(f["x"][()], values)
+
+
 def test_write_column_without_isal_writes_the_bytes_hdf5_would(tmp_path, monkeypatch):
     """Without ISA-L (no wheel for the platform) the chunks are zlib level 1: byte for byte HDF5's own."""
     monkeypatch.setattr(ngram_runs, "_fast_deflate", None)

@@ -94,24 +94,24 @@ def deflate(data: bytes) -> bytes:
     return _fast_deflate(data, 1) if _fast_deflate is not None else zlib.compress(data, 1)
 
 
-def _deflated_chunk(array: np.ndarray, origin: tuple, shape: tuple) -> bytes:
-    """The chunk of ``array`` at ``origin`` (zero padded to the whole chunk ``shape``) as HDF5's
-    shuffle + deflate pipeline stores it: its bytes grouped by significance, then deflated."""
-    part = array[tuple(slice(o, o + n) for o, n in zip(origin, shape))]
+def _deflated_chunk(array: np.ndarray, origin: tuple, shape: tuple, dtype: np.dtype) -> bytes:
+    """The chunk of ``array`` at ``origin`` as ``dtype`` (zero padded to the whole chunk ``shape``) as
+    HDF5's shuffle + deflate pipeline stores it: its bytes grouped by significance, then deflated."""
+    part = np.ascontiguousarray(array[tuple(slice(o, o + n) for o, n in zip(origin, shape))], dtype=dtype)
     if part.shape != shape:
-        whole = np.zeros(shape, dtype=array.dtype)
+        whole = np.zeros(shape, dtype=dtype)
         whole[tuple(slice(0, n) for n in part.shape)] = part
         part = whole
-    size = array.dtype.itemsize
-    return deflate(np.ascontiguousarray(part).view(np.uint8).reshape(-1, size).T.tobytes())
+    return deflate(part.view(np.uint8).reshape(-1, dtype.itemsize).T.tobytes())
 
 
 def write_column(dataset: h5py.Dataset, array: np.ndarray, *, first_row: int = 0) -> None:
     """Write ``array`` into a new dataset from ``first_row`` on (its first axis; a multiple of the chunk
     rows). Datasets made with ``COMPRESSION`` (any shape) get their chunks shuffled and deflated in
     parallel threads (zlib and ISA-L let go of the GIL) and written as they are (``write_direct_chunk``):
-    standard shuffle + gzip chunks, in a fraction of the time HDF5's own filter takes."""
-    array = np.ascontiguousarray(array, dtype=dataset.dtype)
+    standard shuffle + gzip chunks, in a fraction of the time HDF5's own filter takes. Values are cast
+    to the dataset's dtype chunk by chunk (``pos_active`` as uint32 costs no second copy of it)."""
+    array = np.asarray(array)
     shape = dataset.chunks
     direct = dataset.compression == "gzip" and dataset.shuffle and shape is not None
     origins = list(itertools.product(*(range(0, n, c) for n, c in zip(array.shape, shape)))) if direct else []
@@ -120,11 +120,11 @@ def write_column(dataset: h5py.Dataset, array: np.ndarray, *, first_row: int = 0
         return
     if first_row % shape[0]:
         raise ValueError(f"first_row {first_row} is not a multiple of the chunk rows {shape[0]}")
-    threads = max(1, numba.get_num_threads())
+    threads, dtype = max(1, numba.get_num_threads()), dataset.dtype
     with ThreadPoolExecutor(threads) as pool:
         for batch in range(0, len(origins), 4 * threads):  # a few chunks per thread in memory at a time
             chosen = origins[batch:batch + 4 * threads]
-            for origin, data in zip(chosen, pool.map(lambda o: _deflated_chunk(array, o, shape), chosen)):
+            for origin, data in zip(chosen, pool.map(lambda o: _deflated_chunk(array, o, shape, dtype), chosen)):
                 dataset.id.write_direct_chunk((origin[0] + first_row, *origin[1:]), data)
 
 

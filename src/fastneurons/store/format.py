@@ -151,10 +151,9 @@ def _write_dense(f: h5py.File, header: Header, dense: DenseCounts, empty: bool =
         elif not pos.size:
             group.create_dataset("pos_active", data=pos)
         else:
-            if pos.max() <= np.iinfo(np.uint32).max:
-                pos = pos.astype(np.uint32)
+            dtype = np.uint32 if pos.max() <= np.iinfo(np.uint32).max else pos.dtype
             chunks = (1, min(pos.shape[1], 256), pos.shape[2])
-            write_column(group.create_dataset("pos_active", shape=pos.shape, dtype=pos.dtype, chunks=chunks,
+            write_column(group.create_dataset("pos_active", shape=pos.shape, dtype=dtype, chunks=chunks,
                                               **COMPRESSION), pos)
     f["domains"].create_dataset("tokens", data=dense.domain_tokens)
     f["domains"].create_dataset("active", data=dense.domain_active)
