@@ -93,11 +93,10 @@ def derive_fastneurons(summary: dict, clock: str = "wall") -> dict:
     return {name: statistics.median(split[name] for split in splits) for name in splits[0]}
 
 
-def _same_process_overhead(summary: dict) -> float:
-    """Median over rounds of record (excl. setup) / the bare forward its own worker ran right after, - 1:
+def _same_process_overhead(seconds: list, bare_here: list) -> float:
+    """Median over rounds of a method's seconds / the bare forward its own worker ran right after, - 1:
     what counting costs with the process's own speed (memory placement, host load) cancelled."""
-    splits = [_split(total, phases) for total, phases in zip(summary["seconds"], summary["phases_runs"])]
-    return statistics.median(split["recording_s"] / bare for split, bare in zip(splits, summary["bare_here_s"])) - 1
+    return statistics.median(s / bare for s, bare in zip(seconds, bare_here)) - 1
 
 
 def derive_end_to_end(result: dict, clock: str = "wall") -> dict:
@@ -122,9 +121,8 @@ def derive_end_to_end(result: dict, clock: str = "wall") -> dict:
         out["plain_counting_s"] = out["plain_s"] - bare
         out["plain_overhead"] = out["plain_s"] / bare - 1
         if clock == "wall" and "bare_here_s" in methods["plain"]:
-            plain = methods["plain"]
-            out["plain_overhead_same_process"] = statistics.median(
-                seconds / here for seconds, here in zip(plain["seconds"], plain["bare_here_s"])) - 1
+            out["plain_overhead_same_process"] = _same_process_overhead(methods["plain"]["seconds"],
+                                                                        methods["plain"]["bare_here_s"])
     for name in ("fastneurons", "fastneurons_dense", "fastneurons_bounded"):
         if name not in methods or not bare:
             continue
@@ -135,7 +133,10 @@ def derive_end_to_end(result: dict, clock: str = "wall") -> dict:
         out[f"{name}_overhead_inside"] = parts["counting_inside_s"] / bare
         out[f"{name}_overhead_inside_with_store"] = (parts["counting_inside_s"] + parts["store_s"]) / bare
         if clock == "wall" and "bare_here_s" in methods[name]:
-            out[f"{name}_overhead_same_process"] = _same_process_overhead(methods[name])
+            summary = methods[name]  # record's seconds without its setup (load, plan, header)
+            recording = [_split(total, phases)["recording_s"]
+                         for total, phases in zip(summary["seconds"], summary["phases_runs"])]
+            out[f"{name}_overhead_same_process"] = _same_process_overhead(recording, summary["bare_here_s"])
     for suffix, name in (("", "fastneurons"), ("_bounded", "fastneurons_bounded")):
         if "plain_counting_s" in out and f"{name}_counting_s" in out:
             out[f"counting_cost_ratio{suffix}"] = _ratio(out["plain_counting_s"], out[f"{name}_counting_s"])

@@ -64,7 +64,7 @@ def attach(writer, taps, restored: dict | None) -> None:
     elif any(corpus.units.any() for corpus in writer.header.corpora):
         raise StoreError(f"{writer.path} holds units but no n-gram summaries: it cannot be resumed in bounded mode")
 
-    def write(f, final):  # gzip-1 + shuffle: a snapshot is old + new on disk while it is written
+    def write(f, final):  # compressed (store/summaries.py): a snapshot is old + new on disk while it is written
         states = {layer: acc.state() for layer, acc in taps.ngrams.layers.items()}
         write_resume_state(f, states, writer.path)
         if final:

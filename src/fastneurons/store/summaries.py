@@ -143,12 +143,9 @@ def _narrow(values: np.ndarray) -> np.ndarray:
 
 
 def _write_by_neuron(group: h5py.Group, rows: ByNeuron) -> None:
-    options = ngram_runs.COMPRESSION if rows.rows else {}
-    chunks = {"chunks": (max(1, min(ngram_runs.CHUNK_ROWS, rows.rows)),)} if options else {}
     group.create_dataset("offsets", data=rows.offsets)
-    for name, column in (("key", _narrow(rows.key)), ("count", _narrow(rows.count))):
-        ngram_runs.write_column(group.create_dataset(name, shape=column.shape, dtype=column.dtype, **chunks,
-                                                     **options), column)
+    _write_compressed(group, "key", _narrow(rows.key))
+    _write_compressed(group, "count", _narrow(rows.count))
 
 
 def _read_rows(group: h5py.Group, num_neurons: int, k: int) -> tuple:
