@@ -125,12 +125,15 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("stride_s", &CountArgs::stride_s)
       .def_readwrite("threshold", &CountArgs::threshold)
       .def_readwrite("dtype", &CountArgs::dtype)
+      .def_readwrite("pos_type", &CountArgs::pos_type)
       .def_readwrite("threads", &CountArgs::threads)
       .def_readwrite("device_index", &CountArgs::device_index);
 
   m.attr("DTYPE_FLOAT32") = static_cast<int>(fastneurons::kFloat32);
   m.attr("DTYPE_FLOAT16") = static_cast<int>(fastneurons::kFloat16);
   m.attr("DTYPE_BFLOAT16") = static_cast<int>(fastneurons::kBFloat16);
+  m.attr("POS_INT64") = static_cast<int>(fastneurons::kPosInt64);
+  m.attr("POS_UINT16") = static_cast<int>(fastneurons::kPosUInt16);
 
   m.def("count_activations", &count_activations, py::arg("args"), py::arg("device_type") = "cpu",
         py::arg("stream") = 0,

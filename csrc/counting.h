@@ -16,6 +16,11 @@ namespace fastneurons {
 // Element type of the pre-activations (codes used by fastneurons/kernels.py).
 enum DType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
+// Element type of pos_active: int64 totals, or uint16 counts of recent rows that the caller adds into
+// int64 totals before any position could pass 65,535 rows (CPU only: a quarter of the traffic of
+// int64 rows, which is what a pass costs when few rows share a position).
+enum PosType : int32_t { kPosInt64 = 0, kPosUInt16 = 1 };
+
 // Everything one fused counting pass needs; see docs/design.md "Kernel contract".
 // Rows are (b, s) pairs, row r = b * S + s. Strides are in elements of `pre`.
 struct CountArgs {
@@ -23,13 +28,14 @@ struct CountArgs {
   const int32_t* positions = nullptr;  // [B, S] contiguous, -1 = padding
   const uint8_t* counted = nullptr;  // [B, S] contiguous bool
   int64_t* active = nullptr;         // [F], accumulated
-  int64_t* pos_active = nullptr;     // [T, F], accumulated
+  void* pos_active = nullptr;        // [T, F] of pos_type, accumulated
   int64_t* bits = nullptr;           // [B, S, W] or null, overwritten
   int64_t* nan_count = nullptr;      // [1] or null, accumulated
   int64_t B = 0, S = 0, F = 0, W = 0, T = 0;
   int64_t stride_b = 0, stride_s = 0;
   float threshold = 0.0f;
   int32_t dtype = kFloat32;
+  int32_t pos_type = kPosInt64;
   int32_t threads = 0;      // CPU: OpenMP threads (0 = OpenMP default)
   int32_t device_index = 0;  // CUDA: device of the tensors
 };

@@ -68,6 +68,59 @@ def test_counter_on_cuda_without_an_index_takes_the_current_gpu(monkeypatch):
     assert counter.device == torch.device("cuda", expected)
 
 
+def test_recent_position_counts_drain_before_they_could_wrap(monkeypatch):
+    """The CPU counter adds into uint16 recent counts: calls that would take a position past the limit
+    drain them first, and a call with more rows at one position than the limit adds to the totals."""
+    monkeypatch.setattr("fastneurons.recording.counter._RECENT_LIMIT", 7)  # the real limit, 65,535, needs 65k rows
+    generator = torch.Generator().manual_seed(3)
+    counter = NeuronCounter(70, max_positions=4)
+    expected = torch.zeros(4, 70, dtype=torch.int64)
+    for rows in (3, 4, 2, 9, 1, 5):  # 3 + 4 fit, + 2 drains first; 9 > 7 goes to the totals
+        pre = torch.randn(rows, 70, generator=generator)
+        counter.update(pre, torch.full((rows,), 2, dtype=torch.int32))
+        expected[2] += (pre > 0).sum(0)
+        assert counter._recent_bound <= 7 and int(counter._pos_recent.numpy().max()) <= 7
+    assert torch.equal(counter.pos_active, expected)
+    assert not counter._pos_recent.numpy().any() and int(counter.pos_seen[2]) == 24
+
+
+def test_counting_positions_into_a_shared_table_keeps_the_counts():
+    generator = torch.Generator().manual_seed(4)
+    pres = [torch.randn(2, 6, 70, generator=generator) for _ in range(3)]
+    mask = padded_mask([6, 4], 6)
+    alone, shared = NeuronCounter(70, max_positions=6), NeuronCounter(70, max_positions=6)
+    stacked = torch.zeros(3, 6, 70, dtype=torch.int64)
+    for step, pre in enumerate(pres):
+        alone.update(pre, positions_from_mask(mask))
+        shared.update(pre, positions_from_mask(mask))
+        if step == 0:  # switched after counting started: the counts so far move along
+            shared.count_positions_into(stacked[1])
+    assert torch.equal(shared.pos_active, alone.pos_active) and torch.equal(stacked[1], alone.pos_active)
+    assert not stacked[0].any() and not stacked[2].any()
+    with pytest.raises(ValueError, match="contiguous int64"):
+        shared.count_positions_into(torch.zeros(6, 70, dtype=torch.int32))
+    with pytest.raises(ValueError, match="keeps no pos_active"):
+        NeuronCounter(70, count_positions=False).count_positions_into(stacked[0])
+
+
+def test_batch_rows_made_once_serve_every_counter():
+    """One BatchRows per batch, shared by the counters of all layers, gives each the counts of its own update."""
+    generator = torch.Generator().manual_seed(5)
+    mask = padded_mask([5, 2], 5)
+    first, second = NeuronCounter(70, max_positions=5), NeuronCounter(70, max_positions=5)
+    batch = first.batch_rows(positions_from_mask(mask), torch.ones(2, 5, dtype=torch.bool))
+    pres = [torch.randn(2, 5, 70, generator=generator) for _ in range(2)]
+    for counter, pre in zip((first, second), pres):
+        counter.update(pre, batch)
+        assert_counts_equal(counter.state_dict(), reference_counts([(pre, mask)], 70, 5, count_bos=True))
+    with pytest.raises(ValueError, match="rows"):
+        first.update(pres[0].reshape(10, 70), batch)
+    with pytest.raises(ValueError, match="positions"):
+        NeuronCounter(70, max_positions=6).update(pres[0], batch)
+    with pytest.raises(ValueError, match="counted mask"):
+        first.update(pres[0], batch, torch.ones(2, 5, dtype=torch.bool))
+
+
 def test_counted_mask_flat_rows_and_bits():
     generator = torch.Generator().manual_seed(1)
     pre = torch.randn(2, 5, 130, generator=generator)

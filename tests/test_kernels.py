@@ -359,6 +359,21 @@ def test_every_cpu_code_path_matches_naive(monkeypatch, isa, dtype, num_neurons)
     check_against_naive(pre, positions, counted, -0.25, 6)
 
 
+@pytest.mark.parametrize("num_neurons", [63, 200, 1000])
+def test_uint16_pos_active_adds_the_same_counts_modulo_2_16(num_neurons):
+    """On the CPU pos_active may be uint16 (recent counts a caller drains): the same sums, wrapping at 2^16."""
+    generator = torch.Generator().manual_seed(num_neurons)
+    pre = make_pre((4, 6, num_neurons), torch.float32, generator)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, -1, -1], [-1, 0, 1, 2, 3, 4], [5, 5, 5, 1, 1, 0]],
+                             dtype=torch.int32)
+    counted = positions >= 1
+    wide = torch.randint(0, 2 ** 16, (6, num_neurons), generator=generator)
+    narrow = wide.to(torch.uint16)
+    count_activations(pre, positions, counted, 0.0, torch.zeros(num_neurons, dtype=torch.int64), narrow)
+    count_activations_naive(pre, positions, counted, 0.0, torch.zeros(num_neurons, dtype=torch.int64), wide)
+    assert torch.equal(narrow.long(), wide % 2 ** 16)
+
+
 def test_build_info_and_describe():
     compiled = kernels.load_extension().info()
     assert "cpu" in compiled["backends"] and compiled["max_threads"] >= 1

@@ -227,14 +227,24 @@ void flush_active(WordRange& range, const CountArgs& a) {
   range.active_rows = 0;
 }
 
+// counts[n] += group[n] for n < len; uint16 counts wrap (the caller drains them before they could).
+template <typename Count>
+void add_group(Count* counts, const int32_t* group, int64_t len) {
+  for (int64_t n = 0; n < len; ++n) counts[n] = static_cast<Count>(counts[n] + group[n]);
+}
+
 // Ends the current group: adds it to pos_active[p] and, if counted, to the active sums.
 void flush_group(WordRange& range, const CountArgs& a) {
   if (range.group_rows == 0) return;
   const int64_t n0 = range.w0 * kWordBits, n1 = std::min(range.w1 * kWordBits, a.F);
   int32_t* group = range.group_sum.data();
   if (range.group_position < a.T) {
-    int64_t* counts = a.pos_active + range.group_position * a.F;
-    for (int64_t n = n0; n < n1; ++n) counts[n] += group[n - n0];
+    const int64_t offset = range.group_position * a.F + n0;
+    if (a.pos_type == kPosUInt16) {
+      add_group(static_cast<uint16_t*>(a.pos_active) + offset, group, n1 - n0);
+    } else {
+      add_group(static_cast<int64_t*>(a.pos_active) + offset, group, n1 - n0);
+    }
   }
   if (range.group_counted) {
     int32_t* active = range.active_sum.data();

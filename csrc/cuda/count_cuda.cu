@@ -71,6 +71,7 @@ void launch(const CountArgs& a, cudaStream_t stream) {
 
 void count_cuda(const CountArgs& a, cudaStream_t stream) {
   if (a.B * a.S == 0 || a.W == 0) return;
+  if (a.pos_type != kPosInt64) throw std::invalid_argument("CUDA pos_active must be int64");
   DeviceGuard guard(a.device_index);
   if (a.dtype == kFloat32) {
     launch<kFloat32>(a, stream);

@@ -11,6 +11,7 @@ import torch
 BITS_PER_WORD = 64
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+SUPPORTED_DTYPES = tuple(_DTYPE_CODES)  # of the pre-activations
 _EXTENSION = None
 _NOT_BUILT = "fastneurons._C is not built: run pip install ."
 
@@ -36,25 +37,40 @@ def count_activations(pre, positions, counted, threshold, active, pos_active, bi
     """Count which neurons are active (``pre > threshold``) in one fused pass over the rows of ``pre``.
 
     ``pre`` [B, S, F] or [N, F] (float32/16/bf16, last dim contiguous), ``positions`` int32 [B, S]
-    (-1 = padding), ``counted`` bool [B, S]. Adds into ``active`` int64 [F], ``pos_active`` int64
-    [T, F] and ``nan_count`` int64 [1]; overwrites ``bits`` int64 [B, S, ceil(F/64)] when given and
-    returns it. Values are compared as float32 with the threshold rounded to float32; NaN is never
-    active; every position < 0 is padding. On CUDA it runs on the current stream without a host
-    sync, so positions >= T are not checked there: such rows add nothing to ``pos_active`` (they do
-    count in the rest). The first CUDA call on a device checks that ``_C`` can run there.
+    (-1 = padding), ``counted`` bool [B, S]. Adds into ``active`` int64 [F], ``pos_active`` [T, F]
+    and ``nan_count`` int64 [1]; ``pos_active`` is int64, or on the CPU uint16, which wraps modulo
+    2^16: the caller adds it into int64 totals before any position passes 65,535 rows
+    (`NeuronCounter` does). Overwrites ``bits`` int64 [B, S, ceil(F/64)] when given and returns it.
+    Values are compared as float32 with the threshold rounded to float32; NaN is never active; every
+    position < 0 is padding. On CUDA it runs on the current stream without a host sync, so positions
+    >= T are not checked there: such rows add nothing to ``pos_active`` (they do count in the rest).
+    The first CUDA call on a device checks that ``_C`` can run there.
     """
     _check_inputs(pre, positions, counted, active, pos_active, bits, nan_count)
-    threshold = _check_threshold(threshold)
-    if pre.shape[:-1].numel() == 0:
-        return bits
-    num_positions = pos_active.shape[0]
-    if pre.device.type == "cpu" and positions.numel():
+    threshold = check_threshold(threshold)
+    if pre.device.type == "cpu":
+        check_positions_in_table(positions, pos_active.shape[0])
+    return count_activations_checked(pre, positions, counted, threshold, active, pos_active, bits, nan_count)
+
+
+def check_positions_in_table(positions: torch.Tensor, num_positions: int) -> None:
+    """Refuse positions >= ``num_positions`` (the rows of pos_active); one reduction, so it syncs on CUDA."""
+    if positions.numel():
         high = int(positions.max())
         if high >= num_positions:
             raise ValueError(
                 f"positions must be in [0, {num_positions}) (pos_active has {num_positions} rows) or "
                 f"negative (padding), got {high}"
             )
+
+
+def count_activations_checked(pre, positions, counted, threshold: float, active, pos_active, bits=None,
+                              nan_count=None):
+    """``count_activations`` on inputs its checks already passed: for a caller that checks once what
+    does not change between calls (`NeuronCounter`: its own outputs, a batch's positions for all its
+    layers), since between a model's layers each torch op costs tens of microseconds."""
+    if pre.shape[:-1].numel() == 0:
+        return bits
     _C = load_extension()
     args = _C.CountArgs()
     if pre.dim() == 3:
@@ -65,9 +81,10 @@ def count_activations(pre, positions, counted, threshold, active, pos_active, bi
         args.stride_b, args.stride_s = 0, pre.stride(0)
     args.F = pre.shape[-1]
     args.W = words_for(args.F)
-    args.T = num_positions
+    args.T = pos_active.shape[0]
     args.threshold = threshold
     args.dtype = _DTYPE_CODES[pre.dtype]
+    args.pos_type = _C.POS_UINT16 if pos_active.dtype == torch.uint16 else _C.POS_INT64
     args.pre = pre.data_ptr()
     args.positions = positions.data_ptr()
     args.counted = counted.data_ptr()
@@ -204,7 +221,8 @@ def read_device_bytes(tensor: torch.Tensor, out: torch.Tensor) -> None:
                                      out.data_ptr(), index, stream)
 
 
-def _check_threshold(threshold) -> float:
+def check_threshold(threshold) -> float:
+    """``threshold`` as a float; a clear error for a non-number or NaN."""
     try:
         value = float(threshold)
     except (TypeError, ValueError):
@@ -247,7 +265,9 @@ def _check_inputs(pre, positions, counted, active, pos_active, bits, nan_count):
     _check_tensor("positions", positions, torch.int32, rows, device)
     _check_tensor("counted", counted, torch.bool, rows, device)
     _check_tensor("active", active, torch.int64, (num_neurons,), device)
-    _check_tensor("pos_active", pos_active, torch.int64, (pos_active.shape[0], num_neurons), device)
+    narrow = pos_active.dtype == torch.uint16 and device.type == "cpu"  # recent counts, drained by the caller
+    _check_tensor("pos_active", pos_active, torch.uint16 if narrow else torch.int64,
+                  (pos_active.shape[0], num_neurons), device)
     _check_tensor("bits", bits, torch.int64, rows + (words_for(num_neurons),), device, optional=True)
     _check_tensor("nan_count", nan_count, torch.int64, (1,), device, optional=True)
 
@@ -267,7 +287,7 @@ def count_activations_naive(pre, positions, counted, threshold, active, pos_acti
         if bool(counted[row]):
             active += on[row]
         if position < pos_active.shape[0]:
-            pos_active[position] += on[row]
+            pos_active[position] = (pos_active[position].long() + on[row]).to(pos_active.dtype)  # uint16 wraps
         if nan_count is not None:
             nan_count += torch.isnan(values[row]).sum()
     if bits is not None:

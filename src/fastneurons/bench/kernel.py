@@ -68,16 +68,19 @@ def bench_kernel(tokens=16384, neurons=3072, max_positions=2048, dtype="float32"
     positions = torch.arange(seq_len, dtype=torch.int32).expand(batch_size, seq_len).contiguous().to(device)
     counted = positions >= 1
 
-    def fresh():
+    # The table NeuronCounter hands the kernel: uint16 recent counts on the CPU, int64 on CUDA.
+    table_dtype = torch.uint16 if device.type == "cpu" else torch.int64
+
+    def fresh(table=torch.int64):
         return dict(active=torch.zeros(neurons, dtype=torch.int64, device=device),
-                    pos_active=torch.zeros(max_positions, neurons, dtype=torch.int64, device=device),
+                    pos_active=torch.zeros(max_positions, neurons, dtype=table, device=device),
                     bits=torch.zeros(batch_size, seq_len, words_for(neurons), dtype=torch.int64, device=device),
                     nan_count=torch.zeros(1, dtype=torch.int64, device=device))
 
-    fused_out, eager_out = fresh(), fresh()
+    fused_out, eager_out = fresh(table_dtype), fresh()
     count_activations(pre, positions, counted, 0.0, **fused_out)
     count_eager(pre, positions, counted, 0.0, **eager_out)
-    agree = all(torch.equal(fused_out[name], eager_out[name]) for name in fused_out)
+    agree = all(torch.equal(fused_out[name].long(), eager_out[name]) for name in fused_out)
 
     nbytes = pre.numel() * pre.element_size()
     threads_now = torch.get_num_threads()
@@ -100,8 +103,8 @@ def bench_kernel(tokens=16384, neurons=3072, max_positions=2048, dtype="float32"
     fused, eager, read = _best_times([fused_pass, eager_pass, read_pass], repeats, device)
     gigabytes = nbytes / 1e9
     # Bytes any implementation must move: the input, the bits it writes, and a read and a write of
-    # every pos_active row it touches (one per distinct position, int64).
-    moved = nbytes + fused_out["bits"].numel() * 8 + 2 * seq_len * neurons * 8
+    # every pos_active row it touches (one per distinct position, of the table's element size).
+    moved = nbytes + fused_out["bits"].numel() * 8 + 2 * seq_len * neurons * fused_out["pos_active"].element_size()
     return {
         "tokens": batch_size * seq_len, "neurons": neurons, "dtype": dtype, "device": str(device),
         "batch_size": batch_size, "threads": torch.get_num_threads() if device.type == "cpu" else None,

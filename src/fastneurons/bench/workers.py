@@ -103,7 +103,7 @@ def _instrument_runner(cuda: bool) -> _Phases:
     phases.wrap(runner, "build_header", "header")
     phases.wrap(architectures, "run_until", "forward")
     phases.wrap(counter.CounterHandle, "_count", "forward.hooks")
-    phases.wrap(counter, "count_activations", "forward.hooks.kernel")
+    phases.wrap(counter, "count_activations_checked", "forward.hooks.kernel")
     phases.wrap(taps.NgramAccumulator, "add", "forward.hooks.ngram_add")
     phases.wrap(bounded.SummaryAccumulator, "fold", "forward.hooks.summary_fold")
     phases.wrap(second_pass, "second_pass", "second_pass")

@@ -15,10 +15,12 @@ import numpy as np
 import torch
 
 from fastneurons.devices import canonical_device
-from fastneurons.kernels import count_activations, words_for
+from fastneurons.kernels import (SUPPORTED_DTYPES, check_positions_in_table, check_threshold,
+                                 count_activations_checked, words_for)
 
 _STORED = ("domain_tokens", "domain_active", "pos_seen", "pos_active", "nan_count")
 _SCRATCH = weakref.WeakValueDictionary()  # (device, T, F) -> the shared, never read pos_active scratch
+_RECENT_LIMIT = 65535  # rows a uint16 count of recent rows holds per position before it must be drained
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -31,12 +33,31 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, positions, torch.full_like(positions, -1))
 
 
+@dataclass(frozen=True)
+class BatchRows:
+    """A batch's rows as counters take them, made once per batch (``NeuronCounter.batch_rows``) and
+    shared by every hooked layer (`CounterHandle` does): between a model's layers each small torch op
+    costs tens of microseconds, so a layer's update runs only the ops that depend on its activations."""
+
+    shape: tuple  # the rows: [B, S] or [N]
+    positions: torch.Tensor  # int32, contiguous, -1 = pad
+    counted: torch.Tensor  # bool, contiguous: counted and not pad
+    per_position: torch.Tensor  # int64 [T]: rows at each position < T
+    num_counted: torch.Tensor  # int64 0-d
+    max_positions: int
+    most_at_a_position: int | None  # max of per_position (CPU; None on CUDA, where it would sync)
+
+
 class NeuronCounter:
     """Integer activation counts of one layer's ``num_neurons`` neurons (SPEC §2), updated batch by batch.
 
     ``domains > 1`` keeps ``tokens`` and ``active`` per domain too (``domain_tokens`` [D],
     ``domain_active`` [D, F]; ``update(..., domain=d)``); ``count_positions=False`` keeps no
     ``pos_active`` (the kernel then writes a shared scratch table nobody reads).
+
+    On the CPU the kernel adds into a uint16 table of recent counts, drained into the int64
+    ``pos_active`` before any position could pass 65,535 rows and whenever ``pos_active`` is read:
+    with few rows per position, the table's traffic, not the activations', is what a pass costs.
     """
 
     def __init__(self, num_neurons: int, *, max_positions: int = 2048, threshold: float = 0.0,
@@ -46,7 +67,7 @@ class NeuronCounter:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.num_neurons = int(num_neurons)
         self.max_positions = int(max_positions)
-        self.threshold = float(threshold)
+        self.threshold = check_threshold(threshold)
         self.device = canonical_device(device)  # "cuda" -> "cuda:N", to compare with tensor.device
         self.keep_bits = bool(keep_bits)
         self.domains = int(domains)
@@ -59,8 +80,53 @@ class NeuronCounter:
         self.domain_tokens = torch.zeros(self.domains, **zeros)
         self.domain_active = torch.zeros(self.domains, self.num_neurons, **zeros)
         self.pos_seen = torch.zeros(self.max_positions, **zeros)
-        self.pos_active = torch.zeros(self.max_positions, self.num_neurons, **zeros) if self.count_positions else None
+        shape = (self.max_positions, self.num_neurons)
+        self._pos_total = torch.zeros(shape, **zeros) if self.count_positions else None
+        narrow = self.count_positions and self.device.type == "cpu"
+        self._pos_recent = torch.zeros(shape, dtype=torch.uint16) if narrow else None
+        self._recent_bound = 0  # at least the most rows any position added to _pos_recent since it was drained
         self.nan_count = torch.zeros(1, **zeros)
+        self._domain_rows = list(self.domain_active.unbind(0))  # views, made once: update takes one per call
+        self._domain_token_rows = list(self.domain_tokens.unbind(0))
+
+    @property
+    def pos_active(self) -> torch.Tensor | None:
+        """Rows at each position on which each neuron was active (int64 [T, F]), or None when not kept."""
+        self._drain_recent()
+        return self._pos_total
+
+    def count_positions_into(self, table: torch.Tensor) -> None:
+        """Keep ``pos_active`` in ``table`` from now on (int64 [T, F], contiguous, on the counter's
+        device; e.g. one layer of a stacked [L, T, F] array, which then needs no copy to be written);
+        the counts so far are added into it."""
+        if self._pos_total is None:
+            raise ValueError("this counter keeps no pos_active (count_positions=False)")
+        if (table.dtype != torch.int64 or tuple(table.shape) != tuple(self._pos_total.shape)
+                or table.device != self.device or not table.is_contiguous()):
+            raise ValueError(f"table must be a contiguous int64 tensor {tuple(self._pos_total.shape)} on "
+                             f"{self.device}, got {table.dtype} {tuple(table.shape)} on {table.device}")
+        table += self.pos_active
+        self._pos_total = table
+
+    def _drain_recent(self) -> None:
+        """Add the uint16 recent counts into the int64 totals and clear them."""
+        if self._pos_recent is not None and self._recent_bound:
+            self._pos_total.numpy()[...] += self._pos_recent.numpy()
+            self._pos_recent.zero_()
+            self._recent_bound = 0
+
+    def _positions_table(self, most_at_a_position) -> torch.Tensor:
+        """The [T, F] table a call adds into, given the most rows it has at one position: the recent
+        counts while they cannot wrap, else the totals (after draining); the scratch when positions
+        are not kept."""
+        if self._pos_total is None:
+            return self._scratch()
+        if self._pos_recent is None:
+            return self._pos_total
+        if self._recent_bound + most_at_a_position <= _RECENT_LIMIT:
+            return self._pos_recent
+        self._drain_recent()
+        return self._pos_recent if most_at_a_position <= _RECENT_LIMIT else self._pos_total
 
     @property
     def tokens(self) -> torch.Tensor:
@@ -77,7 +143,8 @@ class NeuronCounter:
 
         ``counted_mask`` (bool, same shape as positions) selects the tokens counted in ``tokens`` and
         ``active``; by default ``positions >= 1`` (BOS at position 0 excluded, SPEC §1). Pads are never
-        counted. Returns the activation bits int64 [..., ceil(F/64)] when ``keep_bits``, else None.
+        counted. ``positions`` may also be a `BatchRows` from ``batch_rows`` (then no ``counted_mask``).
+        Returns the activation bits int64 [..., ceil(F/64)] when ``keep_bits``, else None.
         """
         pre = pre_activations.detach()
         if pre.device != self.device:
@@ -86,36 +153,65 @@ class NeuronCounter:
         if pre.dim() not in (2, 3) or pre.shape[-1] != self.num_neurons:
             raise ValueError(f"pre_activations must be [B, S, {self.num_neurons}] or [N, {self.num_neurons}], "
                              f"got shape {tuple(pre.shape)}")
+        if pre.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"pre must be float32, float16 or bfloat16, got {pre.dtype}")
         if not 0 <= domain < self.domains:
             raise ValueError(f"domain {domain} is not among this counter's {self.domains} domains")
         if pre.stride(-1) != 1:
             pre = pre.contiguous()
         rows = tuple(pre.shape[:-1])
+        if not isinstance(positions, BatchRows):
+            batch = self.batch_rows(positions, counted_mask, rows=rows)
+        elif counted_mask is not None:
+            raise ValueError("with BatchRows, give the counted mask to batch_rows, not to update")
+        elif (positions.shape, positions.max_positions, positions.positions.device) != (rows, self.max_positions,
+                                                                                        self.device):
+            raise ValueError(f"these BatchRows are for rows {positions.shape}, {positions.max_positions} positions "
+                             f"on {positions.positions.device}; the activations have rows {rows} and the counter "
+                             f"{self.max_positions} positions on {self.device}")
+        else:
+            batch = positions
+        bits = None
+        if self.keep_bits:
+            bits = torch.empty(rows + (words_for(self.num_neurons),), dtype=torch.int64, device=self.device)
+        pos_table = self._positions_table(batch.most_at_a_position)
+        count_activations_checked(pre, batch.positions, batch.counted, self.threshold, self._domain_rows[domain],
+                                  pos_table, bits=bits, nan_count=self.nan_count)
+        self._domain_token_rows[domain].add_(batch.num_counted)
+        self.pos_seen += batch.per_position
+        if pos_table is self._pos_recent:
+            self._recent_bound += batch.most_at_a_position
+        return bits
+
+    def batch_rows(self, positions, counted_mask=None, *, rows=None) -> BatchRows:
+        """``positions`` (and ``counted_mask``) as `update` takes them, checked and prepared once: pass
+        the result to the ``update`` of every counter with this device and ``max_positions``."""
+        positions = torch.as_tensor(positions, device=self.device)
+        rows = tuple(positions.shape) if rows is None else tuple(rows)
         positions = self._rows(positions, rows, "positions").to(torch.int32).contiguous()
         nonpad = positions >= 0
         if counted_mask is None:
             counted = positions >= 1
         else:
             counted = self._rows(counted_mask, rows, "counted_mask").to(torch.bool) & nonpad
-        counted = counted.contiguous()
-        bits = None
-        if self.keep_bits:
-            bits = torch.empty(rows + (words_for(self.num_neurons),), dtype=torch.int64, device=self.device)
-        pos_active = self.pos_active if self.pos_active is not None else self._scratch()
-        count_activations(pre, positions, counted, self.threshold, self.domain_active[domain], pos_active,
-                          bits=bits, nan_count=self.nan_count)
-        self.domain_tokens[domain] += counted.sum()
         in_table = nonpad & (positions < self.max_positions)
         index = positions.clamp(0, self.max_positions - 1).reshape(-1).long()
-        self.pos_seen.scatter_add_(0, index, in_table.reshape(-1).long())
-        return bits
+        per_position = torch.zeros(self.max_positions, dtype=torch.int64, device=self.device)
+        per_position.scatter_add_(0, index, in_table.reshape(-1).long())
+        most = None
+        if self.device.type == "cpu":
+            check_positions_in_table(positions, self.max_positions)
+            most = int(per_position.max())
+        return BatchRows(rows, positions, counted.contiguous(), per_position, counted.sum(), self.max_positions, most)
 
     def _scratch(self) -> torch.Tensor:
-        """The [T, F] table the kernel needs when positions are not kept: one per shape and device."""
+        """The [T, F] table the kernel needs when positions are not kept: one per shape and device
+        (uint16 on the CPU: never read, so its wrapping does not matter)."""
         key = (str(self.device), self.max_positions, self.num_neurons)
         scratch = _SCRATCH.get(key)
         if scratch is None:
-            scratch = torch.zeros((self.max_positions, self.num_neurons), dtype=torch.int64, device=self.device)
+            dtype = torch.uint16 if self.device.type == "cpu" else torch.int64
+            scratch = torch.zeros((self.max_positions, self.num_neurons), dtype=dtype, device=self.device)
             _SCRATCH[key] = scratch
         self._scratch_ref = scratch  # held while this counter lives
         return scratch
@@ -187,7 +283,7 @@ class CounterHandle:
         self.device = None if settings.device is None else canonical_device(settings.device)
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._domain = 0
-        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._on_device: dict[tuple, BatchRows] = {}  # (device, rows, max_positions) -> the current batch
         self._manual = False
         self._hooks = []
         modules = {name: _submodule(model, name) for name in module_names}
@@ -246,19 +342,23 @@ class CounterHandle:
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         self._set(positions_from_mask(mask), None)
 
-    def _batch_for(self, tensor: torch.Tensor):
+    def _batch_for(self, tensor: torch.Tensor, counter: NeuronCounter) -> BatchRows:
+        """The rows of the batch ``tensor`` belongs to, prepared once per batch, device and row shape."""
+        rows = tuple(tensor.shape[:-1])
         if self.settings.positions is not None:
             result = self.settings.positions(tensor)
             positions, counted = result if isinstance(result, tuple) else (result, None)
             positions = torch.as_tensor(positions, device=tensor.device)
             if counted is None:
                 counted = positions >= (0 if self.settings.count_bos else 1)
-            return positions, counted
+            return counter.batch_rows(positions, counted, rows=rows)
         if self._batch is None:
             raise ValueError("no batch positions: call handle.set_batch(attention_mask) before the forward pass")
-        if tensor.device not in self._on_device:
-            self._on_device[tensor.device] = tuple(t.to(tensor.device) for t in self._batch)
-        return self._on_device[tensor.device]
+        key = (tensor.device, rows, counter.max_positions)
+        if key not in self._on_device:
+            positions, counted = (t.to(tensor.device) for t in self._batch)
+            self._on_device[key] = counter.batch_rows(positions, counted, rows=rows)
+        return self._on_device[key]
 
     def _count(self, name: str, tensor) -> None:
         if isinstance(tensor, (tuple, list)):
@@ -271,8 +371,7 @@ class CounterHandle:
         counter = self.counters.get(name)
         if counter is None:
             counter = self.counters[name] = self._new_counter(name, tensor.shape[-1], tensor.device)
-        positions, counted = self._batch_for(tensor)
-        bits = counter.update(tensor, positions, counted, domain=self._domain)
+        bits = counter.update(tensor, self._batch_for(tensor, counter), domain=self._domain)
         if bits is not None:
             self.bits[name] = bits
             if self.settings.on_bits is not None:

@@ -126,8 +126,14 @@ class LayerTaps:
             count_positions=dense.pos_active is not None,
             keep_bits=[name for name in self.names if layer_of[name] in self.ngrams.layers],
             on_bits=lambda name, bits: self.ngrams.add_bits(layer_of[name], bits))
+        self._pos_host = None  # CPU: the counters keep pos_active in one [L, T, F] array, no copy to stack
+        if dense.pos_active is not None and recording.device.type == "cpu":
+            self._pos_host = torch.from_numpy(np.array(dense.pos_active, dtype=np.int64))
         for row, name in enumerate(self.names):
-            self.handle.counters[name].load_state(_layer_state(dense, row))
+            counter = self.handle.counters[name]
+            counter.load_state(_layer_state(dense, row, with_positions=self._pos_host is None))
+            if self._pos_host is not None:
+                counter.count_positions_into(self._pos_host[row])
 
     def remove(self) -> None:
         self.handle.remove()
@@ -158,27 +164,34 @@ class LayerTaps:
         return self.ngrams.take_tables()
 
     def totals(self) -> DenseCounts:
-        """Copy the counters to the host (once per chunk), stacked as the store lays them out."""
+        """The counters on the host (once per chunk), stacked as the store lays them out. On the CPU
+        ``pos_active`` is the counters' own array, not a copy: write it before counting goes on."""
         counters = [self.handle.counters[name] for name in self.names]
         host = lambda name: np.stack([getattr(c, name).cpu().numpy() for c in counters])  # noqa: E731
         domain_tokens = counters[0].domain_tokens.cpu().numpy()  # every layer saw the same tokens
         domain_active = host("domain_active").transpose(1, 0, 2).copy()  # [D, L, F]
+        if self._pos_host is not None:
+            for counter in counters:
+                counter.pos_active  # noqa: B018 (reading it adds the counter's recent uint16 counts in)
+            pos_active = self._pos_host.numpy()
+        else:
+            pos_active = host("pos_active") if counters[0].pos_active is not None else None
         return DenseCounts(
             tokens=int(domain_tokens.sum()),
             pos_seen=counters[0].pos_seen.cpu().numpy(),
             active=domain_active.sum(axis=0),
-            pos_active=host("pos_active") if counters[0].pos_active is not None else None,
+            pos_active=pos_active,
             nan_count=host("nan_count").reshape(-1),
             domain_tokens=domain_tokens,
             domain_active=domain_active,
         )
 
 
-def _layer_state(dense: DenseCounts, row: int) -> dict:
+def _layer_state(dense: DenseCounts, row: int, *, with_positions: bool = True) -> dict:
     """Row ``row`` of a store's dense totals, as one layer's counter state."""
     state = {"domain_tokens": dense.domain_tokens, "domain_active": dense.domain_active[:, row],
              "pos_seen": dense.pos_seen, "nan_count": dense.nan_count[row:row + 1]}
-    if dense.pos_active is not None:
+    if dense.pos_active is not None and with_positions:
         state["pos_active"] = dense.pos_active[row]
     return state
 
