@@ -11,7 +11,6 @@ import torch
 BITS_PER_WORD = 64
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-SUPPORTED_DTYPES = tuple(_DTYPE_CODES)  # of the pre-activations
 _EXTENSION = None
 _NOT_BUILT = "fastneurons._C is not built: run pip install ."
 
@@ -221,6 +220,12 @@ def read_device_bytes(tensor: torch.Tensor, out: torch.Tensor) -> None:
                                      out.data_ptr(), index, stream)
 
 
+def check_dtype(pre: torch.Tensor) -> None:
+    """Refuse pre-activations of a type the pass does not read (float32, float16, bfloat16 only)."""
+    if pre.dtype not in _DTYPE_CODES:
+        raise TypeError(f"pre must be float32, float16 or bfloat16, got {pre.dtype}")
+
+
 def check_threshold(threshold) -> float:
     """``threshold`` as a float; a clear error for a non-number or NaN."""
     try:
@@ -250,8 +255,7 @@ def _check_tensor(name, tensor, dtype, shape, device, optional=False):
 def _check_inputs(pre, positions, counted, active, pos_active, bits, nan_count):
     if not isinstance(pre, torch.Tensor):
         raise TypeError(f"pre must be a torch.Tensor, got {type(pre).__name__}")
-    if pre.dtype not in _DTYPE_CODES:
-        raise TypeError(f"pre must be float32, float16 or bfloat16, got {pre.dtype}")
+    check_dtype(pre)
     if pre.dim() not in (2, 3):
         raise ValueError(f"pre must be [B, S, F] or [N, F], got shape {tuple(pre.shape)}")
     if pre.device.type not in ("cpu", "cuda"):

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from fastneurons.devices import canonical_device
-from fastneurons.kernels import (SUPPORTED_DTYPES, check_positions_in_table, check_threshold,
-                                 count_activations_checked, words_for)
+from fastneurons.kernels import (check_dtype, check_positions_in_table, check_threshold, count_activations_checked,
+                                 words_for)
 
 _STORED = ("domain_tokens", "domain_active", "pos_seen", "pos_active", "nan_count")
 _SCRATCH = weakref.WeakValueDictionary()  # (device, T, F) -> the shared, never read pos_active scratch
@@ -153,8 +153,7 @@ class NeuronCounter:
         if pre.dim() not in (2, 3) or pre.shape[-1] != self.num_neurons:
             raise ValueError(f"pre_activations must be [B, S, {self.num_neurons}] or [N, {self.num_neurons}], "
                              f"got shape {tuple(pre.shape)}")
-        if pre.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"pre must be float32, float16 or bfloat16, got {pre.dtype}")
+        check_dtype(pre)
         if not 0 <= domain < self.domains:
             raise ValueError(f"domain {domain} is not among this counter's {self.domains} domains")
         if pre.stride(-1) != 1:
