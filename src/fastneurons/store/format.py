@@ -14,7 +14,7 @@ from typing import Optional
 import h5py
 import numpy as np
 
-from fastneurons.ngrams.runs import COMPRESSION, write_column
+from fastneurons.hdf5_chunks import COMPRESSION, write_column
 from fastneurons.store.atomic import atomic_h5 as _atomic_h5  # noqa: F401 (shared by writer and merge)
 
 FORMAT = "fastneurons.counts"

@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from fastneurons.hdf5_chunks import COMPRESSION, write_column
 from fastneurons.ngrams import runs as ngram_runs
 from fastneurons.ngrams.accumulator import RawRows, Table, merge_many, merge_two
 from fastneurons.ngrams.bounded import ByNeuron, HeldTable, Pending, Summary, summary_rows
@@ -114,10 +115,9 @@ def _write_chunk(group: h5py.Group, chunk: RawRows) -> None:
 
 
 def _write_compressed(group: h5py.Group, name: str, column: np.ndarray) -> None:
-    options = ngram_runs.COMPRESSION if column.size else {}
+    options = COMPRESSION if column.size else {}
     chunks = {"chunks": (max(1, min(ngram_runs.CHUNK_ROWS, column.size)),)} if options else {}
-    ngram_runs.write_column(group.create_dataset(name, shape=column.shape, dtype=column.dtype, **chunks, **options),
-                            column)
+    write_column(group.create_dataset(name, shape=column.shape, dtype=column.dtype, **chunks, **options), column)
 
 
 def _read_chunk(group: h5py.Group) -> RawRows:
