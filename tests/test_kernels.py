@@ -359,9 +359,12 @@ def test_every_cpu_code_path_matches_naive(monkeypatch, isa, dtype, num_neurons)
     check_against_naive(pre, positions, counted, -0.25, 6)
 
 
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("num_neurons", [63, 200, 1000])
-def test_uint16_pos_active_adds_the_same_counts_modulo_2_16(num_neurons):
-    """On the CPU pos_active may be uint16 (recent counts a caller drains): the same sums, wrapping at 2^16."""
+def test_uint16_pos_active_adds_the_same_counts_modulo_2_16(monkeypatch, isa, num_neurons):
+    """On the CPU pos_active may be uint16 (recent counts a caller drains): the same sums, wrapping at
+    2^16, for every ISA's loops."""
+    monkeypatch.setenv("FASTNEURONS_CPU_ISA", isa)
     generator = torch.Generator().manual_seed(num_neurons)
     pre = make_pre((4, 6, num_neurons), torch.float32, generator)
     positions = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, -1, -1], [-1, 0, 1, 2, 3, 4], [5, 5, 5, 1, 1, 0]],

@@ -9,7 +9,8 @@
 // `active` at the end. A group ends where the position or the counted flag changes.
 // The rows' full words are handled by a row function compiled for AVX-512, AVX2 or plain C++
 // (picked at run time, FASTNEURONS_CPU_ISA=generic|avx2|avx512 lowers it); it also prefetches the
-// next row.
+// next row. A group's end (one pass adding it to pos_active[p] and the active buffer, clearing it) is
+// compiled for the same ISA: with two rows per position it is as much work as the rows.
 #include "count_cpu.h"
 
 #include <algorithm>
@@ -27,6 +28,13 @@
 #define FN_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi,bmi2,popcnt")))
 #define FN_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt")))
+#endif
+
+// Inlined into each ISA's wrapper, so its loops are vectorised for that ISA.
+#if defined(__GNUC__) || defined(__clang__)
+#define FN_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define FN_ALWAYS_INLINE inline
 #endif
 
 namespace fastneurons {
@@ -160,6 +168,8 @@ FN_TARGET_AVX512 int64_t count_row_avx512(const RowJob& job) {
 #endif  // FN_X86_SIMD
 
 using RowFunction = int64_t (*)(const RowJob&);
+// Ends a group: (pos_row or null, pos_type, active sums or null, group sums, neurons).
+using FlushFunction = void (*)(void*, int32_t, int32_t*, int32_t*, int64_t);
 
 enum class Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
 
@@ -214,6 +224,7 @@ struct WordRange {
   int64_t group_rows = 0;
   int64_t active_rows = 0;          // rows summed in active_sum
   int64_t nans = 0;
+  FlushFunction flush = nullptr;    // ends a group (ISA-specific loops)
 };
 
 // Adds the thread's int32 active sums into `active` and clears them.
@@ -227,32 +238,80 @@ void flush_active(WordRange& range, const CountArgs& a) {
   range.active_rows = 0;
 }
 
-// counts[n] += group[n] for n < len; uint16 counts wrap (the caller drains them before they could).
+// Ends a group for the `len` neurons a thread owns, touching each array once: pos_row[n] += group[n]
+// (null: the position is past the table; uint16 counts wrap, the caller drains them before they
+// could), active[n] += group[n] (null: the rows are not counted), group[n] = 0.
 template <typename Count>
-void add_group(Count* counts, const int32_t* group, int64_t len) {
-  for (int64_t n = 0; n < len; ++n) counts[n] = static_cast<Count>(counts[n] + group[n]);
+FN_ALWAYS_INLINE void add_group_and_clear(Count* __restrict pos_row, int32_t* __restrict active,
+                                          int32_t* __restrict group, int64_t len) {
+  if (pos_row && active) {
+    for (int64_t n = 0; n < len; ++n) {
+      pos_row[n] = static_cast<Count>(pos_row[n] + group[n]);
+      active[n] += group[n];
+      group[n] = 0;
+    }
+  } else if (pos_row) {
+    for (int64_t n = 0; n < len; ++n) {
+      pos_row[n] = static_cast<Count>(pos_row[n] + group[n]);
+      group[n] = 0;
+    }
+  } else {
+    for (int64_t n = 0; n < len; ++n) {
+      if (active) active[n] += group[n];
+      group[n] = 0;
+    }
+  }
+}
+
+FN_ALWAYS_INLINE void flush_body(void* pos_row, int32_t pos_type, int32_t* active, int32_t* group,
+                                 int64_t len) {
+  if (pos_type == kPosUInt16) {
+    add_group_and_clear(static_cast<uint16_t*>(pos_row), active, group, len);
+  } else {
+    add_group_and_clear(static_cast<int64_t*>(pos_row), active, group, len);
+  }
+}
+
+// The same loops compiled for each ISA (a group ends every B rows: with few rows per position this
+// is as much work as counting them).
+void flush_generic(void* pos_row, int32_t pos_type, int32_t* active, int32_t* group, int64_t len) {
+  flush_body(pos_row, pos_type, active, group, len);
+}
+#if defined(FN_X86_SIMD)
+FN_TARGET_AVX2 void flush_avx2(void* pos_row, int32_t pos_type, int32_t* active, int32_t* group, int64_t len) {
+  flush_body(pos_row, pos_type, active, group, len);
+}
+FN_TARGET_AVX512 void flush_avx512(void* pos_row, int32_t pos_type, int32_t* active, int32_t* group,
+                                   int64_t len) {
+  flush_body(pos_row, pos_type, active, group, len);
+}
+#endif
+
+FlushFunction flush_function(Isa isa) {
+#if defined(FN_X86_SIMD)
+  if (isa == Isa::kAvx512) return &flush_avx512;
+  if (isa == Isa::kAvx2) return &flush_avx2;
+#endif
+  (void)isa;
+  return &flush_generic;
 }
 
 // Ends the current group: adds it to pos_active[p] and, if counted, to the active sums.
 void flush_group(WordRange& range, const CountArgs& a) {
   if (range.group_rows == 0) return;
   const int64_t n0 = range.w0 * kWordBits, n1 = std::min(range.w1 * kWordBits, a.F);
-  int32_t* group = range.group_sum.data();
+  void* pos_row = nullptr;
   if (range.group_position < a.T) {
     const int64_t offset = range.group_position * a.F + n0;
-    if (a.pos_type == kPosUInt16) {
-      add_group(static_cast<uint16_t*>(a.pos_active) + offset, group, n1 - n0);
-    } else {
-      add_group(static_cast<int64_t*>(a.pos_active) + offset, group, n1 - n0);
-    }
+    pos_row = a.pos_type == kPosUInt16 ? static_cast<void*>(static_cast<uint16_t*>(a.pos_active) + offset)
+                                       : static_cast<void*>(static_cast<int64_t*>(a.pos_active) + offset);
   }
+  range.flush(pos_row, a.pos_type, range.group_counted ? range.active_sum.data() : nullptr,
+              range.group_sum.data(), n1 - n0);
   if (range.group_counted) {
-    int32_t* active = range.active_sum.data();
-    for (int64_t n = n0; n < n1; ++n) active[n - n0] += group[n - n0];
     range.active_rows += range.group_rows;
     if (range.active_rows >= kFlushRows) flush_active(range, a);
   }
-  std::fill(range.group_sum.begin(), range.group_sum.end(), 0);
   range.group_rows = 0;
 }
 
@@ -352,7 +411,9 @@ const char* cpu_isa_name() {
 void count_cpu(const CountArgs& a) {
   if (a.B * a.S == 0 || a.W == 0) return;
   const int32_t threads = static_cast<int32_t>(std::min<int64_t>(thread_count(a.threads), a.W));
-  const RowFunction count_row = row_function(a.dtype, selected_isa());
+  const Isa isa = selected_isa();
+  const RowFunction count_row = row_function(a.dtype, isa);
+  const FlushFunction flush = flush_function(isa);
   int64_t nans = 0;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads) reduction(+ : nans)
@@ -364,6 +425,7 @@ void count_cpu(const CountArgs& a) {
     const int64_t tid = 0, nt = 1;
 #endif
     WordRange range;
+    range.flush = flush;
     range.w0 = a.W * tid / nt;
     range.w1 = a.W * (tid + 1) / nt;
     if (range.w1 > range.w0) {
