@@ -255,11 +255,13 @@ FN_ALWAYS_INLINE void add_group_and_clear(Count* __restrict pos_row, int32_t* __
       pos_row[n] = static_cast<Count>(pos_row[n] + group[n]);
       group[n] = 0;
     }
-  } else {
+  } else if (active) {
     for (int64_t n = 0; n < len; ++n) {
-      if (active) active[n] += group[n];
+      active[n] += group[n];
       group[n] = 0;
     }
+  } else {
+    for (int64_t n = 0; n < len; ++n) group[n] = 0;
   }
 }
 
