@@ -69,15 +69,15 @@ def bench_kernel(tokens=16384, neurons=3072, max_positions=2048, dtype="float32"
     counted = positions >= 1
 
     # The table NeuronCounter hands the kernel: uint16 recent counts on the CPU, int64 on CUDA.
-    table_dtype = torch.uint16 if device.type == "cpu" else torch.int64
+    counter_pos_dtype = torch.uint16 if device.type == "cpu" else torch.int64
 
-    def fresh(table=torch.int64):
+    def fresh(pos_dtype=torch.int64):
         return dict(active=torch.zeros(neurons, dtype=torch.int64, device=device),
-                    pos_active=torch.zeros(max_positions, neurons, dtype=table, device=device),
+                    pos_active=torch.zeros(max_positions, neurons, dtype=pos_dtype, device=device),
                     bits=torch.zeros(batch_size, seq_len, words_for(neurons), dtype=torch.int64, device=device),
                     nan_count=torch.zeros(1, dtype=torch.int64, device=device))
 
-    fused_out, eager_out = fresh(table_dtype), fresh()
+    fused_out, eager_out = fresh(counter_pos_dtype), fresh()
     count_activations(pre, positions, counted, 0.0, **fused_out)
     count_eager(pre, positions, counted, 0.0, **eager_out)
     agree = all(torch.equal(fused_out[name].long(), eager_out[name]) for name in fused_out)
