@@ -205,13 +205,13 @@ def test_top_sums_equal_sorted_sums():
     from fastneurons.ngrams import summary as kernels
     rng = np.random.default_rng(11)
     sizes = rng.integers(0, 120, 300)
-    offsets = np.concatenate(([0], np.cumsum(sizes)))
-    count = rng.choice([1, 1, 2, 3, 300, 5000], offsets[-1]).astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    ends = starts + rng.integers(0, sizes + 1)  # slots with room to spare, as held rows are
+    count = rng.choice([1, 1, 2, 3, 300, 5000], sizes.sum()).astype(np.int64)
     among = rng.random(300) < 0.8
     for m in (0, 1, 7, 50, 200):
-        want = [int(np.sort(count[offsets[n]:offsets[n + 1]])[::-1][:m].sum()) if among[n] else 0
-                for n in range(300)]
-        assert kernels.top_sums(offsets, count, m, among).tolist() == want
+        want = [int(np.sort(count[starts[n]:ends[n]])[::-1][:m].sum()) if among[n] else 0 for n in range(300)]
+        assert kernels.top_sums(starts, ends, count, m, among).tolist() == want
 
 
 def test_second_pass_counts_exactly_the_planned_and_rare_pairs():
@@ -485,6 +485,37 @@ def test_a_snapshot_deflates_only_what_changed(tmp_path, monkeypatch):
     assert wrote == ["summary"] * 3  # after a fold: the summaries anew, nothing pending
     acc.add(bits[900:1200], ids[900:1200], pos[900:1200], counted[900:1200])
     assert snapshot("e.h5", "d.h5") == ["/summaries/layer0/pending/0"]
+
+
+@pytest.mark.parametrize("repeat", [1, 300])
+def test_a_snapshot_writes_the_held_rows_in_place_in_the_narrowest_types(tmp_path, repeat):
+    """``state()`` hands the snapshot the held rows where they are (no copy of the summaries); they are
+    stored packed, in the smallest unsigned types that hold them, and read back as the summaries."""
+    from fastneurons.store import summaries as stored
+
+    acc = SummaryAccumulator(100, capacity=6)
+    bits, ids, pos, counted = _random_chunk(4, rows=600)
+    for _ in range(repeat):  # counts above 255 when the same chunk comes 300 times
+        acc.add(bits, ids, pos, counted)
+    acc.fold()
+    summaries = acc.state()[0]
+    for k, summary in summaries.items():
+        assert np.shares_memory(summary.rows.key, acc._held[k].key)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        stored.write_resume_state(f, {0: acc.state()})
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        for k, want in acc.summaries.items():
+            rows = f[f"summaries/layer0/k{k}/by_neuron"]
+            for name in ("key", "count"):
+                top = int(getattr(want.rows, name).max())
+                assert rows[name].dtype == next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64)
+                                                if top <= np.iinfo(t).max), (k, name, top)
+            got = stored._summary_parts(f, 0, k)[0]
+            for name in ("offsets", "key", "count"):
+                np.testing.assert_array_equal(getattr(got.rows, name), getattr(want.rows, name), err_msg=name)
+            np.testing.assert_array_equal(got.delta, want.delta)
+            assert _as_dict(got.table) == _as_dict(summaries[k].table)
+    assert repeat == 1 or max(int(s.rows.count.max()) for s in acc.summaries.values()) > 255
 
 
 def test_shards_merge_then_second_pass_is_exact(tmp_path, corpus):  # noqa: F811

@@ -17,7 +17,7 @@ import numpy as np
 from fastneurons.numbers import ceil_fraction, exact_fraction
 from fastneurons.ngrams import summary as kernels
 from fastneurons.ngrams.accumulator import NgramAccumulator, RawRows, Table, check_chunk, merge_many, merge_two
-from fastneurons.ngrams.by_neuron import NO_CUT, ByNeuron, HeldRows, add_mass, fill_slots, fold_rows
+from fastneurons.ngrams.by_neuron import NO_CUT, ByNeuron, HeldRows, Slots, add_mass, fill_slots, fold_rows
 from fastneurons.ngrams.keys import check_orders, ngram_rows_and_keys
 
 DEFAULT_CAPACITY = 2048  # > the paper's last histogram edge (2001) and > every m_k
@@ -39,7 +39,7 @@ class Summary:
     sorted by (key, neuron)) have counts with ``true - delta[n] <= count <= true``; any n-gram not
     held has ``true <= delta[n]``."""
 
-    rows: ByNeuron
+    rows: ByNeuron | Slots  # Slots: a running accumulator's held rows (``SummaryAccumulator.state``)
     delta: np.ndarray  # int64 [F]: total subtracted from neuron n's counters
     mass: np.ndarray  # int64 [F]: exact A_k(n), the neuron's stream length
     capacity: int
@@ -147,11 +147,15 @@ class SummaryAccumulator:
     def state(self) -> tuple:
         """What a snapshot saves to resume from: (summaries, ``Pending``, events pending, folds). The
         pending chunks are those earlier snapshots saved, unchanged, plus one of the chunks since the
-        last: a snapshot writes only what changed (``folds`` says when the summaries last did)."""
+        last: a snapshot writes only what changed (``folds`` says when the summaries last did). The
+        summaries' rows are the held ones where they are (``Slots``, no copy: a snapshot of large
+        summaries would otherwise double them), valid until the next ``add``."""
         since = self.pending.drain()
         if since.num_rows:
             self._saved.append(since)
-        return self.summaries, Pending(list(self._saved), {k: list(t) for k, t in self._tables.items()}), \
+        summaries = {k: Summary(self._held[k].view(), self._delta[k].copy(), self._mass[k].copy(), self.capacity, k)
+                     for k in self.orders}
+        return summaries, Pending(list(self._saved), {k: list(t) for k, t in self._tables.items()}), \
             self.unfolded, self.folds
 
     def restore(self, summaries: dict, pending=None, unfolded: int = 0, folds: int = 0) -> None:
@@ -234,7 +238,8 @@ def possible_candidates(summary: Summary, max_coverage: int, coverage: float,
     upper bounds (bool [F]): the sum of their ``max_coverage`` largest counts (found by rank, not by
     sorting each neuron), each possibly under-counted by delta, reaches the coverage's share."""
     among = (summary.mass > 0) if among is None else (np.asarray(among, dtype=bool) & (summary.mass > 0))
-    top = kernels.top_sums(summary.rows.offsets, summary.rows.count, int(max_coverage), among)
+    rows = summary.rows
+    top = kernels.top_sums(rows.starts, rows.ends, rows.count, int(max_coverage), among)
     upper = top + int(max_coverage) * summary.delta  # each of the top m can be under-counted by delta
     need = ceil_fraction(summary.mass, exact_fraction(coverage, "coverage"))
     return among & (upper >= need)

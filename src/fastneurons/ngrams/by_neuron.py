@@ -46,6 +46,10 @@ class ByNeuron:
     def rows(self) -> int:
         return int(self.key.size)
 
+    def packed(self) -> ByNeuron:
+        """The rows as a ``ByNeuron``: these."""
+        return self
+
     def table(self, order: int, neurons: np.ndarray | None = None) -> Table:
         """The rows (of the ``neurons`` mask, default all) as a Table sorted by (key, neuron): a stable
         radix sort by key keeps the neurons of equal keys ascending."""
@@ -74,13 +78,19 @@ class Slots:
     def rows(self) -> int:
         return int((self.ends - self.starts).sum())
 
-    def packed(self) -> ByNeuron:
-        """The same rows as a ``ByNeuron`` (fresh arrays)."""
+    def packed(self, into=None) -> ByNeuron:
+        """The same rows as a ``ByNeuron``: in fresh arrays, or in those ``into(name, size, dtype)`` gives."""
         offsets = np.zeros(self.starts.size + 1, dtype=np.int64)
         np.cumsum(self.ends - self.starts, out=offsets[1:])
-        key, count = np.empty(offsets[-1], dtype=np.uint64), np.empty(offsets[-1], dtype=np.int64)
+        make = into or (lambda name, size, dtype: np.empty(size, dtype=dtype))
+        key, count = make("packed key", offsets[-1], np.uint64), make("packed count", offsets[-1], np.int64)
         kernels.copy_rows(self.starts, self.ends, self.key, self.count, offsets[:-1], key, count)
         return ByNeuron(offsets, key, count)
+
+    def table(self, order: int, neurons: np.ndarray | None = None) -> Table:
+        """The rows (of the ``neurons`` mask, default all) as a Table sorted by (key, neuron)."""
+        ends = self.ends if neurons is None else np.where(np.asarray(neurons, dtype=bool), self.ends, self.starts)
+        return Slots(self.starts, ends, self.key, self.count).packed().table(order)
 
 
 class HeldRows:
@@ -114,9 +124,9 @@ class HeldRows:
                               new.key, new.count, delta, blocks)
         self.rows = int(self.sizes.sum())
 
-    def load(self, rows: ByNeuron) -> None:
-        """Hold ``rows`` (at most ``capacity`` per neuron) instead."""
-        sizes = np.diff(rows.offsets)
+    def load(self, rows) -> None:
+        """Hold ``rows`` (a ``ByNeuron`` or ``Slots``, at most ``capacity`` per neuron) instead."""
+        sizes = rows.ends - rows.starts
         if sizes.size != self.sizes.size or (sizes > self.capacity).any():
             raise ValueError(f"cannot hold rows of {sizes.size} neurons (at most {sizes.max(initial=0)} each) in "
                              f"{self.sizes.size} slots of {self.capacity}")
@@ -126,7 +136,11 @@ class HeldRows:
 
     def packed(self) -> ByNeuron:
         """The rows as a ``ByNeuron`` (fresh arrays)."""
-        return Slots(self.starts, self.ends, self.key, self.count).packed()
+        return self.view().packed()
+
+    def view(self) -> Slots:
+        """The rows where they are (no copy): valid until the next ``fold`` or ``load``."""
+        return Slots(self.starts, self.ends, self.key, self.count)
 
 
 def fill_slots(bits: np.ndarray, rows_and_keys: dict, num_neurons: int):
@@ -185,6 +199,13 @@ def scratch(name: str, size: int, dtype) -> np.ndarray:
         arrays.pop(name, None)  # free the old one before the new one is made
         arrays[name] = np.empty(max(int(size), 1), dtype=dtype)
     return arrays[name][:size]
+
+
+def packed_in_scratch(rows) -> ByNeuron:
+    """``rows`` (a ``ByNeuron`` or ``Slots``) as a ``ByNeuron``; slots are packed into this thread's
+    scratch arrays, valid until the next call. A snapshot writes every summary through them: it holds
+    one summary's copy at a time, in pages already backed."""
+    return rows.packed(into=scratch) if isinstance(rows, Slots) else rows
 
 
 def release_scratch() -> None:

@@ -64,12 +64,13 @@ def count_at_rank(count, lo, hi, rank):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def top_sums(offsets, count, m, among):
-    """For each neuron of the ``among`` mask, the sum of its ``m`` largest counts (all of them when it
-    has at most ``m`` rows); 0 elsewhere. By rank (``count_at_rank``), without sorting."""
-    out = np.zeros(offsets.size - 1, dtype=np.int64)
-    for n in prange(offsets.size - 1):
-        lo, hi = offsets[n], offsets[n + 1]
+def top_sums(starts, ends, count, m, among):
+    """For each neuron of the ``among`` mask, the sum of its ``m`` largest counts (of its rows
+    ``count[starts[n]:ends[n]]``; all of them when it has at most ``m``); 0 elsewhere. By rank
+    (``count_at_rank``), without sorting."""
+    out = np.zeros(starts.size, dtype=np.int64)
+    for n in prange(starts.size):
+        lo, hi = starts[n], ends[n]
         if not among[n] or m <= 0:
             continue
         if hi - lo <= m:

@@ -199,7 +199,7 @@ class DeviceSummaryAccumulator:
         self._held, self._delta, self._mass, self._pending = {}, {}, {}, {}
         for k in self.orders:
             summary = summaries[k]
-            rows = summary.rows
+            rows = summary.rows.packed()
             self._held[k] = (to(neuron_of_rows(rows.offsets).astype(np.int64)), to(rows.key.view(np.int64)),
                              to(rows.count.astype(np.int64)))
             self._delta[k], self._mass[k] = to(summary.delta.astype(np.int64)), to(summary.mass.astype(np.int64))

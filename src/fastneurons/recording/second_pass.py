@@ -18,6 +18,7 @@ from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.models.offload import LayerStreamer
 from fastneurons.ngrams.accumulator import SeenTable, Table
 from fastneurons.ngrams.bounded import CandidateCounter, SummaryAccumulator, plan_candidates
+from fastneurons.ngrams.by_neuron import release_scratch
 from fastneurons.recording.device_summaries import DeviceSummaryAccumulator
 from fastneurons.progress import counting_bar
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
@@ -70,6 +71,7 @@ def attach(writer, taps, restored: dict | None) -> None:
         if final:
             _write_counted_if_nothing_to_count(f, {(layer, k): summary for layer, (summaries, *_) in states.items()
                                                    for k, summary in summaries.items()})
+            release_scratch()  # what the summaries were packed through
 
     writer.extra_groups = write
 

@@ -25,6 +25,7 @@ from fastneurons.hdf5_chunks import COMPRESSION, write_column
 from fastneurons.ngrams import runs as ngram_runs
 from fastneurons.ngrams.accumulator import RawRows, Table, merge_many, merge_two
 from fastneurons.ngrams.bounded import ByNeuron, HeldTable, Pending, Summary, summary_rows
+from fastneurons.ngrams.by_neuron import packed_in_scratch
 from fastneurons.store.format import Header, StoreError, _atomic_h5, _write_json_attr, read_header, table_path
 
 SUMMARIES = "summaries"
@@ -114,10 +115,12 @@ def _write_chunk(group: h5py.Group, chunk: RawRows) -> None:
         _write_compressed(group, f"keys_k{k}", chunk.keys[k])
 
 
-def _write_compressed(group: h5py.Group, name: str, column: np.ndarray) -> None:
+def _write_compressed(group: h5py.Group, name: str, column: np.ndarray, dtype=None) -> None:
+    """``column`` as a gzip dataset (stored as ``dtype``, default its own)."""
     options = COMPRESSION if column.size else {}
     chunks = {"chunks": (max(1, min(ngram_runs.CHUNK_ROWS, column.size)),)} if options else {}
-    write_column(group.create_dataset(name, shape=column.shape, dtype=column.dtype, **chunks, **options), column)
+    write_column(group.create_dataset(name, shape=column.shape, dtype=column.dtype if dtype is None else dtype, **chunks, **options),
+                 column)
 
 
 def _read_chunk(group: h5py.Group) -> RawRows:
@@ -130,22 +133,22 @@ def _read_chunk(group: h5py.Group) -> RawRows:
     return RawRows(bits, rows, {k: group[f"keys_k{k}"][()].astype(np.uint64) for k in orders})
 
 
-def _narrow(values: np.ndarray) -> np.ndarray:
-    """Non-negative integers in the smallest unsigned dtype that holds them (fewer bytes to gzip and
-    store; readers widen them again)."""
+def _narrow_dtype(values: np.ndarray) -> np.dtype:
+    """The smallest unsigned dtype that holds these non-negative integers (fewer bytes to gzip and
+    store; readers widen them again); their own dtype when some are negative."""
     if values.size and values.dtype.kind == "i" and int(values.min()) < 0:
-        return values
+        return values.dtype
     top = int(values.max()) if values.size else 0
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if top <= np.iinfo(dtype).max:
-            return values.astype(dtype)
-    return values.astype(np.uint64)
+    return next(np.dtype(t) for t in (np.uint8, np.uint16, np.uint32, np.uint64) if top <= np.iinfo(t).max)
 
 
-def _write_by_neuron(group: h5py.Group, rows: ByNeuron) -> None:
+def _write_by_neuron(group: h5py.Group, rows) -> None:
+    """A summary's rows (``ByNeuron``, or a running accumulator's ``Slots``: packed into scratch
+    arrays, one summary at a time) as ``offsets``, ``key`` and ``count``, narrowed chunk by chunk."""
+    rows = packed_in_scratch(rows)
     group.create_dataset("offsets", data=rows.offsets)
-    _write_compressed(group, "key", _narrow(rows.key))
-    _write_compressed(group, "count", _narrow(rows.count))
+    _write_compressed(group, "key", rows.key, _narrow_dtype(rows.key))
+    _write_compressed(group, "count", rows.count, _narrow_dtype(rows.count))
 
 
 def _read_rows(group: h5py.Group, num_neurons: int, k: int) -> tuple:
