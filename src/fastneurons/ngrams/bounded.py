@@ -153,8 +153,8 @@ class SummaryAccumulator:
         since = self.pending.drain()
         if since.num_rows:
             self._saved.append(since)
-        summaries = {k: Summary(self._held[k].view(), self._delta[k].copy(), self._mass[k].copy(), self.capacity, k)
-                     for k in self.orders}
+        summaries = {k: Summary(self._held[k].view(), self._delta[k].copy(), self._mass[k].copy(), self.capacity,
+                                k) for k in self.orders}
         return summaries, Pending(list(self._saved), {k: list(t) for k, t in self._tables.items()}), \
             self.unfolded, self.folds
 

@@ -119,8 +119,8 @@ def _write_compressed(group: h5py.Group, name: str, column: np.ndarray, dtype=No
     """``column`` as a gzip dataset (stored as ``dtype``, default its own)."""
     options = COMPRESSION if column.size else {}
     chunks = {"chunks": (max(1, min(ngram_runs.CHUNK_ROWS, column.size)),)} if options else {}
-    write_column(group.create_dataset(name, shape=column.shape, dtype=column.dtype if dtype is None else dtype, **chunks, **options),
-                 column)
+    dtype = column.dtype if dtype is None else dtype
+    write_column(group.create_dataset(name, shape=column.shape, dtype=dtype, **chunks, **options), column)
 
 
 def _read_chunk(group: h5py.Group) -> RawRows:
