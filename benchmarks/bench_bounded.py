@@ -146,7 +146,7 @@ def synthetic_state(tokens: int, mode: str, width: str = "opt125m", capacity: in
     seconds += time.perf_counter() - t0
     out = {"tokens": tokens, "width": width, "mode": mode, "events": events, "seconds": seconds}
     if mode == "bounded":
-        summaries = acc.summaries  # packed for the store (a snapshot does this), not part of pass 1's rate
+        summaries = acc.summaries  # packed (fresh arrays), not part of pass 1's rate
         out["events"] = int(sum(s.mass.sum() for s in summaries.values()))
         out["rows"] = int(sum(s.rows.rows for s in summaries.values()))
         state_bytes = sum(s.rows.key.nbytes + s.rows.count.nbytes + s.rows.offsets.nbytes + s.delta.nbytes
