@@ -2,10 +2,13 @@
 `--ngrams exact` and `--ngrams bounded`: do the analyses agree? (issue 11, docs/bounded-ngrams.md)
 
     PYTHONPATH=src python benchmarks/smollm2_bounded_vs_exact.py OUT_DIR [--tokens 100k] [--threads 1]
+    PYTHONPATH=src python benchmarks/smollm2_bounded_vs_exact.py OUT_DIR --definition spec --orders 1 \
+        --unigram-capacity 8192 16384      # t = 0, token tables: what a larger k = 1 capacity certifies
 
 Prints, per order, the detectors, G(n), detected n-gram sets, Fig. 4 counts and C_k(n) of the certified
 neurons of both stores, whether they are identical, the suppression of the token detectors, how many neurons
 the bounded store certifies, its pass-2 work and both stores' time and size; writes OUT_DIR/agreement.json.
+With --unigram-capacity, one more bounded store per capacity, each compared with the exact one.
 """
 from __future__ import annotations
 
@@ -29,18 +32,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from smollm2_run import MODELS, write_corpus  # noqa: E402  (the README runs' corpus and settings)
 
 
-def record(out_dir: Path, mode: str, tokens: str, threads: int) -> dict:
-    """One store of the strict SmolLM2 definition in ``mode``; its time and size."""
-    _, threshold, layers, orders = MODELS["smollm2"]["stores"]["strict"]
-    path = out_dir / f"strict-{mode}.h5"
-    config = RecordConfig(model="smollm2", corpus=write_corpus(out_dir / "corpus"), out=str(path), tokens=tokens,
-                          seq_len=512, full_length=True, batch_size=4, unit_batches=4, layers=layers,
-                          ngram_layers=[str(x) for x in layers], orders=orders, threshold=threshold,
-                          bos_id=MODELS["smollm2"]["bos"], threads=threads, progress=False, ngrams=mode)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+DEFINITIONS = {"strict": "strict", "spec": "bounded"}  # --definition -> smollm2_run's store of that neuron definition
+
+
+def record(out_dir: Path, name: str, args, **settings) -> dict:
+    """One store of the chosen SmolLM2 definition with ``settings`` (ngrams=...); its time and size."""
+    _, threshold, layers, orders, _ = MODELS["smollm2"]["stores"][DEFINITIONS[args.definition]]
+    path = out_dir / f"{args.definition}-{name}.h5"
+    config = RecordConfig(model="smollm2", corpus=write_corpus(out_dir / "corpus"), out=str(path),
+                          tokens=args.tokens, seq_len=512, full_length=True, batch_size=4, unit_batches=4,
+                          layers=layers, ngram_layers=[str(x) for x in layers], orders=args.orders or orders,
+                          threshold=threshold, bos_id=MODELS["smollm2"]["bos"], threads=args.threads,
+                          progress=False, **settings)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     said = []
     start = time.perf_counter()
-    runner.record(config, log=lambda line: (said.append(line), print(f"[{mode}] {line}", flush=True)))
+    runner.record(config, log=lambda line: (said.append(line), print(f"[{name}] {line}", flush=True)))
     return {"path": str(path), "seconds": time.perf_counter() - start, "store_mb": path.stat().st_size / 2**20,
             "log": said}
 
@@ -88,26 +95,34 @@ def main(argv=None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--tokens", default="100k")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--definition", choices=sorted(DEFINITIONS), default="strict",
+                        help="strict: gate_proj(x) > 1 (default); spec: the SPEC's > 0")
+    parser.add_argument("--orders", type=int, nargs="+", help="n-gram orders (default: the definition's, 1 2 3)")
+    parser.add_argument("--unigram-capacity", type=int, nargs="*", default=[],
+                        help="also record a bounded store with each of these k = 1 summary capacities")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    runs = {mode: record(args.out_dir, mode, args.tokens, args.threads) for mode in ("exact", "bounded")}
+    stores = {"exact": {"ngrams": "exact"}, "bounded": {"ngrams": "bounded"},
+              **{f"bounded-u{c}": {"ngrams": "bounded", "unigram_capacity": c} for c in args.unigram_capacity}}
+    runs = {name: record(args.out_dir, name, args, **settings) for name, settings in stores.items()}
     weights = ModelWeights(load_model("smollm2").model)
     results = {}
     for mode, run in runs.items():
         with open_counts(run["path"]) as counts:
             results[mode] = analyze_counts(counts, AnalysisSettings(null_samples=0), weights=weights)
-            if mode == "bounded":
+            if mode != "exact":
                 group = counts._file["counted"]
                 run["pass2"] = {"empty_plan": bool(group.attrs["empty_plan"]),
                                 "counted_neurons": int(sum(group[f"{name}/counted_neurons"][()].sum()
                                                            for name in _table_names(group)))}
     report = {"tokens": results["exact"].tokens, "runs": {m: {k: v for k, v in r.items() if k != "log"}
                                                           for m, r in runs.items()},
-              "agreement": agreement(results["exact"], results["bounded"])}
+              "agreement": {mode: agreement(results["exact"], results[mode]) for mode in runs if mode != "exact"}}
     (args.out_dir / "agreement.json").write_text(json.dumps(report, indent=1, default=str))
     print(json.dumps(report, indent=1, default=str))
-    differences = [d for k in results["exact"].orders for d in report["agreement"][k]["differences"]]
-    print("IDENTICAL" if not differences and report["agreement"]["suppression"]["same"] else f"DIFFER: {differences}")
+    for mode, said in report["agreement"].items():
+        differences = [d for k in results["exact"].orders for d in said[k]["differences"]]
+        print(f"{mode}: " + ("IDENTICAL" if not differences and said["suppression"]["same"] else f"DIFFER: {differences}"))
     return 0
 
 

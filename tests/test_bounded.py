@@ -381,7 +381,8 @@ def test_a_summary_too_small_leaves_neurons_uncertified_and_says_so(tmp_path, co
     assert main(["analyze", small.out, "--out", str(report), "--no-suppression", "--formats", "svg"]) == 0
     results = json.loads((report / "results.json").read_text())
     assert results["summary"]["ngram_certified"]["3"][0]["certified"] == summary[3][0]["certified"]
-    assert "C_k(n) certified" in (report / "report.html").read_text()
+    html = (report / "report.html").read_text()
+    assert "C_k(n) certified" in html and "--unigram-capacity" in html  # and how to certify more
     # one neuron looked up (`fastneurons show`) says what the whole-layer analysis says, bounds included
     with open_counts(small.out) as counts:
         shown = 0
@@ -398,6 +399,37 @@ def test_a_summary_too_small_leaves_neurons_uncertified_and_says_so(tmp_path, co
                     assert ("in [" in format_profile(profile)) or (">=" in format_profile(profile))
                     shown += 1
         assert shown == 2
+
+
+def test_a_larger_unigram_capacity_keeps_the_token_summaries_exact(tmp_path, corpus):  # noqa: F811
+    model = _opt(tmp_path, "opt")
+    exact = _config(model, corpus, tmp_path / "exact.h5", ngrams="exact")
+    mixed = _config(model, corpus, tmp_path / "mixed.h5", ngrams="bounded", summary_capacity=3, unigram_capacity=4096)
+    runner.record(exact, **QUIET)
+    runner.record(mixed, **QUIET)
+    with open_counts(mixed.out) as counts, open_counts(exact.out) as reference:
+        assert (counts.metadata["summary_capacity"], counts.metadata["unigram_capacity"]) == (3, 4096)
+        for layer in (0, 1):
+            assert counts.ngram_table(layer, 3).bound.any()  # bigrams and trigrams cut at 3 ...
+            assert not counts.ngram_table(layer, 1).bound.any()  # ... tokens never: their table is the exact one
+            for mine, theirs in zip(counts.ngram_active(layer, 1), reference.ngram_active(layer, 1)):
+                np.testing.assert_array_equal(mine, theirs)
+        assert counts._file["summaries/layer0/k1"].attrs["capacity"] == 4096
+        assert counts._file["summaries/layer0/k2"].attrs["capacity"] == 3
+    assert "summary capacity 3, k = 1: 4096" in describe_store(mixed.out)["ngram_mode"]
+    e, b = _results(exact.out), _results(mixed.out)
+    for layer in b.ngram_layers:
+        coverage = b.coverage[1][layer]
+        assert coverage.certified == coverage.neurons_with_mass > 0
+        np.testing.assert_array_equal(coverage.histogram.counts, e.coverage[1][layer].histogram.counts)
+    assert_same_ngram_results(e, b, expect_all_certified=False)
+    # the k = 1 summaries' capacity is a count setting: a resume or merge at another one is refused
+    other = dataclasses.replace(mixed, out=str(tmp_path / "other.h5"), unigram_capacity=8)
+    runner.record(other, **QUIET)
+    with pytest.raises(StoreError, match="unigram_capacity"):
+        merge_stores([mixed.out, other.out], tmp_path / "merged.h5", ngram_memory=1 << 20)
+    with pytest.raises(StoreError, match="unigram_capacity"):
+        runner.record(dataclasses.replace(other, resume=True, unigram_capacity=4096), **QUIET)
 
 
 def test_resume_after_an_interruption_gives_the_same_summaries(tmp_path, corpus, monkeypatch):  # noqa: F811

@@ -381,13 +381,22 @@ def test_summaries_made_on_the_device_equal_the_host_ones_and_resume_either_way(
     """--summary-kernels device (torch ops; here on the CPU) records the host's store, bit for bit, with
     cuts and folds mid-run, and a run interrupted on one resumes on the other to the same store."""
     from fastneurons.ngrams import bounded
+    from fastneurons.recording.device_summaries import DeviceSummaryAccumulator
+    from fastneurons.store import summaries as stored
     monkeypatch.setattr(bounded, "FOLD_EVENTS", 2000)
     model = _opt(tmp_path, "opt")
     settings = dict(summary_capacity=3, ngram_layers=["0", "2"])
     host = _config(model, corpus, tmp_path / "host.h5", summary_kernels="host", **settings)
     runner.record(host, log=lambda *a: None)
     device = _config(model, corpus, tmp_path / "device.h5", summary_kernels="device", **settings)
-    runner.record(device, log=lambda *a: None)
+    calls = []  # a snapshot brings one layer's summaries to the host, writes them, then the next layer's
+    with monkeypatch.context() as patch:
+        state, write = DeviceSummaryAccumulator.state, stored.write_summaries
+        patch.setattr(DeviceSummaryAccumulator, "state", lambda self: (calls.append("state"), state(self))[1])
+        patch.setattr(stored, "write_summaries", lambda f, summaries, *args: (
+            calls.append(sorted({layer for layer, _ in summaries})), write(f, summaries, *args))[1])
+        runner.record(device, log=lambda *a: None)
+    assert len(calls) >= 8 and calls == ["state", [0], "state", [2]] * (len(calls) // 4)
     with h5py.File(host.out, "r") as f:  # the summaries were cut: the prune and pass 2 were exercised
         assert all(f[f"summaries/layer{layer}/k{k}/delta"][()].any() for layer in (0, 2) for k in (1, 2, 3))
     assert_same_datasets(host.out, device.out, STORE_GROUPS)

@@ -91,6 +91,10 @@ class RecordConfig:
                                   "exact (full tables: grow with tokens; the reference, for small runs)")
     summary_capacity: int = _opt(2048, "bounded mode: n-grams kept per (layer, order, neuron); above the last "
                                        "histogram edge and every m_k for exact results")
+    unigram_capacity: Optional[int] = _opt(None, "bounded mode: tokens kept per neuron in the k = 1 summaries "
+                                                 "(default: --summary-capacity); the vocabulary bounds them, and "
+                                                 "a neuron firing on a large share of tokens needs more to have "
+                                                 "its token coverage certified (docs/bounded-ngrams.md)")
     summary_kernels: str = _opt("auto", "bounded pass 1's per-event work: device (torch ops where the bits are, "
                                         "no events cross to the host), host (numba) or auto (device when "
                                         "recording on a GPU); the summaries are the same either way")
@@ -138,6 +142,8 @@ class RecordConfig:
             raise ValueError(f"--summary-kernels {self.summary_kernels!r}: choose auto, device or host")
         if self.summary_capacity < 1:
             raise ValueError("--summary-capacity must be at least 1")
+        if self.unigram_capacity is not None and self.unigram_capacity < 1:
+            raise ValueError("--unigram-capacity must be at least 1")
         if self.commit_seconds < 0:
             raise ValueError("--commit-seconds must be >= 0")
         if not set(self.orders) <= {1, 2, 3} or not self.orders:
@@ -173,6 +179,11 @@ class RecordConfig:
     def shard_index(self) -> tuple[int, int]:
         return (0, 1) if self.shard is None else parse_shard(self.shard)
 
+    def summary_capacities(self) -> dict:
+        """{k: summary capacity} of the bounded mode's orders."""
+        return {k: self.unigram_capacity if k == 1 and self.unigram_capacity else self.summary_capacity
+                for k in self.orders}
+
     def ngram_layer_list(self, num_layers: int) -> list:
         """The n-gram layers asked for, default the first half of the model's layers."""
         if self.ngram_layers is None:
@@ -187,7 +198,8 @@ class RecordConfig:
 
     # Settings that change the counts: resume and merge require them to be equal.
     COUNT_SETTINGS = ("seq_len", "full_length", "batch_size", "unit_batches", "threshold",
-                      "gated_product", "count_bos", "orders", "positions", "ngrams", "summary_capacity")
+                      "gated_product", "count_bos", "orders", "positions", "ngrams", "summary_capacity",
+                      "unigram_capacity")
 
 
 @dataclass

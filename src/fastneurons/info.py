@@ -118,7 +118,9 @@ def _ngram_mode(counts) -> str:
         return "exact"
     done = {"done": "second pass done", "not needed": "second pass not needed (nothing to count)",
             "not run": "second pass not run (fastneurons second-pass)"}[counts.second_pass_state]
-    return f"bounded (summary capacity {counts.metadata.get('summary_capacity')}; {done})"
+    unigrams = counts.metadata.get("unigram_capacity")
+    capacity = counts.metadata.get("summary_capacity")
+    return f"bounded (summary capacity {capacity}{f', k = 1: {unigrams}' if unigrams else ''}; {done})"
 
 
 def _state(path, counts) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fastneurons.bench.workloads import Job, _plan_batches
+from fastneurons.host_memory import hold_freed_memory
 
 METHODS = {  # name -> (what runs, RecordConfig overrides)
     "bare": ("bare", {}),
@@ -166,6 +167,8 @@ class _Worker:
             torch.set_num_threads(job.threads)
         self.device = torch.device(job.device)
         self.cuda = self.device.type == "cuda"
+        # record sets this itself on the CPU; every method gets it, the bare forward included (host_memory.py)
+        self.host_memory = hold_freed_memory() if self.device.type == "cpu" else None
         _warm_up_counting()
         self.last_store, self.last_counts, self.runs = None, None, 0
         if kind == "fastneurons":
@@ -292,7 +295,8 @@ def _worker_main(conn, kind: str, job: dict, overrides: dict) -> None:
     try:
         start = time.perf_counter()
         worker = _Worker(kind, Job(**job), overrides)
-        conn.send({"ready": True, "setup_s": time.perf_counter() - start, "setup_rss_mb": _rss_mb()})
+        conn.send({"ready": True, "setup_s": time.perf_counter() - start, "setup_rss_mb": _rss_mb(),
+                   "host_memory": worker.host_memory})
     except BaseException:
         conn.send({"error": traceback.format_exc()})
         return

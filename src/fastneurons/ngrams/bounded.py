@@ -26,6 +26,24 @@ FOLD_EVENTS = 1 << 24  # fold pending events after this many (~16.8M: short runs
 RARE_FLUSH_ROWS = 1 << 20  # pending rare pairs collapsed into a table beyond this many
 
 
+def capacities_by_order(capacity, orders) -> dict:
+    """{k: capacity} for ``orders``, from one capacity for every order or a {k: capacity} mapping
+    (e.g. a larger one for k = 1, whose summaries the vocabulary bounds)."""
+    by_order = {int(k): int(capacity[k]) for k in orders} if isinstance(capacity, dict) else \
+        {int(k): int(capacity) for k in orders}
+    for k, value in by_order.items():
+        if value < 1:
+            raise ValueError(f"summary capacity must be at least 1, got {value} for order {k}")
+    return by_order
+
+
+def check_continues(summary: Summary, capacity: int) -> None:
+    """Refuse to continue ``summary`` at another capacity (its cuts and bounds were made at its own)."""
+    if summary.capacity != capacity:
+        raise ValueError(f"a summary of capacity {summary.capacity} cannot continue at {capacity} "
+                         f"(order {summary.order})")
+
+
 def fold_due(unfolded: int, held_rows: int) -> bool:
     """The fold schedule both pass-1 accumulators keep: fold once the events added since the last fold
     reach ``FOLD_EVENTS`` or the rows the summaries hold (data alone decides, so a resumed run folds
@@ -103,11 +121,11 @@ class SummaryAccumulator:
     uninterrupted one does and ends with the same summaries."""
 
     def __init__(self, num_neurons: int, orders=(1, 2, 3), pack_bits: int = 16,
-                 capacity: int = DEFAULT_CAPACITY, vocab_size: int | None = None):
+                 capacity: int | dict = DEFAULT_CAPACITY, vocab_size: int | None = None):
         self.orders = check_orders(orders)
-        self.capacity = int(capacity)
+        self.capacities = capacities_by_order(capacity, self.orders)  # {k: rows kept per neuron}
         self.pending = NgramAccumulator(num_neurons, self.orders, pack_bits, vocab_size)
-        self.restore({k: Summary.empty(num_neurons, k, capacity) for k in self.orders})
+        self.restore({k: Summary.empty(num_neurons, k, self.capacities[k]) for k in self.orders})
 
     def add(self, bits, token_ids, positions, counted) -> None:
         """Take one chunk (see ``NgramAccumulator.add``)."""
@@ -141,8 +159,8 @@ class SummaryAccumulator:
     @property
     def summaries(self) -> dict:
         """{k: Summary} of what has been folded (fresh arrays; pending events not included)."""
-        return {k: Summary(self._held[k].packed(), self._delta[k].copy(), self._mass[k].copy(), self.capacity, k)
-                for k in self.orders}
+        return {k: Summary(self._held[k].packed(), self._delta[k].copy(), self._mass[k].copy(), self.capacities[k],
+                           k) for k in self.orders}
 
     def state(self) -> tuple:
         """What a snapshot saves to resume from: (summaries, ``Pending``, events pending, folds). The
@@ -153,8 +171,8 @@ class SummaryAccumulator:
         since = self.pending.drain()
         if since.num_rows:
             self._saved.append(since)
-        summaries = {k: Summary(self._held[k].view(), self._delta[k].copy(), self._mass[k].copy(), self.capacity,
-                                k) for k in self.orders}
+        summaries = {k: Summary(self._held[k].view(), self._delta[k].copy(), self._mass[k].copy(),
+                                self.capacities[k], k) for k in self.orders}
         return summaries, Pending(list(self._saved), {k: list(t) for k, t in self._tables.items()}), \
             self.unfolded, self.folds
 
@@ -163,9 +181,8 @@ class SummaryAccumulator:
         self._held, self._delta, self._mass = {}, {}, {}
         for k in self.orders:
             summary = summaries[k]
-            if summary.capacity != self.capacity:
-                raise ValueError(f"a summary of capacity {summary.capacity} cannot continue at {self.capacity}")
-            self._held[k] = HeldRows(summary.num_neurons, self.capacity)
+            check_continues(summary, self.capacities[k])
+            self._held[k] = HeldRows(summary.num_neurons, self.capacities[k])
             self._held[k].load(summary.rows)
             self._delta[k], self._mass[k] = summary.delta.copy(), summary.mass.copy()
         self.pending.clear()

@@ -110,7 +110,8 @@ class HeldRows:
         except MemoryError:
             raise MemoryError(f"a summary of capacity {capacity} for {num_neurons} neurons reserves "
                               f"{num_neurons * capacity * 16 / 2**30:.1f} GiB (what it holds once full), more "
-                              "than this machine can map: choose a smaller --summary-capacity") from None
+                              "than this machine can map: choose a smaller --summary-capacity "
+                              "(or --unigram-capacity)") from None
 
     @property
     def ends(self) -> np.ndarray:

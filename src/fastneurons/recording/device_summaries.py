@@ -103,16 +103,14 @@ class DeviceSummaryAccumulator:
     takes_device_bits = True
 
     def __init__(self, num_neurons: int, orders=(1, 2, 3), pack_bits: int = 16,
-                 capacity: int = bounded.DEFAULT_CAPACITY, vocab_size: int | None = None, device="cpu"):
-        if int(capacity) < 1:
-            raise ValueError(f"summary capacity must be at least 1, got {capacity}")
+                 capacity: int | dict = bounded.DEFAULT_CAPACITY, vocab_size: int | None = None, device="cpu"):
         self.num_neurons = int(num_neurons)
         self.orders = check_orders(orders)
         self.pack_bits = check_pack_bits(pack_bits)
-        self.capacity = int(capacity)
+        self.capacities = bounded.capacities_by_order(capacity, self.orders)
         self.vocab_size = vocab_size
         self.device = torch.device(device)
-        self.restore({k: Summary.empty(self.num_neurons, k, self.capacity) for k in self.orders})
+        self.restore({k: Summary.empty(self.num_neurons, k, self.capacities[k]) for k in self.orders})
 
     def add(self, bits: torch.Tensor, token_ids, positions, counted) -> None:
         """Take one chunk: ``bits`` on the device, token arrays on the host (see ``NgramAccumulator.add``)."""
@@ -159,7 +157,7 @@ class DeviceSummaryAccumulator:
             new = combine(self._pending[k], self.pack_bits * k, self.num_neurons)
             self._mass[k].index_add_(0, new[0], new[2])  # integer adds: exact, in any order
             merged = combine([self._held[k], new], self.pack_bits * k, self.num_neurons)
-            self._held[k], cut = prune(*merged, self.capacity, self.num_neurons)
+            self._held[k], cut = prune(*merged, self.capacities[k], self.num_neurons)
             self._delta[k] += cut
             self.folds += 1
         self._pending = {k: [] for k in self.orders}
@@ -180,7 +178,7 @@ class DeviceSummaryAccumulator:
         offsets = np.zeros(self.num_neurons + 1, dtype=np.int64)
         np.cumsum(np.bincount(neuron, minlength=self.num_neurons), out=offsets[1:])
         return Summary(ByNeuron(offsets, key.view(np.uint64), count), self._delta[k].cpu().numpy(),
-                       self._mass[k].cpu().numpy(), self.capacity, k)
+                       self._mass[k].cpu().numpy(), self.capacities[k], k)
 
     def state(self) -> tuple:
         """(summaries, ``Pending``, events pending, folds), on the host: what a snapshot saves, as
@@ -199,6 +197,7 @@ class DeviceSummaryAccumulator:
         self._held, self._delta, self._mass, self._pending = {}, {}, {}, {}
         for k in self.orders:
             summary = summaries[k]
+            bounded.check_continues(summary, self.capacities[k])
             rows = summary.rows.packed()
             self._held[k] = (to(neuron_of_rows(rows.offsets).astype(np.int64)), to(rows.key.view(np.int64)),
                              to(rows.count.astype(np.int64)))

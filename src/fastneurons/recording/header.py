@@ -23,6 +23,15 @@ def _vocab_strings(tokenizer, size: int) -> list:
     return tokenizer.batch_decode([[i] for i in range(known)]) + [""] * (size - known)
 
 
+def _unigram_capacity(config) -> int | None:
+    """The k = 1 summaries' capacity where it differs from the other orders' (None otherwise, as in
+    stores written before ``--unigram-capacity`` existed, so those still resume and merge)."""
+    if config.ngrams != "bounded" or 1 not in config.orders:
+        return None
+    capacity = config.summary_capacities()[1]
+    return None if capacity == config.summary_capacity else int(capacity)
+
+
 def build_header(recording: Recording) -> Header:
     """The store's metadata for this recording (settings, model, definition, corpus)."""
     config, loaded, tokenizer, plan = recording.config, recording.loaded, recording.tokenizer, recording.plan
@@ -53,6 +62,7 @@ def build_header(recording: Recording) -> Header:
         "gated_product": bool(config.gated_product),
         "ngram_mode": config.ngrams,
         "summary_capacity": int(config.summary_capacity) if config.ngrams == "bounded" else None,
+        "unigram_capacity": _unigram_capacity(config),
     }
     manifest = plan.manifest()
     corpus = Corpus(plan.fingerprint, manifest, np.zeros(plan.num_units, dtype=bool), len(plan.domains))

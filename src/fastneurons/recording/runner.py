@@ -23,6 +23,7 @@ from fastneurons.config import RecordConfig, SecondPassConfig, parse_bytes
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
 from fastneurons.kernels import require_cuda_build
 from fastneurons.devices import canonical_device, dtype_from_config, rank_device, resolve_dtype
+from fastneurons.host_memory import hold_freed_memory
 from fastneurons.models.lazy import load_lazy, wants_lazy
 from fastneurons.models.loading import load_model, load_tokenizer, resolve as resolve_checkpoint
 from fastneurons.ngrams.keys import pack_bits_for_vocab
@@ -178,6 +179,8 @@ def _record_locked(config: RecordConfig, log) -> Path:
         require_cuda_build(device.index)  # refuse a _C that cannot run here before loading anything
     dtype = resolve_dtype(config.dtype, device, _checkpoint_dtype(config.model) if config.dtype == "auto" else None)
     _pin_threads(config.threads)
+    if device.type == "cpu":
+        hold_freed_memory()
     lazy = wants_lazy(config.weights, config.model)
     loaded = load_lazy(config.model, dtype=dtype, log=log) if lazy else load_model(config.model, dtype=dtype)
     model, arch = loaded.model, loaded.arch

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fastneurons.config import RecordConfig, SecondPassConfig, parse_bytes
+from fastneurons.host_memory import hold_freed_memory
 from fastneurons.models import architectures as archs
 from fastneurons.models.loading import load_model, load_tokenizer
 from fastneurons.models.offload import LayerStreamer
@@ -34,8 +35,8 @@ def summary_accumulators(config: RecordConfig, num_neurons: int, pack_bits: int,
     on_device = config.summary_kernels == "device" or (config.summary_kernels == "auto" and device.type == "cuda")
     if on_device:
         return lambda layer: DeviceSummaryAccumulator(num_neurons, config.orders, pack_bits,
-                                                      config.summary_capacity, device=device)
-    return lambda layer: SummaryAccumulator(num_neurons, config.orders, pack_bits, config.summary_capacity)
+                                                      config.summary_capacities(), device=device)
+    return lambda layer: SummaryAccumulator(num_neurons, config.orders, pack_bits, config.summary_capacities())
 
 
 def stored_summaries(path) -> dict | None:
@@ -66,11 +67,20 @@ def attach(writer, taps, restored: dict | None) -> None:
         raise StoreError(f"{writer.path} holds units but no n-gram summaries: it cannot be resumed in bounded mode")
 
     def write(f, final):  # compressed (store/summaries.py): a snapshot is old + new on disk while it is written
-        states = {layer: acc.state() for layer, acc in taps.ngrams.layers.items()}
-        write_resume_state(f, states, writer.path)
+        settings, plans, to_count = plan_settings(SecondPassConfig(store="")), {}, []
+
+        def states():  # one layer at a time: a device accumulator's summaries are on the host only while written
+            for layer, accumulator in taps.ngrams.layers.items():
+                state = accumulator.state()
+                if final and not to_count:
+                    plans.update(plans_of({(layer, k): summary for k, summary in state[0].items()}, settings))
+                    to_count.extend(key for key, plan in plans.items() if not plan.empty)
+                yield layer, state
+
+        write_resume_state(f, states(), writer.path)
         if final:
-            _write_counted_if_nothing_to_count(f, {(layer, k): summary for layer, (summaries, *_) in states.items()
-                                                   for k, summary in summaries.items()})
+            if not to_count:  # no cut neuron may be a detector candidate: no second pass (and no second forward)
+                write_counted(f, _no_counts(plans), plans, settings)
             release_scratch()  # what the summaries were packed through
 
     writer.extra_groups = write
@@ -90,16 +100,6 @@ def plans_of(summaries: dict, settings: dict) -> dict:
 def _no_counts(plans: dict) -> dict:
     """An empty pass-2 table for every (layer, k) of ``plans``."""
     return {key: Table.empty(key[1]) for key in plans}
-
-
-def _write_counted_if_nothing_to_count(f, summaries: dict) -> None:
-    """Pass 1's finished store: when pass 2's default plan of its {(layer, k): Summary} is empty (no
-    cut neuron may be a detector candidate), write its empty counts now, so no second pass (and no
-    second forward) is needed."""
-    settings = plan_settings(SecondPassConfig(store=""))
-    plans = plans_of(summaries, settings)
-    if all(plan.empty for plan in plans.values()):
-        write_counted(f, _no_counts(plans), plans, settings)
 
 
 def _pass1_inputs(path: Path, settings: dict):
@@ -185,6 +185,8 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
         return path
     device = resolve_device(config.device)
     _pin_threads(config.threads or meta.get("torch_threads"))
+    if device.type == "cpu":
+        hold_freed_memory()
     loaded = load_model(config.model or recorded.model, dtype=getattr(torch, meta["compute_dtype"]))
     model, arch = loaded.model, loaded.arch
     tokenizer = load_tokenizer(recorded.tokenizer) if recorded.tokenizer else loaded.tokenizer

@@ -180,8 +180,10 @@ def _certificates(results) -> str:
     if all(r[2] == r[3] and r[5] == 0 for r in rows):
         return "<p class=\"note\">Every neuron's coverage C_k(n) and detector status is exact.</p>"
     headers = ["layer", "k", "neurons with mass", "C_k(n) certified", "bin certified", "uncertain candidates"]
+    more = (" A larger <code>--summary-capacity</code> certifies more (<code>--unigram-capacity</code> for the "
+            "token summaries alone: the vocabulary bounds them)." if any(r[4] < r[2] for r in rows) else "")
     return ("<p class=\"note\">Bounded n-gram state: coverage bins of uncertified neurons are reported as "
-            "'at least' bins, uncertain candidates are neither listed nor counted as detectors.</p>"
+            f"'at least' bins, uncertain candidates are neither listed nor counted as detectors.{more}</p>"
             + _table(headers, rows, numeric=set(range(len(headers)))))
 
 

@@ -24,7 +24,7 @@ SCHEMA_VERSION = 1
 _SETTING_KEYS = ("architecture", "model_config", "compute_dtype", "threshold", "neuron_definition",
                  "count_bos", "pack_bits", "num_neurons", "max_positions", "layers", "ngram_layers",
                  "orders", "positions", "seq_len", "full_length", "batch_size", "unit_batches", "ngram_mode",
-                 "summary_capacity")
+                 "summary_capacity", "unigram_capacity")
 _SETTING_DEFAULTS = {"ngram_mode": "exact"}  # stores written before the setting existed
 
 

@@ -47,7 +47,7 @@ def write_summaries(f: h5py.File, summaries: dict, pending: dict | None = None, 
     What the ``previous`` snapshot of the same recording already holds is copied from it chunk by
     chunk (no deflate): a summary whose layer has not folded since (same ``folds``), and the pending
     parts it wrote. So a snapshot deflates only what changed since the last one."""
-    root = f.create_group(SUMMARIES)
+    root = f.require_group(SUMMARIES)
     reusable = {}  # layer -> its group in the previous snapshot, when the layer has not folded since
     for (layer, k), summary in summaries.items():
         generation = (folds or {}).get(layer)
@@ -284,21 +284,20 @@ def read_resume_state(path) -> dict | None:
         return out
 
 
-def write_resume_state(f: h5py.File, states: dict, previous_path=None) -> None:
-    """Write {layer: (summaries, Pending, unfolded, folds)} (``read_resume_state``'s form) into a
-    snapshot, copying what has not changed from the snapshot at ``previous_path`` that this one
-    replaces (see ``write_summaries``; written anew when there is none or it cannot be read)."""
+def write_resume_state(f: h5py.File, states, previous_path=None) -> None:
+    """Write {layer: (summaries, Pending, unfolded, folds)} (``read_resume_state``'s form), or such
+    (layer, state) pairs taken one at a time, into a snapshot, layer by layer, copying what has not
+    changed from the snapshot at ``previous_path`` that this one replaces (see ``write_summaries``;
+    written anew when there is none or it cannot be read)."""
     try:
         previous = h5py.File(previous_path, "r") if previous_path is not None and Path(previous_path).exists() \
             else None
     except OSError:
         previous = None
     try:
-        write_summaries(f, {(layer, k): summary for layer, (summaries, *_) in states.items()
-                            for k, summary in summaries.items()},
-                        {layer: state[1] for layer, state in states.items()},
-                        {layer: state[2] for layer, state in states.items()},
-                        {layer: state[3] for layer, state in states.items()}, previous)
+        for layer, (summaries, pending, unfolded, folds) in (states.items() if isinstance(states, dict) else states):
+            write_summaries(f, {(layer, k): summary for k, summary in summaries.items()}, {layer: pending},
+                            {layer: unfolded}, {layer: folds}, previous)
     finally:
         if previous is not None:
             previous.close()
