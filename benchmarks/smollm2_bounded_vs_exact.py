@@ -3,7 +3,7 @@
 
     PYTHONPATH=src python benchmarks/smollm2_bounded_vs_exact.py OUT_DIR [--tokens 100k] [--threads 1]
     PYTHONPATH=src python benchmarks/smollm2_bounded_vs_exact.py OUT_DIR --definition spec --orders 1 \
-        --unigram-capacity 8192 16384      # t = 0, token tables: what a larger k = 1 capacity certifies
+        --unigram-capacity 4096 8192       # t = 0, token tables: what a larger k = 1 capacity certifies
 
 Prints, per order, the detectors, G(n), detected n-gram sets, Fig. 4 counts and C_k(n) of the certified
 neurons of both stores, whether they are identical, the suppression of the token detectors, how many neurons
