@@ -46,5 +46,5 @@ def test_glibc_accepts_both_settings():
 
 
 def test_freed_buffers_are_reused_without_page_faults():
-    held, default = _cycles("held"), _cycles("default")
-    assert held["faults"] < 0.02 * _PAGES_CYCLED, (held, default)
+    held = _cycles("held")
+    assert held["faults"] < 0.02 * _PAGES_CYCLED, (held, _cycles("default"))  # the defaults, only on failure

@@ -67,19 +67,18 @@ def attach(writer, taps, restored: dict | None) -> None:
         raise StoreError(f"{writer.path} holds units but no n-gram summaries: it cannot be resumed in bounded mode")
 
     def write(f, final):  # compressed (store/summaries.py): a snapshot is old + new on disk while it is written
-        settings, plans, to_count = plan_settings(SecondPassConfig(store="")), {}, []
+        settings, plans = plan_settings(SecondPassConfig(store="")), {}  # pass 2's default plans, while all empty
 
         def states():  # one layer at a time: a device accumulator's summaries are on the host only while written
             for layer, accumulator in taps.ngrams.layers.items():
                 state = accumulator.state()
-                if final and not to_count:
+                if final and _nothing_to_count(plans):
                     plans.update(plans_of({(layer, k): summary for k, summary in state[0].items()}, settings))
-                    to_count.extend(key for key, plan in plans.items() if not plan.empty)
                 yield layer, state
 
         write_resume_state(f, states(), writer.path)
         if final:
-            if not to_count:  # no cut neuron may be a detector candidate: no second pass (and no second forward)
+            if _nothing_to_count(plans):  # no cut neuron may be a detector candidate: no second pass (or forward)
                 write_counted(f, _no_counts(plans), plans, settings)
             release_scratch()  # what the summaries were packed through
 
@@ -95,6 +94,11 @@ def plans_of(summaries: dict, settings: dict) -> dict:
     """{(layer, k): CandidatePlan} of pass-1 summaries under ``settings``."""
     return {key: plan_candidates(summary, settings["max_coverage"], settings["coverage"], settings["cover_rate"])
             for key, summary in summaries.items()}
+
+
+def _nothing_to_count(plans: dict) -> bool:
+    """Whether every plan is empty: no cut neuron may be a detector candidate, pass 2 has nothing to do."""
+    return all(plan.empty for plan in plans.values())
 
 
 def _no_counts(plans: dict) -> dict:
@@ -179,7 +183,7 @@ def second_pass(config: SecondPassConfig, log=print) -> Path:
     meta = header.meta
     recorded = RecordConfig(**meta["record_config"])
     plans = plans_of(summaries, settings)
-    if all(plan.empty for plan in plans.values()):
+    if _nothing_to_count(plans):
         write_second_pass(path, _no_counts(plans), plans, settings)
         log(f"second pass of {path}: nothing to count under {settings}")
         return path
