@@ -25,7 +25,8 @@ def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-m", "fastneurons.bench", "--quick", "--densities", "sparse",
-                           "--scaling-factors", "1", "4", "--bare-in-workers", "--json", str(out)],
+                           "--scaling-factors", "1", "4", "--bare-in-workers", "--bare-beside", "--json",
+                           str(out)],
                           capture_output=True, text=True, env=env, cwd=out.parent, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(out.read_text()), done.stdout
@@ -49,6 +50,12 @@ def test_quick_run_writes_every_section(quick_results):
                and f"{name}_overhead_same_process" in derived
                for name in ("plain", "fastneurons", "fastneurons_dense", "fastneurons_bounded"))
     assert "counting_cost_ratio_bounded_same_process" in derived
+    for name in ("fastneurons", "fastneurons_dense", "fastneurons_bounded"):  # --bare-beside
+        runs = e2e["methods"][name]["phases_runs"]
+        assert all(run["bare_beside"] > 0 for run in runs) and f"{name}_overhead_beside" in derived
+        assert derived[name]["total_s"] < e2e["methods"][name]["median_s"]  # the beside forwards are not record's
+    assert any("beside each of its batches" in t["name"] for t in e2e["targets"])
+    assert "counting_cost_ratio_bounded_beside" in derived
     assert any("in the record's own process" in t["name"] for t in e2e["targets"])
     assert {t["name"].split(" ")[0] for t in e2e["targets"]} == {"counting_cost_ratio", "overhead_all_counters",
                                                                  "overhead_dense_only", "overhead_bounded",
@@ -162,3 +169,12 @@ def test_derived_ratios_from_a_hand_made_result():
     result["methods"]["fastneurons"].update(seconds=[14.0, 15.0], phases_runs=[phases, phases], bare_here_s=[10.0, 12.0])
     # per round: (14 - 2) / 10 = 1.2 and (15 - 2) / 12 = 1.083...; the median of two is their mean
     assert derive_end_to_end(result)["fastneurons_overhead_same_process"] == pytest.approx((1.2 + 13 / 12) / 2 - 1)
+    beside = dict(phases, bare_beside=9.0)  # --bare-beside: 9 s of bare forwards ran inside the measured 23 s
+    result["methods"]["fastneurons"].update(seconds=[23.0], phases_runs=[beside], bare_here_s=[10.0], median_s=23.0,
+                                            phases=beside)
+    derived = derive_end_to_end(result)
+    assert derived["fastneurons"]["recording_s"] == pytest.approx(12.0)  # 23 - 9 beside - 2 setup
+    assert derived["fastneurons"]["other_s"] == pytest.approx(0.0)
+    assert derived["fastneurons_overhead_beside"] == pytest.approx(12.0 / 9.0 - 1)
+    assert derived["fastneurons_overhead_same_process"] == pytest.approx(0.2)
+    assert derived["counting_cost_ratio_beside"] == pytest.approx(2.0 / (12.0 / 9.0 - 1))  # plain: (30 - 10) / 10

@@ -357,6 +357,8 @@ class BenchConfig:
     threads: Optional[int] = _opt(None, "CPU threads (default: all cores)")
     bare_in_workers: bool = _opt(False, "each record and plain-way worker also times a bare forward of its own "
                                         "model after each run (per-process speed differences cancel in that ratio)")
+    bare_beside: bool = _opt(False, "each record worker also runs a bare forward of every micro-batch right beside "
+                                    "the counted one, timed apart (the host's drift within a run cancels)")
     gpu_memory: str = _opt("4G", "GPU weight budget of the offloaded run (cuda only)")
     offload_config: str = _opt("6.7b", "OPT size recorded offloaded vs in memory (cuda only)")
     json: str = _opt("bench-results.json", "where to write all results")

@@ -109,7 +109,8 @@ class Bench:
 
         return Job(model=model_path, corpus=self.corpus(), tokens=tokens, work_dir=str(self.work / "stores"),
                    seq_len=self.args.seq_len, batch_size=self.args.batch_size, device=self.args.device,
-                   threads=self.args.threads, bare_in_worker=self.args.bare_in_workers, **extra)
+                   threads=self.args.threads, bare_in_worker=self.args.bare_in_workers,
+                   bare_beside=self.args.bare_beside, **extra)
 
     def _end_to_end(self, label: str, job, methods, model_info=None) -> dict:
         from fastneurons.bench.end_to_end import bench_end_to_end

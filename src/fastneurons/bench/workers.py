@@ -2,6 +2,7 @@
 Workers fork from a server that has already imported torch and transformers, so each peak is its own."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import multiprocessing
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastneurons.bench.beside import BareBeside
 from fastneurons.bench.workloads import Job, _plan_batches
 from fastneurons.host_memory import hold_freed_memory
 
@@ -74,16 +76,23 @@ class _Phases:
         original = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            start, cpu = time.perf_counter(), _cpu_s()
-            try:
+            with self.timed(phase):
                 return original(*args, **kwargs)
-            finally:
-                if self.cuda:
-                    torch.cuda.synchronize()
-                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-                self.cpu[phase] = self.cpu.get(phase, 0.0) + _cpu_s() - cpu
 
+        timed.__wrapped__ = original
         setattr(owner, name, staticmethod(timed) if static else timed)
+
+    @contextlib.contextmanager
+    def timed(self, phase: str):
+        """Add the wall and CPU time of the block to ``phase`` (after the GPU's queued work)."""
+        start, cpu = time.perf_counter(), _cpu_s()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+            self.cpu[phase] = self.cpu.get(phase, 0.0) + _cpu_s() - cpu
 
     def take(self) -> tuple:
         """(wall seconds, CPU seconds) per phase since the last take."""
@@ -175,6 +184,8 @@ class _Worker:
             if job.reuse_model or job.bare_in_worker:
                 self.loaded = _load_once()
             self.phases = _instrument_runner(self.cuda)
+            if job.bare_beside:
+                BareBeside.install(self.phases)
             return
         dtype = torch.float16 if (job.dtype == "auto" and self.cuda) else \
             torch.float32 if job.dtype == "auto" else getattr(torch, job.dtype)

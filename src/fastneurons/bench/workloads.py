@@ -171,6 +171,7 @@ class Job:
     gpu_memory: Optional[str] = None
     reuse_model: bool = False  # record loads the model on its first run only (a GGUF takes seconds to decode)
     bare_in_worker: bool = False  # record and plain-way workers also time a bare forward of their own model
+    bare_beside: bool = False  # record workers also run a bare forward beside each micro-batch (bench/beside.py)
     record_overrides: dict = field(default_factory=dict)
 
     def record_config(self, out, **overrides):
