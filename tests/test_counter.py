@@ -103,6 +103,23 @@ def test_counting_positions_into_a_shared_table_keeps_the_counts():
         NeuronCounter(70, count_positions=False).count_positions_into(stacked[0])
 
 
+def test_a_counter_given_its_table_first_makes_no_int64_table_of_its_own():
+    """record hands each counter a layer of the store's totals before counting: the counter's own
+    [T, F] int64 table (zeros) is never made, and the counts land in the table given."""
+    generator = torch.Generator().manual_seed(6)
+    mask = padded_mask([6, 3], 6)
+    given, alone = NeuronCounter(70, max_positions=6), NeuronCounter(70, max_positions=6)
+    assert given._pos_total is None  # nothing made yet
+    table = torch.full((6, 70), 5, dtype=torch.int64)  # e.g. a resumed store's totals
+    given.count_positions_into(table)
+    assert given._pos_total is table and int(table.sum()) == 5 * 6 * 70
+    for _ in range(3):
+        pre = torch.randn(2, 6, 70, generator=generator)
+        given.update(pre, positions_from_mask(mask))
+        alone.update(pre, positions_from_mask(mask))
+    assert given.pos_active is table and torch.equal(table, alone.pos_active + 5)
+
+
 def test_batch_rows_made_once_serve_every_counter():
     """One BatchRows per batch, shared by the counters of all layers, gives each the counts of its own update."""
     generator = torch.Generator().manual_seed(5)

@@ -81,7 +81,7 @@ class NeuronCounter:
         self.domain_active = torch.zeros(self.domains, self.num_neurons, **zeros)
         self.pos_seen = torch.zeros(self.max_positions, **zeros)
         shape = (self.max_positions, self.num_neurons)
-        self._pos_total = torch.zeros(shape, **zeros) if self.count_positions else None
+        self._pos_total = None  # int64 [T, F], made when first needed (count_positions_into may bring its own)
         narrow = self.count_positions and self.device.type == "cpu"
         self._pos_recent = torch.zeros(shape, dtype=torch.uint16) if narrow else None
         self._recent_bound = 0  # at least the most rows any position added to _pos_recent since it was drained
@@ -92,26 +92,39 @@ class NeuronCounter:
     @property
     def pos_active(self) -> torch.Tensor | None:
         """Rows at each position on which each neuron was active (int64 [T, F]), or None when not kept."""
+        if not self.count_positions:
+            return None
         self._drain_recent()
+        return self._totals()
+
+    def _totals(self) -> torch.Tensor:
+        """The int64 [T, F] position totals, zeros made the first time they are needed (a recording
+        hands its own table to ``count_positions_into`` first: no second table is ever made)."""
+        if self._pos_total is None:
+            self._pos_total = torch.zeros((self.max_positions, self.num_neurons), dtype=torch.int64,
+                                          device=self.device)
         return self._pos_total
 
     def count_positions_into(self, table: torch.Tensor) -> None:
         """Keep ``pos_active`` in ``table`` from now on (int64 [T, F], contiguous, on the counter's
         device; e.g. one layer of a stacked [L, T, F] array, which then needs no copy to be written);
         the counts so far are added into it."""
-        if self._pos_total is None:
+        if not self.count_positions:
             raise ValueError("this counter keeps no pos_active (count_positions=False)")
-        if (table.dtype != torch.int64 or tuple(table.shape) != tuple(self._pos_total.shape)
-                or table.device != self.device or not table.is_contiguous()):
-            raise ValueError(f"table must be a contiguous int64 tensor {tuple(self._pos_total.shape)} on "
+        shape = (self.max_positions, self.num_neurons)
+        if (table.dtype != torch.int64 or tuple(table.shape) != shape or table.device != self.device
+                or not table.is_contiguous()):
+            raise ValueError(f"table must be a contiguous int64 tensor {shape} on "
                              f"{self.device}, got {table.dtype} {tuple(table.shape)} on {table.device}")
-        table += self.pos_active
+        if self._pos_total is not None:
+            table += self._pos_total
         self._pos_total = table
+        self._drain_recent()  # the recent counts go straight into the table
 
     def _drain_recent(self) -> None:
         """Add the uint16 recent counts into the int64 totals and clear them."""
         if self._pos_recent is not None and self._recent_bound:
-            self._pos_total.numpy()[...] += self._pos_recent.numpy()
+            self._totals().numpy()[...] += self._pos_recent.numpy()
             self._pos_recent.zero_()
             self._recent_bound = 0
 
@@ -119,14 +132,14 @@ class NeuronCounter:
         """The [T, F] table a call adds into, given the most rows it has at one position: the recent
         counts while they cannot wrap, else the totals (after draining); the scratch when positions
         are not kept."""
-        if self._pos_total is None:
+        if not self.count_positions:
             return self._scratch()
         if self._pos_recent is None:
-            return self._pos_total
+            return self._totals()
         if self._recent_bound + most_at_a_position <= _RECENT_LIMIT:
             return self._pos_recent
         self._drain_recent()
-        return self._pos_recent if most_at_a_position <= _RECENT_LIMIT else self._pos_total
+        return self._pos_recent if most_at_a_position <= _RECENT_LIMIT else self._totals()
 
     @property
     def tokens(self) -> torch.Tensor:
