@@ -20,6 +20,7 @@ from fastneurons.bench.compare import plain_differences
 from fastneurons.bench.plain_way import plain_record
 from fastneurons.config import RecordConfig
 from fastneurons.recording.corpus import parse_corpus_arg, plan_corpus
+from fastneurons.recording.header import _vocab_strings
 from fastneurons.models.loading import load_model, package_dir
 from fastneurons.demo.stdlib_text import stdlib_text
 from fastneurons.store import open_counts
@@ -70,6 +71,12 @@ def test_tokenizer_facts_behind_the_bos_choice(smollm2):
     assert tokenizer.bos_token_id == ENDOFTEXT
     ids = tokenizer("def f(x):\n    return x")["input_ids"]
     assert ids[0] not in (0, 1, 2)
+
+
+def test_the_stores_vocabulary_is_what_the_tokenizer_decodes(smollm2):
+    tokenizer = smollm2.tokenizer
+    size = len(tokenizer)
+    assert _vocab_strings(tokenizer, size) == tokenizer.batch_decode([[i] for i in range(size)])
 
 
 def test_dense_and_ngram_counts_equal_the_plain_reference(tmp_path, loaded_once, text):

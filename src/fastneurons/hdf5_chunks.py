@@ -4,6 +4,7 @@ store at level 1, in a fraction of their time. Shared by the n-gram runs and the
 
 from __future__ import annotations
 
+import collections
 import itertools
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -55,8 +56,11 @@ def write_column(dataset: h5py.Dataset, array: np.ndarray, *, first_row: int = 0
     if first_row % shape[0]:
         raise ValueError(f"first_row {first_row} is not a multiple of the chunk rows {shape[0]}")
     threads, dtype = max(1, numba.get_num_threads()), dataset.dtype
+    deflating = lambda origin: (origin, pool.submit(_deflated_chunk, array, origin, shape, dtype))  # noqa: E731
     with ThreadPoolExecutor(threads) as pool:
-        for batch in range(0, len(origins), 4 * threads):  # a few chunks per thread in memory at a time
-            chosen = origins[batch:batch + 4 * threads]
-            for origin, data in zip(chosen, pool.map(lambda o: _deflated_chunk(array, o, shape, dtype), chosen)):
-                dataset.id.write_direct_chunk((origin[0] + first_row, *origin[1:]), data)
+        queued = iter(origins)
+        ahead = collections.deque(deflating(o) for o in itertools.islice(queued, 4 * threads))
+        while ahead:  # a few chunks per thread in flight: threads deflate on while this one writes
+            origin, data = ahead.popleft()
+            ahead.extend(deflating(o) for o in itertools.islice(queued, 1))
+            dataset.id.write_direct_chunk((origin[0] + first_row, *origin[1:]), data.result())
