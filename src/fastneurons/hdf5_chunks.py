@@ -56,11 +56,16 @@ def write_column(dataset: h5py.Dataset, array: np.ndarray, *, first_row: int = 0
     if first_row % shape[0]:
         raise ValueError(f"first_row {first_row} is not a multiple of the chunk rows {shape[0]}")
     threads, dtype = max(1, numba.get_num_threads()), dataset.dtype
-    deflating = lambda origin: (origin, pool.submit(_deflated_chunk, array, origin, shape, dtype))  # noqa: E731
     with ThreadPoolExecutor(threads) as pool:
-        queued = iter(origins)
-        ahead = collections.deque(deflating(o) for o in itertools.islice(queued, 4 * threads))
-        while ahead:  # a few chunks per thread in flight: threads deflate on while this one writes
-            origin, data = ahead.popleft()
-            ahead.extend(deflating(o) for o in itertools.islice(queued, 1))
-            dataset.id.write_direct_chunk((origin[0] + first_row, *origin[1:]), data.result())
+        ahead = collections.deque()  # a few chunks per thread in flight: threads deflate on while this one writes
+        for origin in origins:
+            ahead.append((origin, pool.submit(_deflated_chunk, array, origin, shape, dtype)))
+            if len(ahead) > 4 * threads:
+                _write_deflated(dataset, first_row, *ahead.popleft())
+        while ahead:
+            _write_deflated(dataset, first_row, *ahead.popleft())
+
+
+def _write_deflated(dataset: h5py.Dataset, first_row: int, origin: tuple, deflated) -> None:
+    """Write the chunk at ``origin`` (rows counted from ``first_row``) once its deflate is done."""
+    dataset.id.write_direct_chunk((origin[0] + first_row, *origin[1:]), deflated.result())

@@ -80,7 +80,7 @@ class NeuronCounter:
         self.domain_tokens = torch.zeros(self.domains, **zeros)
         self.domain_active = torch.zeros(self.domains, self.num_neurons, **zeros)
         self.pos_seen = torch.zeros(self.max_positions, **zeros)
-        shape = (self.max_positions, self.num_neurons)
+        shape = self._table_shape
         self._pos_total = None  # int64 [T, F], made when first needed (count_positions_into may bring its own)
         narrow = self.count_positions and self.device.type == "cpu"
         self._pos_recent = torch.zeros(shape, dtype=torch.uint16) if narrow else None
@@ -88,6 +88,11 @@ class NeuronCounter:
         self.nan_count = torch.zeros(1, **zeros)
         self._domain_rows = list(self.domain_active.unbind(0))  # views, made once: update takes one per call
         self._domain_token_rows = list(self.domain_tokens.unbind(0))
+
+    @property
+    def _table_shape(self) -> tuple:
+        """(T, F): the shape of every per-(position, neuron) table."""
+        return (self.max_positions, self.num_neurons)
 
     @property
     def pos_active(self) -> torch.Tensor | None:
@@ -101,8 +106,7 @@ class NeuronCounter:
         """The int64 [T, F] position totals, zeros made the first time they are needed (a recording
         hands its own table to ``count_positions_into`` first: no second table is ever made)."""
         if self._pos_total is None:
-            self._pos_total = torch.zeros((self.max_positions, self.num_neurons), dtype=torch.int64,
-                                          device=self.device)
+            self._pos_total = torch.zeros(self._table_shape, dtype=torch.int64, device=self.device)
         return self._pos_total
 
     def count_positions_into(self, table: torch.Tensor) -> None:
@@ -111,7 +115,7 @@ class NeuronCounter:
         the counts so far are added into it."""
         if not self.count_positions:
             raise ValueError("this counter keeps no pos_active (count_positions=False)")
-        shape = (self.max_positions, self.num_neurons)
+        shape = self._table_shape
         if (table.dtype != torch.int64 or tuple(table.shape) != shape or table.device != self.device
                 or not table.is_contiguous()):
             raise ValueError(f"table must be a contiguous int64 tensor {shape} on "
@@ -223,7 +227,7 @@ class NeuronCounter:
         scratch = _SCRATCH.get(key)
         if scratch is None:
             dtype = torch.uint16 if self.device.type == "cpu" else torch.int64
-            scratch = torch.zeros((self.max_positions, self.num_neurons), dtype=dtype, device=self.device)
+            scratch = torch.zeros(self._table_shape, dtype=dtype, device=self.device)
             _SCRATCH[key] = scratch
         self._scratch_ref = scratch  # held while this counter lives
         return scratch
